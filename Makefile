@@ -1,0 +1,94 @@
+# mobagen build. `make` builds the CLI and libraries, `make test` runs every test (CPU-only
+# machines skip the GPU ones), `make run` builds the default spec's kernels. See README.md.
+
+CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
+PREFIX    ?= /usr/local
+BUILD     ?= build
+CC        ?= cc
+PKGS      := lua5.4 yaml-0.1 libsodium
+# Lua, libyaml and libsodium are linked statically so that the binaries run on machines that
+# lack those packages (the GPU machine has none of them); NVRTC and libcuda are dlopen()ed.
+STATIC_LIBS = $(shell pkg-config --variable=libdir lua5.4)/liblua5.4.a \
+              $(shell pkg-config --variable=libdir yaml-0.1)/libyaml.a \
+              $(shell pkg-config --variable=libdir libsodium)/libsodium.a
+DEP_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration
+CFLAGS    ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) $(DEP_CFLAGS) \
+             -Igenerator -Iruntime -DMG_DEFAULT_CUDA_HOME='"$(CUDA_HOME)"' \
+             -DMG_INSTALL_DATADIR='"$(PREFIX)/share/mobagen"'
+LDLIBS    = $(STATIC_LIBS) -ldl -lpthread -lm
+
+LIB_SRC   := $(filter-out generator/cli%.c,$(wildcard generator/*.c runtime/*.c))
+CLI_SRC   := $(wildcard generator/cli*.c)
+REF_SRC   := $(wildcard tests/ref/*.c)
+TESTUTIL  := $(wildcard tests/util/*.c)
+TEST_SRC  := $(wildcard tests/test_*.c)
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+
+# Tests build everything again with sanitizers, into their own tree.
+SAN       := -fsanitize=address,undefined -fno-omit-frame-pointer
+TBUILD    := $(BUILD)/san
+T_LIB_OBJ := $(LIB_SRC:%.c=$(TBUILD)/obj/%.o)
+T_CLI_OBJ := $(CLI_SRC:%.c=$(TBUILD)/obj/%.o)
+T_AUX_OBJ := $(REF_SRC:%.c=$(TBUILD)/obj/%.o) $(TESTUTIL:%.c=$(TBUILD)/obj/%.o)
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(TBUILD)/tests/%)
+
+.PHONY: all setup run test test-build gpu-test install clean
+all: $(BUILD)/mobagen $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so
+
+setup:
+	@tools/setup.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(TBUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN) -Itests -MMD -MP -c $< -o $@
+
+$(BUILD)/libmobagen.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libmobagen.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/mobagen: $(CLI_OBJ) $(BUILD)/libmobagen.a
+	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libmobagen.a $(LDLIBS)
+
+$(TBUILD)/mobagen: $(T_CLI_OBJ) $(T_LIB_OBJ)
+	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+
+$(TBUILD)/tests/%: tests/%.c $(T_LIB_OBJ) $(T_AUX_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN) -Itests -o $@ $< $(T_LIB_OBJ) $(T_AUX_OBJ) \
+	    $(shell pkg-config --libs cmocka) $(LDLIBS)
+
+test-build: $(TEST_BIN) $(TBUILD)/mobagen
+
+test: setup
+	@$(MAKE) --no-print-directory test-build
+	@tools/run_tests.sh $(TBUILD)
+
+# The main job on the default spec: compile its variants (and, with a GPU, test and time them).
+run: setup
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/mobagen build specs/default.yaml
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mobagen \
+	    $(DESTDIR)$(PREFIX)/share/mobagen/templates $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BUILD)/mobagen $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 runtime/mobagen.h generator/status.h $(DESTDIR)$(PREFIX)/include/mobagen/
+	install -m 644 templates/*.tpl $(DESTDIR)$(PREFIX)/share/mobagen/templates/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
+
+clean:
+	rm -rf $(BUILD) out
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test binary under BUILD/tests (cmocka), then prints one closing line that CI reads:
+# "N passed, N failed, N skipped". A binary that crashes or prints no cmocka summary counts as
+# one failure. Tests find the CLI and the source tree through MOBAGEN_TEST_* variables.
+set -u
+build=${1:-build/san}
+root=$(cd "$(dirname "$0")/.." && pwd)
+export MOBAGEN_TEST_CLI="$root/$build/mobagen"
+export MOBAGEN_TEST_ROOT="$root"
+export MOBAGEN_CACHE_DIR="${MOBAGEN_TEST_CACHE:-$root/$build/test-cache}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
+export LSAN_OPTIONS="suppressions=$root/tools/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+passed=0 failed=0 skipped=0
+log=$(mktemp)
+for t in "$root/$build"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    echo "== $name"
+    "$t" >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    s=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    if ! grep -q '^\[  PASSED  \]' "$log" && [ "$f" -eq 0 ]; then
+        echo "$name: exited $rc without a test summary"; f=1
+    elif [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "$name: exited $rc"; f=1
+    fi
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+done
+rm -f "$log"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what mobagen needs to build and test from Debian packages, when it is missing.
+# The CUDA toolkit (NVRTC) is not a Debian package here: it is expected under CUDA_HOME or
+# /usr/local/cuda, and mobagen says so clearly when it is not there.
+set -euo pipefail
+need=()
+for pc in lua5.4:liblua5.4-dev yaml-0.1:libyaml-dev libsodium:libsodium-dev cmocka:libcmocka-dev; do
+    pkg-config --exists "${pc%%:*}" 2>/dev/null || need+=("${pc#*:}")
+done
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cuda=${CUDA_HOME:-/usr/local/cuda}
+if ! ls "$cuda"/lib64/libnvrtc.so* >/dev/null 2>&1; then
+    echo "setup: warning: no NVRTC under $cuda/lib64; set CUDA_HOME to a CUDA toolkit (12.x or 13.x)" >&2
+fi
