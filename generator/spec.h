@@ -6,6 +6,8 @@
 #ifndef MOBAGEN_SPEC_H
 #define MOBAGEN_SPEC_H
 
+#include <stddef.h>
+
 #include "status.h"
 
 #define MG_MAX_TOP_K 64
