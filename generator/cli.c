@@ -1,0 +1,417 @@
+/* mobagen command line: gen, build, list, cache, doctor. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "build.h"
+#include "cache.h"
+#include "cuda_driver.h"
+#include "nvrtc.h"
+#include "spec.h"
+#include "variants.h"
+
+/* Exit codes a script can rely on (README.md lists them). */
+enum {
+    EXIT_OK = 0,
+    EXIT_FAILED = 1,
+    EXIT_USAGE = 2,
+    EXIT_SPEC = 3,
+    EXIT_TEMPLATE = 4,
+    EXIT_COMPILE = 5,
+    EXIT_NO_NVRTC = 6,
+    EXIT_CACHE = 7,
+    EXIT_CUDA = 8,
+};
+
+static int exit_code(mg_status s)
+{
+    switch (s) {
+    case MG_OK: return EXIT_OK;
+    case MG_E_ARG: return EXIT_USAGE;
+    case MG_E_SPEC: return EXIT_SPEC;
+    case MG_E_TEMPLATE: return EXIT_TEMPLATE;
+    case MG_E_COMPILE: return EXIT_COMPILE;
+    case MG_E_NO_NVRTC: return EXIT_NO_NVRTC;
+    case MG_E_CACHE:
+    case MG_E_IO: return EXIT_CACHE;
+    case MG_E_NO_DRIVER:
+    case MG_E_NO_DEVICE:
+    case MG_E_CUDA: return EXIT_CUDA;
+    default: return EXIT_FAILED;
+    }
+}
+
+static int fail(mg_status s, const mg_diag *d)
+{
+    fprintf(stderr, "mobagen: error: %s\n", d->msg);
+    return exit_code(s);
+}
+
+static const char usage_text[] =
+    "usage: mobagen COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  gen SPEC      write the generated CUDA sources of every variant under out/\n"
+    "  build SPEC    compile every valid variant into the kernel cache\n"
+    "  list SPEC     print the variants a spec expands to\n"
+    "  cache ls      list cache entries;  cache clean: remove them all\n"
+    "  doctor        NVRTC, CUDA driver, GPUs and cache location\n"
+    "\n"
+    "options (where they apply):\n"
+    "  --arch A,B    target archs instead of the spec's (gen, build, list)\n"
+    "  --templates DIR  read templates from DIR instead of the embedded copies\n"
+    "  --out DIR     output directory for gen (default out/SPECNAME)\n"
+    "  --jobs N      parallel NVRTC compiles for build (default: all cores)\n"
+    "  -h, --help    this text\n"
+    "\n"
+    "exit codes: 0 ok, 1 failed, 2 usage, 3 spec, 4 template, 5 compile, 6 no NVRTC,\n"
+    "            7 cache or I/O, 8 CUDA driver or device\n"
+    "environment: MOBAGEN_CACHE_DIR, MOBAGEN_TEMPLATE_DIR, CUDA_HOME, MOBAGEN_NVRTC\n";
+
+typedef struct cli_args {
+    const char *command;
+    const char *subcommand;
+    const char *spec_path;
+    const char *template_dir;
+    const char *out_dir;
+    int jobs;
+    int n_archs;
+    char arch_storage[MG_MAX_ARCHS][16];
+    const char *archs[MG_MAX_ARCHS];
+} cli_args;
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "mobagen: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nrun 'mobagen --help' for usage\n");
+    return EXIT_USAGE;
+}
+
+static int parse_archs(cli_args *a, const char *list)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (a->n_archs == MG_MAX_ARCHS) return usage_error("too many archs in --arch %s", list);
+        if (!mg_arch_lookup(tok)) {
+            fprintf(stderr, "mobagen: unknown arch '%s' in --arch; known: %s\n", tok,
+                    mg_arch_known_list());
+            return EXIT_USAGE;
+        }
+        snprintf(a->arch_storage[a->n_archs], 16, "%s", tok);
+        a->archs[a->n_archs] = a->arch_storage[a->n_archs];
+        a->n_archs++;
+    }
+    if (a->n_archs == 0) return usage_error("--arch needs at least one arch%s", "");
+    return EXIT_OK;
+}
+
+/* Returns -1 when parsing succeeded, else an exit code (help printed = 0). */
+static int parse_args(int argc, char **argv, cli_args *a)
+{
+    memset(a, 0, sizeof *a);
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+            fputs(usage_text, stdout);
+            return EXIT_OK;
+        } else if (!strcmp(s, "--arch") || !strcmp(s, "--templates") || !strcmp(s, "--out") ||
+                   !strcmp(s, "--jobs")) {
+            if (!value) return usage_error("%s needs a value", s);
+            i++;
+            if (!strcmp(s, "--arch")) {
+                int rc = parse_archs(a, value);
+                if (rc != EXIT_OK) return rc;
+            } else if (!strcmp(s, "--templates")) {
+                a->template_dir = value;
+            } else if (!strcmp(s, "--out")) {
+                a->out_dir = value;
+            } else {
+                char *end;
+                long j = strtol(value, &end, 10);
+                if (*end || j < 1 || j > 256) return usage_error("--jobs takes 1..256, got '%s'", value);
+                a->jobs = (int)j;
+            }
+        } else if (s[0] == '-' && s[1]) {
+            return usage_error("unknown option '%s'", s);
+        } else if (!a->command) {
+            a->command = s;
+        } else if (!strcmp(a->command, "cache") && !a->subcommand) {
+            a->subcommand = s;
+        } else if (!a->spec_path && strcmp(a->command, "cache") && strcmp(a->command, "doctor")) {
+            a->spec_path = s;
+        } else {
+            return usage_error("unexpected argument '%s'", s);
+        }
+    }
+    if (!a->command) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* Loads spec and templates and expands (or only enumerates) the variants. */
+static int load_variants(const cli_args *a, int render, mg_spec *spec, mg_template_set **set,
+                         mg_variant **vars, int *n)
+{
+    mg_diag d;
+    mg_status st = mg_spec_load(a->spec_path, spec, &d);
+    if (st == MG_OK) st = mg_template_set_open(a->template_dir, set, &d);
+    if (st == MG_OK) {
+        const char *const *archs = a->n_archs ? a->archs : NULL;
+        st = render ? mg_variants_expand(*set, spec, archs, a->n_archs, vars, n, &d)
+                    : mg_variants_enumerate(*set, spec, archs, a->n_archs, vars, n, &d);
+    }
+    if (st != MG_OK) {
+        mg_template_set_free(*set);
+        *set = NULL;
+        return fail(st, &d);
+    }
+    return EXIT_OK;
+}
+
+static int cmd_list(const cli_args *a)
+{
+    mg_spec spec;
+    mg_template_set *set = NULL;
+    mg_variant *vars = NULL;
+    int n = 0;
+    int rc = load_variants(a, 0, &spec, &set, &vars, &n);
+    if (rc != EXIT_OK) return rc;
+    for (int i = 0; i < n; i++) printf("%s\n", vars[i].id);
+    fprintf(stderr, "%d variants of spec '%s' (templates: %s)\n", n, spec.name,
+            mg_template_set_origin(set));
+    mg_variants_free(vars, n);
+    mg_template_set_free(set);
+    return EXIT_OK;
+}
+
+static int make_dir_p(const char *path)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Writes a file whole or not at all (temporary file, then rename). */
+static int write_file_atomic(const char *path, const char *data, size_t len)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return -1;
+    int bad = fwrite(data, 1, len, f) != len;
+    bad |= fclose(f) != 0;
+    if (!bad && rename(tmp, path) == 0) return 0;
+    unlink(tmp);
+    return -1;
+}
+
+static int cmd_gen(const cli_args *a)
+{
+    mg_spec spec;
+    mg_template_set *set = NULL;
+    mg_variant *vars = NULL;
+    int n = 0;
+    int rc = load_variants(a, 1, &spec, &set, &vars, &n);
+    if (rc != EXIT_OK) return rc;
+    char out_dir[600];
+    snprintf(out_dir, sizeof out_dir, "%s", a->out_dir ? a->out_dir : "out");
+    if (!a->out_dir) snprintf(out_dir + strlen(out_dir), sizeof out_dir - strlen(out_dir), "/%s", spec.name);
+    for (int i = 0; i < n && rc == EXIT_OK; i++) {
+        char dir[800], path[1100], pt[256];
+        snprintf(dir, sizeof dir, "%s/%s", out_dir, vars[i].arch);
+        mg_point_format(&vars[i].point, pt, sizeof pt);
+        for (char *c = pt; *c; c++)
+            if (*c == ',' || *c == '=') *c = *c == ',' ? '.' : '-';
+        snprintf(path, sizeof path, "%s/%s.%s.cu", dir, mg_template_name(vars[i].tpl), pt);
+        if (make_dir_p(dir) != 0 ||
+            write_file_atomic(path, vars[i].rendered.source, vars[i].rendered.source_len) != 0) {
+            fprintf(stderr, "mobagen: error: cannot write %s: %s\n", path, strerror(errno));
+            rc = EXIT_CACHE;
+        } else {
+            printf("%s\n", path);
+        }
+    }
+    if (rc == EXIT_OK) fprintf(stderr, "wrote %d sources under %s\n", n, out_dir);
+    mg_variants_free(vars, n);
+    mg_template_set_free(set);
+    return rc;
+}
+
+static int cmd_build(const cli_args *a)
+{
+    mg_spec spec;
+    mg_template_set *set = NULL;
+    mg_variant *vars = NULL;
+    int n = 0;
+    int rc = load_variants(a, 1, &spec, &set, &vars, &n);
+    if (rc != EXIT_OK) return rc;
+    mg_diag d;
+    mg_builder *b = NULL;
+    mg_status st = mg_builder_open(NULL, &b, &d);
+    mg_build_result *results = NULL;
+    if (st == MG_OK) {
+        for (int i = 0; i < n && st == MG_OK; i++)
+            if (!mg_nvrtc_supports(mg_builder_nvrtc(b), vars[i].arch))
+                st = mg_fail(&d, MG_E_UNSUPPORTED, "this NVRTC cannot target %s", vars[i].arch);
+    }
+    if (st == MG_OK && !(results = calloc((size_t)(n ? n : 1), sizeof *results)))
+        st = mg_fail(&d, MG_E_NOMEM, "out of memory");
+    mg_build_stats stats = {0};
+    if (st == MG_OK) {
+        mg_build_options opts = {.jobs = a->jobs, .progress = isatty(2)};
+        st = mg_builder_build(b, vars, n, &opts, results, &stats, &d);
+        for (int i = 0; i < n; i++)
+            if (results[i].status != MG_OK)
+                fprintf(stderr, "mobagen: error: %s: %s\n", vars[i].id, results[i].error);
+            else if (results[i].entry.log && results[i].entry.log[0] && !results[i].hit)
+                fprintf(stderr, "mobagen: NVRTC log for %s:\n%s\n", vars[i].id, results[i].entry.log);
+        printf("spec %s: %d variants, %d cached, %d compiled, %d failed%s in %.2f s (cache %s)\n",
+               spec.name, stats.total, stats.hits, stats.misses, stats.failed,
+               stats.damaged ? " (damaged entries rebuilt)" : "", stats.seconds,
+               mg_cache_dir(mg_builder_cache(b)));
+        if (st != MG_OK) rc = exit_code(st);
+    } else {
+        rc = fail(st, &d);
+    }
+    mg_build_results_free(results, n);
+    mg_builder_close(b);
+    mg_variants_free(vars, n);
+    mg_template_set_free(set);
+    return rc;
+}
+
+static void print_item(const mg_cache_item *it, void *ctx)
+{
+    int *count = ctx;
+    char tpl[64] = "?", arch[16] = "?", point[256] = "?", when[32];
+    if (it->meta) {
+        mg_cache_meta_get(it->meta, "template", tpl, sizeof tpl);
+        mg_cache_meta_get(it->meta, "arch", arch, sizeof arch);
+        mg_cache_meta_get(it->meta, "point", point, sizeof point);
+    }
+    struct tm tm;
+    localtime_r(&it->mtime, &tm);
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
+    printf("%.16s  %8zu  %s  %s/%s/%s%s\n", it->key_hex, it->bytes, when, tpl, arch, point,
+           it->valid ? "" : "  DAMAGED");
+    ++*count;
+}
+
+static int cmd_cache(const cli_args *a)
+{
+    if (!a->subcommand || (strcmp(a->subcommand, "ls") && strcmp(a->subcommand, "clean")))
+        return usage_error("cache needs 'ls' or 'clean'%s", "");
+    mg_diag d;
+    mg_cache *c;
+    mg_status st = mg_cache_open(NULL, &c, &d);
+    if (st != MG_OK) return fail(st, &d);
+    int count = 0;
+    if (!strcmp(a->subcommand, "ls")) {
+        st = mg_cache_list(c, print_item, &count, &d);
+        if (st == MG_OK) fprintf(stderr, "%d entries in %s\n", count, mg_cache_dir(c));
+    } else {
+        st = mg_cache_clean(c, &count, &d);
+        if (st == MG_OK) printf("removed %d files from %s\n", count, mg_cache_dir(c));
+    }
+    mg_cache_close(c);
+    return st == MG_OK ? EXIT_OK : fail(st, &d);
+}
+
+static void doctor_gpus(void)
+{
+    mg_cuda cu;
+    mg_diag d;
+    mg_status st = mg_cuda_load(&cu, &d);
+    if (st != MG_OK) {
+        printf("cuda driver: none (%s)\n", d.msg);
+        printf("gpus:        none\n");
+        return;
+    }
+    int version = 0, count = 0;
+    cu.DriverGetVersion(&version);
+    cu.DeviceGetCount(&count);
+    printf("cuda driver: %d.%d\n", version / 1000, version % 1000 / 10);
+    printf("gpus:        %d\n", count);
+    for (int i = 0; i < count; i++) {
+        cu_device dev;
+        char name[256] = "?";
+        int major = 0, minor = 0, sms = 0;
+        size_t mem = 0;
+        if (cu.DeviceGet(&dev, i) != 0) continue;
+        cu.DeviceGetName(name, sizeof name, dev);
+        cu.DeviceGetAttribute(&major, CU_ATTR_CC_MAJOR, dev);
+        cu.DeviceGetAttribute(&minor, CU_ATTR_CC_MINOR, dev);
+        cu.DeviceGetAttribute(&sms, CU_ATTR_MULTIPROCESSOR_COUNT, dev);
+        cu.DeviceTotalMem(&mem, dev);
+        printf("  [%d] %s, sm_%d%d, %d SMs, %.1f GiB\n", i, name, major, minor, sms,
+               (double)mem / (1 << 30));
+    }
+    mg_cuda_unload(&cu);
+}
+
+static int cmd_doctor(void)
+{
+    mg_diag d;
+    mg_nvrtc *n;
+    int problems = 0;
+    if (mg_nvrtc_open(&n, &d) == MG_OK) {
+        int major, minor;
+        char archs[512];
+        mg_nvrtc_version(n, &major, &minor);
+        mg_nvrtc_supported_archs(n, archs, sizeof archs);
+        printf("nvrtc:       %d.%d (%s)\n", major, minor, mg_nvrtc_path(n));
+        printf("nvrtc archs: %s\n", archs);
+        mg_nvrtc_close(n);
+    } else {
+        printf("nvrtc:       none (%s)\n", d.msg);
+        problems++;
+    }
+    doctor_gpus();
+    char dir[1024];
+    if (mg_cache_default_dir(dir, sizeof dir, &d) == MG_OK) {
+        printf("cache:       %s\n", dir);
+    } else {
+        printf("cache:       none (%s)\n", d.msg);
+        problems++;
+    }
+    mg_template_set *set;
+    if (mg_template_set_open(NULL, &set, &d) == MG_OK) {
+        printf("templates:   %d from %s\n", mg_template_set_count(set), mg_template_set_origin(set));
+        mg_template_set_free(set);
+    } else {
+        printf("templates:   none (%s)\n", d.msg);
+        problems++;
+    }
+    return problems ? EXIT_FAILED : EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    cli_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    int needs_spec = !strcmp(a.command, "gen") || !strcmp(a.command, "build") ||
+                     !strcmp(a.command, "list");
+    if (needs_spec && !a.spec_path) return usage_error("'%s' needs a SPEC file", a.command);
+    if (!strcmp(a.command, "gen")) return cmd_gen(&a);
+    if (!strcmp(a.command, "build")) return cmd_build(&a);
+    if (!strcmp(a.command, "list")) return cmd_list(&a);
+    if (!strcmp(a.command, "cache")) return cmd_cache(&a);
+    if (!strcmp(a.command, "doctor")) return cmd_doctor();
+    return usage_error("unknown command '%s'", a.command);
+}
