@@ -14,12 +14,14 @@ STATIC_LIBS = $(shell pkg-config --variable=libdir lua5.4)/liblua5.4.a \
 DEP_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) $(DEP_CFLAGS) \
+ALL_CFLAGS = -std=c11 -MMD -MP -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) $(DEP_CFLAGS) \
              -Igenerator -Iruntime -DMG_DEFAULT_CUDA_HOME='"$(CUDA_HOME)"' \
              -DMG_INSTALL_DATADIR='"$(PREFIX)/share/mobagen"'
 LDLIBS    = $(STATIC_LIBS) -ldl -lpthread -lm
 
-LIB_SRC   := $(filter-out generator/cli%.c,$(wildcard generator/*.c runtime/*.c))
+TPL_FILES := $(sort $(wildcard templates/*.tpl))
+EMBED_SRC := $(BUILD)/gen/embedded_templates.c
+LIB_SRC   := $(filter-out generator/cli%.c,$(wildcard generator/*.c runtime/*.c)) $(EMBED_SRC)
 CLI_SRC   := $(wildcard generator/cli*.c)
 REF_SRC   := $(wildcard tests/ref/*.c)
 TESTUTIL  := $(wildcard tests/util/*.c)
@@ -50,12 +52,17 @@ $(TBUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) -Itests -MMD -MP -c $< -o $@
 
+$(EMBED_SRC): $(TPL_FILES) tools/embed_templates.sh
+	@mkdir -p $(dir $@)
+	tools/embed_templates.sh $@ $(TPL_FILES)
+
 $(BUILD)/libmobagen.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# Debian's static Lua is not position-independent, so the shared library links the shared ones.
 $(BUILD)/libmobagen.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+	$(CC) -shared -o $@ $^ $(shell pkg-config --libs $(PKGS)) -ldl -lpthread -lm
 
 $(BUILD)/mobagen: $(CLI_OBJ) $(BUILD)/libmobagen.a
 	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libmobagen.a $(LDLIBS)

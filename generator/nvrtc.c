@@ -105,7 +105,7 @@ mg_status mg_nvrtc_open(mg_nvrtc **out, mg_diag *diag)
         return mg_fail(diag, MG_E_NOMEM, "out of memory");
     }
     n->lib = lib;
-    snprintf(n->path, sizeof n->path, "%s", candidates[which]);
+    memcpy(n->path, candidates[which], sizeof n->path);
     char missing[128];
     if (!bind_symbols(n, missing, sizeof missing)) {
         mg_status st = mg_fail(diag, MG_E_NO_NVRTC, "%s is not a usable NVRTC: it lacks %s",
