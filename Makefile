@@ -38,7 +38,15 @@ T_CLI_OBJ := $(CLI_SRC:%.c=$(TBUILD)/obj/%.o)
 T_AUX_OBJ := $(REF_SRC:%.c=$(TBUILD)/obj/%.o) $(TESTUTIL:%.c=$(TBUILD)/obj/%.o)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(TBUILD)/tests/%)
 
-.PHONY: all setup run test test-build gpu-test install clean
+# The GPU machine gets an unsanitized build (its image lacks the sanitizer runtimes, and the
+# reference checks of long sequences want -O2), plus libcmocka: tools/device.sh runs it.
+GBUILD    := $(BUILD)/gpu
+G_LIB_OBJ := $(LIB_SRC:%.c=$(GBUILD)/obj/%.o)
+G_AUX_OBJ := $(REF_SRC:%.c=$(GBUILD)/obj/%.o) $(TESTUTIL:%.c=$(GBUILD)/obj/%.o)
+GPU_TESTS := $(patsubst tests/%.c,$(GBUILD)/tests/%,$(wildcard tests/test_gpu_*.c))
+BENCHES   := $(patsubst bench/%.c,$(GBUILD)/bench/%,$(wildcard bench/*.c))
+
+.PHONY: all setup run test test-build gpu-kit install clean
 all: $(BUILD)/mobagen $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so
 
 setup:
@@ -74,6 +82,24 @@ $(TBUILD)/tests/%: tests/%.c $(T_LIB_OBJ) $(T_AUX_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) -Itests -o $@ $< $(T_LIB_OBJ) $(T_AUX_OBJ) \
 	    $(shell pkg-config --libs cmocka) $(LDLIBS)
+
+$(GBUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -c $< -o $@
+
+G_LINK     = $(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(G_LIB_OBJ) $(G_AUX_OBJ) \
+             $(shell pkg-config --libs cmocka) $(LDLIBS)
+$(GBUILD)/tests/%: tests/%.c $(G_LIB_OBJ) $(G_AUX_OBJ)
+	@mkdir -p $(dir $@)
+	$(G_LINK)
+
+$(GBUILD)/bench/%: bench/%.c $(G_LIB_OBJ) $(G_AUX_OBJ)
+	@mkdir -p $(dir $@)
+	$(G_LINK)
+
+gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES)
+	@mkdir -p $(GBUILD)/lib
+	cp -L $(shell $(CC) -print-file-name=libcmocka.so.0) $(GBUILD)/lib/
 
 test-build: $(TEST_BIN) $(TBUILD)/mobagen
 

@@ -280,6 +280,7 @@ static int cmd_build(const cli_args *a)
                 fprintf(stderr, "mobagen: error: %s: %s\n", vars[i].id, results[i].error);
             else if (results[i].entry.log && results[i].entry.log[0] && !results[i].hit)
                 fprintf(stderr, "mobagen: NVRTC log for %s:\n%s\n", vars[i].id, results[i].entry.log);
+        fflush(stderr);
         printf("spec %s: %d variants, %d cached, %d compiled, %d failed%s in %.2f s (cache %s)\n",
                spec.name, stats.total, stats.hits, stats.misses, stats.failed,
                stats.damaged ? " (damaged entries rebuilt)" : "", stats.seconds,

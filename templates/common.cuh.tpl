@@ -39,6 +39,9 @@ __device__ __forceinline__ void store8(elem_t *p, const float in[8]) {
 }
 
 typedef unsigned long long u64;
+#ifndef INFINITY   // NVRTC has no <math.h>
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 
 // Everything a forward launch needs, passed by value. Every field is 8 bytes so that the C
 // runtime's copy (runtime/fwd_params.h) has the same layout without padding rules to match.

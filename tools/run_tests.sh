@@ -20,10 +20,10 @@ for t in "$root/$build"/tests/test_*; do
     "$t" >"$log" 2>&1
     rc=$?
     cat "$log"
-    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
-    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
-    s=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
-    if ! grep -q '^\[  PASSED  \]' "$log" && [ "$f" -eq 0 ]; then
+    p=$(sed -n 's/.*\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    f=$(sed -n 's/.*\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    s=$(sed -n 's/.*\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    if ! grep -q '\[  PASSED  \]' "$log" && [ "$f" -eq 0 ]; then
         echo "$name: exited $rc without a test summary"; f=1
     elif [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "$name: exited $rc"; f=1

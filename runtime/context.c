@@ -1,0 +1,85 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_internal.h"
+
+static const char *arch_for(int major, int minor, char *buf, size_t size)
+{
+    /* The 'a' targets (wgmma, setmaxnreg on sm_90a) run only on their own generation, which
+     * is exactly the device at hand. */
+    char with_a[16];
+    snprintf(with_a, sizeof with_a, "sm_%d%da", major, minor);
+    if (mg_arch_lookup(with_a))
+        snprintf(buf, size, "%s", with_a);
+    else
+        snprintf(buf, size, "sm_%d%d", major, minor);
+    return buf;
+}
+
+mg_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts, mobagen_ctx **out)
+{
+    mobagen_ctx *ctx = calloc(1, sizeof *ctx);
+    *out = ctx;
+    if (!ctx) return MG_E_NOMEM;
+    if (opts && opts->cache_dir) snprintf(ctx->cache_dir, sizeof ctx->cache_dir, "%s", opts->cache_dir);
+    if (opts && opts->template_dir)
+        snprintf(ctx->template_dir, sizeof ctx->template_dir, "%s", opts->template_dir);
+    mg_status st = mg_cuda_load(&ctx->cu, &ctx->err);
+    if (st != MG_OK) return st;
+    ctx->driver_loaded = 1;
+    mg_cuda *cu = &ctx->cu;
+    int count = 0;
+    st = mg_cuda_check(cu, cu->DeviceGetCount(&count), "cuDeviceGetCount", &ctx->err);
+    if (st != MG_OK) return st;
+    if (count == 0) return mg_fail(&ctx->err, MG_E_NO_DEVICE, "no CUDA device");
+    if (device < 0 || device >= count)
+        return mg_fail(&ctx->err, MG_E_NO_DEVICE, "device %d does not exist: %d device(s), 0..%d",
+                       device, count, count - 1);
+    ctx->device_ordinal = device;
+    st = mg_cuda_check(cu, cu->DeviceGet(&ctx->device, device), "cuDeviceGet", &ctx->err);
+    int major = 0, minor = 0;
+    if (st == MG_OK) {
+        cu->DeviceGetName(ctx->device_name, sizeof ctx->device_name, ctx->device);
+        cu->DeviceGetAttribute(&major, CU_ATTR_CC_MAJOR, ctx->device);
+        cu->DeviceGetAttribute(&minor, CU_ATTR_CC_MINOR, ctx->device);
+        cu->DeviceGetAttribute(&ctx->sm_count, CU_ATTR_MULTIPROCESSOR_COUNT, ctx->device);
+        cu->DeviceGetAttribute(&ctx->max_smem_optin, CU_ATTR_MAX_SMEM_OPTIN, ctx->device);
+        arch_for(major, minor, ctx->arch, sizeof ctx->arch);
+        if (!mg_arch_lookup(ctx->arch))
+            st = mg_fail(&ctx->err, MG_E_UNSUPPORTED, "device %d (%s) is %s; mobagen knows: %s",
+                         device, ctx->device_name, ctx->arch, mg_arch_known_list());
+    }
+    if (st == MG_OK)
+        st = mg_cuda_check(cu, cu->DevicePrimaryCtxRetain(&ctx->context, ctx->device),
+                           "cuDevicePrimaryCtxRetain", &ctx->err);
+    return st;
+}
+
+void mobagen_ctx_destroy(mobagen_ctx *ctx)
+{
+    if (!ctx) return;
+    if (ctx->context) ctx->cu.DevicePrimaryCtxRelease(ctx->device);
+    if (ctx->driver_loaded) mg_cuda_unload(&ctx->cu);
+    free(ctx);
+}
+
+const char *mobagen_ctx_errmsg(const mobagen_ctx *ctx)
+{
+    return ctx ? ctx->err.msg : "out of memory creating a mobagen context";
+}
+
+const char *mobagen_ctx_arch(const mobagen_ctx *ctx) { return ctx->arch; }
+const char *mobagen_ctx_device_name(const mobagen_ctx *ctx) { return ctx->device_name; }
+
+mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag)
+{
+    if (!ctx->context) return mg_fail(diag, MG_E_NO_DEVICE, "the context has no device");
+    return mg_cuda_check(&ctx->cu, ctx->cu.CtxPushCurrent(ctx->context), "cuCtxPushCurrent", diag);
+}
+
+void mg_ctx_pop(mobagen_ctx *ctx)
+{
+    cu_context popped;
+    ctx->cu.CtxPopCurrent(&popped);
+}

@@ -1,0 +1,164 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_internal.h"
+
+static const char *const kernel_templates[] = {"kconv_centroid", "route", "attn_fwd"};
+
+static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_build_result *r,
+                              mg_diag *diag)
+{
+    mobagen_ctx *ctx = op->ctx;
+    mg_cuda *cu = &ctx->cu;
+    if (op->n_variants == MG_MAX_LOADED)
+        return mg_fail(diag, MG_E_UNSUPPORTED, "spec '%s' expands to more than %d variants",
+                       op->spec.name, MG_MAX_LOADED);
+    mg_loaded_variant *lv = &op->variants[op->n_variants];
+    memset(lv, 0, sizeof *lv);
+    snprintf(lv->template_name, sizeof lv->template_name, "%s", mg_template_name(v->tpl));
+    snprintf(lv->id, sizeof lv->id, "%s", v->id);
+    lv->threads = (int)mg_rendered_launch(&v->rendered, "threads", 0);
+    lv->smem = (int)mg_rendered_launch(&v->rendered, "smem", 0);
+    lv->rows = (int)mg_rendered_launch(&v->rendered, "rows", 1);
+    if (lv->threads < 1 || lv->threads > 1024 || lv->smem < 0 || lv->rows < 1)
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: launch() gave threads=%d smem=%d rows=%d", v->id,
+                       lv->threads, lv->smem, lv->rows);
+    if (lv->smem > ctx->max_smem_optin)
+        return mg_fail(diag, MG_E_UNSUPPORTED, "%s needs %d bytes of shared memory; %s allows %d",
+                       v->id, lv->smem, ctx->device_name, ctx->max_smem_optin);
+    char lowered[512];
+    if (!mg_entry_lowered_name(&r->entry, "main", lowered, sizeof lowered))
+        return mg_fail(diag, MG_E_CACHE, "%s: cache entry names no 'main' kernel", v->id);
+    mg_status st = mg_cuda_check(cu, cu->ModuleLoadData(&lv->module, r->entry.cubin),
+                                 "cuModuleLoadData", diag);
+    if (st == MG_OK)
+        st = mg_cuda_check(cu, cu->ModuleGetFunction(&lv->fn, lv->module, lowered),
+                           "cuModuleGetFunction", diag);
+    if (st == MG_OK && lv->smem > 48 * 1024)
+        st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fn, CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
+                           "cuFuncSetAttribute(max dynamic shared memory)", diag);
+    if (st != MG_OK) {
+        if (lv->module) cu->ModuleUnload(lv->module);
+        return mg_fail(diag, st, "%s: %s", v->id, diag->msg);
+    }
+    op->n_variants++;
+    return MG_OK;
+}
+
+static int first_variant_of(const mobagen_op *op, const char *template_name)
+{
+    for (int i = 0; i < op->n_variants; i++)
+        if (!strcmp(op->variants[i].template_name, template_name)) return i;
+    return -1;
+}
+
+static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
+{
+    mobagen_ctx *ctx = op->ctx;
+    mg_template_set *set = NULL;
+    mg_variant *vars = NULL;
+    int n = 0;
+    mg_builder *b = NULL;
+    mg_build_result *results = NULL;
+    const char *arch = ctx->arch;
+    mg_status st = mg_template_set_open(ctx->template_dir[0] ? ctx->template_dir : NULL, &set, diag);
+    if (st == MG_OK) st = mg_variants_expand(set, &op->spec, &arch, 1, &vars, &n, diag);
+    for (int t = 0; t < 3 && st == MG_OK; t++)
+        if (!mg_template_set_find(set, kernel_templates[t]))
+            st = mg_fail(diag, MG_E_TEMPLATE, "templates (%s) lack '%s'", mg_template_set_origin(set),
+                         kernel_templates[t]);
+    if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
+    if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
+        st = mg_fail(diag, MG_E_NOMEM, "out of memory");
+    if (st == MG_OK) st = mg_builder_build(b, vars, n, NULL, results, NULL, diag);
+    if (st == MG_OK) st = mg_ctx_push(ctx, diag);
+    if (st == MG_OK) {
+        for (int i = 0; i < n && st == MG_OK; i++) st = load_variant(op, &vars[i], &results[i], diag);
+        mg_ctx_pop(ctx);
+    }
+    if (st == MG_OK) {
+        op->selected_kconv = first_variant_of(op, "kconv_centroid");
+        op->selected_route = first_variant_of(op, "route");
+        op->selected_attn = first_variant_of(op, "attn_fwd");
+    }
+    mg_build_results_free(results, n);
+    mg_builder_close(b);
+    mg_variants_free(vars, n);
+    mg_template_set_free(set);
+    return st;
+}
+
+mg_status mobagen_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out)
+{
+    *out = NULL;
+    if (!ctx->context)
+        return mg_fail(&ctx->err, MG_E_NO_DEVICE, "the mobagen context has no device: %s",
+                       ctx->err.msg);
+    mobagen_op *op = calloc(1, sizeof *op);
+    if (!op) return mg_fail(&ctx->err, MG_E_NOMEM, "out of memory");
+    op->ctx = ctx;
+    op->spec = *spec;
+    mg_status st = build_and_load(op, &ctx->err);
+    if (st != MG_OK) {
+        mobagen_op_destroy(op);
+        return st;
+    }
+    *out = op;
+    return MG_OK;
+}
+
+mg_status mobagen_op_create(mobagen_ctx *ctx, const char *spec_path, mobagen_op **out)
+{
+    mg_spec spec;
+    *out = NULL;
+    mg_status st = mg_spec_load(spec_path, &spec, &ctx->err);
+    if (st != MG_OK) return st;
+    return mobagen_op_create_from_spec(ctx, &spec, out);
+}
+
+void mobagen_op_destroy(mobagen_op *op)
+{
+    if (!op) return;
+    if (op->n_variants && mg_ctx_push(op->ctx, &op->err) == MG_OK) {
+        for (int i = 0; i < op->n_variants; i++) op->ctx->cu.ModuleUnload(op->variants[i].module);
+        mg_ctx_pop(op->ctx);
+    }
+    free(op);
+}
+
+const char *mobagen_op_errmsg(const mobagen_op *op) { return op->err.msg; }
+const mg_spec *mobagen_op_spec(const mobagen_op *op) { return &op->spec; }
+
+static int nth_variant_of(const mobagen_op *op, const char *template_name, int index)
+{
+    for (int i = 0; i < op->n_variants; i++)
+        if (!strcmp(op->variants[i].template_name, template_name) && index-- == 0) return i;
+    return -1;
+}
+
+int mobagen_op_variant_count(const mobagen_op *op, const char *template_name)
+{
+    int n = 0;
+    for (int i = 0; i < op->n_variants; i++) n += !strcmp(op->variants[i].template_name, template_name);
+    return n;
+}
+
+const char *mobagen_op_variant_id(const mobagen_op *op, const char *template_name, int index)
+{
+    int i = nth_variant_of(op, template_name, index);
+    return i < 0 ? NULL : op->variants[i].id;
+}
+
+mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index)
+{
+    int i = nth_variant_of(op, template_name, index);
+    if (i < 0)
+        return mg_fail(&op->err, MG_E_ARG, "template '%s' has no variant %d (it has %d)",
+                       template_name, index, mobagen_op_variant_count(op, template_name));
+    if (!strcmp(template_name, "kconv_centroid")) op->selected_kconv = i;
+    else if (!strcmp(template_name, "route")) op->selected_route = i;
+    else if (!strcmp(template_name, "attn_fwd")) op->selected_attn = i;
+    else return mg_fail(&op->err, MG_E_ARG, "template '%s' is not selectable", template_name);
+    return MG_OK;
+}

@@ -1,0 +1,51 @@
+/* Structures shared by the runtime's files; not part of the public API. */
+#ifndef MOBAGEN_RUNTIME_INTERNAL_H
+#define MOBAGEN_RUNTIME_INTERNAL_H
+
+#include "build.h"
+#include "cuda_driver.h"
+#include "mobagen.h"
+#include "variants.h"
+
+struct mobagen_ctx {
+    mg_cuda cu;
+    int driver_loaded;
+    int device_ordinal;
+    cu_device device;
+    cu_context context;          /* the device's primary context, retained */
+    char arch[16];
+    char device_name[256];
+    int sm_count;
+    int max_smem_optin;
+    char cache_dir[1024];
+    char template_dir[1024];
+    mg_diag err;
+};
+
+/* One loaded variant: its module, entry function and launch shape. */
+typedef struct mg_loaded_variant {
+    char template_name[MG_NAME_MAX];
+    char id[320];
+    cu_module module;
+    cu_function fn;
+    int threads;
+    int smem;
+    int rows;                    /* rows per CTA, where the template tiles rows */
+} mg_loaded_variant;
+
+#define MG_MAX_LOADED 128
+
+struct mobagen_op {
+    mobagen_ctx *ctx;
+    mg_spec spec;
+    int n_variants;
+    mg_loaded_variant variants[MG_MAX_LOADED];
+    int selected_kconv, selected_route, selected_attn;  /* indices into variants */
+    mg_diag err;
+};
+
+/* Runs fn with the ctx's context current on this thread, then restores the caller's. */
+mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag);
+void mg_ctx_pop(mobagen_ctx *ctx);
+
+#endif
