@@ -130,6 +130,12 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx,
 mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr workspace,
                       size_t workspace_bytes, mobagen_stream stream)
 {
+    return mg_fwd_stages(op, a, workspace, workspace_bytes, stream, MG_STAGE_ALL);
+}
+
+mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr workspace,
+                        size_t workspace_bytes, mobagen_stream stream, unsigned stages)
+{
     mg_status st = check_args(op, a);
     if (st != MG_OK) return st;
     const mg_spec *s = &op->spec;
@@ -164,9 +170,12 @@ mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr 
     unsigned q_tiles_attn = (unsigned)((a->max_seqlen_q + attn->rows - 1) / attn->rows);
     st = mg_ctx_push(op->ctx, &op->err);
     if (st != MG_OK) return st;
-    st = launch(op, kconv, (unsigned)max_blocks, (unsigned)a->hkv, (unsigned)a->batch, &p, stream);
-    if (st == MG_OK) st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
-    if (st == MG_OK) st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
+    if (stages & MG_STAGE_CENTROIDS)
+        st = launch(op, kconv, (unsigned)max_blocks, (unsigned)a->hkv, (unsigned)a->batch, &p, stream);
+    if (st == MG_OK && (stages & MG_STAGE_ROUTE))
+        st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
+    if (st == MG_OK && (stages & MG_STAGE_ATTN))
+        st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }

@@ -48,4 +48,10 @@ struct mobagen_op {
 mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag);
 void mg_ctx_pop(mobagen_ctx *ctx);
 
+/* The forward's stages, for benchmarks that time them one by one (each reads what the earlier
+ * ones left in the workspace). */
+enum { MG_STAGE_CENTROIDS = 1, MG_STAGE_ROUTE = 2, MG_STAGE_ATTN = 4, MG_STAGE_ALL = 7 };
+mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *args, mobagen_devptr workspace,
+                        size_t workspace_bytes, mobagen_stream stream, unsigned stages);
+
 #endif
