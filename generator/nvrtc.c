@@ -82,8 +82,11 @@ mg_status mg_nvrtc_open(mg_nvrtc **out, mg_diag *diag)
     mg_buf tried = {0};
     void *lib = NULL;
     int which = -1;
+    /* RTLD_NODELETE: NVRTC (and the C++ runtime it pulls in) keep process-lifetime state that
+     * they never free; unloading them on mg_nvrtc_close would orphan it, and reloading is
+     * cheaper when the library stays mapped. */
     for (int i = 0; i < nc && !lib; i++) {
-        lib = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
+        lib = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
         if (lib)
             which = i;
         else

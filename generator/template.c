@@ -254,8 +254,8 @@ static void instruction_hook(lua_State *L, lua_Debug *ar)
     lua_getallocf(L, (void **)&sb);
     sb->instructions += HOOK_EVERY;
     if (sb->instructions > MG_LUA_INSTRUCTION_CAP)
-        luaL_error(L, "template exceeded its budget of %lld Lua instructions",
-                   (long long)MG_LUA_INSTRUCTION_CAP);
+        luaL_error(L, "template exceeded its budget of %I Lua instructions",
+                   (LUA_INTEGER)MG_LUA_INSTRUCTION_CAP);
 }
 
 static sandbox *sandbox_of(lua_State *L)
@@ -307,6 +307,17 @@ static int lua_emit_line(lua_State *L)
         lua_setfield(L, LUA_REGISTRYINDEX, "mg_out_path");  /* keeps the string alive */
     }
     int top = lua_gettop(L);
+    size_t total = 0;
+    for (int i = 2; i <= top; i++) {
+        size_t n;
+        luaL_checklstring(L, i, &n);
+        total += n;
+    }
+    /* The output lives outside Lua's capped heap: cap it too, or a loop of text lines could
+     * grow it until the host runs out of memory long before the instruction budget ends. */
+    if (total > MG_LUA_MEMORY_CAP || sb->out.len + total + 64 > MG_LUA_MEMORY_CAP)
+        return luaL_error(L, "template output exceeds its memory budget of %d MiB",
+                          (int)(MG_LUA_MEMORY_CAP >> 20));
     for (int i = 2; i <= top; i++) {
         size_t n;
         const char *s = lua_tolstring(L, i, &n);
@@ -450,6 +461,34 @@ static mg_status lua_failure(lua_State *L, mg_diag *diag, const char *what)
     return mg_fail(diag, MG_E_TEMPLATE, "%s%s", what, msg ? msg : "(error object is not a string)");
 }
 
+/* Runs fn(L, ctx, diag) in protected mode. Once template code has run, any Lua API call may
+ * raise (a metamethod such as __len or _G's __index, the memory cap, the instruction budget),
+ * and an error outside a protected call would make Lua panic and abort the process. */
+typedef struct protected_call {
+    mg_status (*fn)(lua_State *L, void *ctx, mg_diag *diag);
+    void *ctx;
+    mg_diag *diag;
+    mg_status st;
+} protected_call;
+
+static int protected_trampoline(lua_State *L)
+{
+    protected_call *pc = lua_touserdata(L, 1);
+    lua_settop(L, 0);
+    pc->st = pc->fn(L, pc->ctx, pc->diag);
+    return 0;
+}
+
+static mg_status run_protected(lua_State *L, mg_status (*fn)(lua_State *, void *, mg_diag *),
+                               void *ctx, mg_diag *diag)
+{
+    protected_call pc = {fn, ctx, diag, MG_OK};
+    lua_pushcfunction(L, protected_trampoline);
+    lua_pushlightuserdata(L, &pc);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) return lua_failure(L, diag, "");
+    return pc.st;
+}
+
 /* ---------- tuning points ---------- */
 
 typedef struct knob_space {
@@ -558,6 +597,58 @@ static int point_is_valid(lua_State *L, const mg_point *p, char *why, size_t why
     return ok;
 }
 
+/* Tuning spaces larger than this are refused rather than enumerated. */
+#define MAX_POINTS 65536
+
+typedef struct points_ctx {
+    const mg_template *t;
+    const mg_spec *spec;
+    const char *arch;
+    mg_point *list;     /* owned by the caller, so that a Lua error cannot leak it */
+    int kept;
+} points_ctx;
+
+static mg_status enumerate_points(lua_State *L, void *p, mg_diag *diag)
+{
+    points_ctx *pc = p;
+    const mg_template *t = pc->t;
+    knob_space ks;
+    mg_status st = read_knobs(L, t, &ks, diag);
+    if (st == MG_OK) st = narrow_by_spec(t, pc->spec, &ks, diag);
+    if (st != MG_OK) return st;
+    long long total = 1;
+    for (int i = 0; i < ks.n; i++) {
+        total *= ks.n_values[i];
+        if (total > MAX_POINTS)
+            return mg_fail(diag, MG_E_TEMPLATE,
+                           "%s: tuning space has more than %d points for spec '%s'; narrow it "
+                           "in the spec's tuning section", t->path, MAX_POINTS, pc->spec->name);
+    }
+    pc->list = calloc((size_t)total, sizeof *pc->list);
+    if (!pc->list) return mg_fail(diag, MG_E_NOMEM, "out of memory enumerating %s", t->path);
+    char last_reason[256] = "";
+    for (int idx = 0; idx < (int)total; idx++) {
+        mg_point pt = {.n = ks.n};
+        for (int i = ks.n - 1, rest = idx; i >= 0; i--) {
+            snprintf(pt.names[i], MG_NAME_MAX, "%s", ks.names[i]);
+            pt.values[i] = ks.values[i][rest % ks.n_values[i]];
+            rest /= ks.n_values[i];
+        }
+        char why[256] = "";
+        int v = point_is_valid(L, &pt, why, sizeof why);
+        if (v < 0) return lua_failure(L, diag, "");
+        if (v)
+            pc->list[pc->kept++] = pt;
+        else if (why[0])
+            snprintf(last_reason, sizeof last_reason, "%s", why);
+    }
+    if (pc->kept == 0)
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: no valid tuning point for spec '%s' on %s%s%s",
+                       t->path, pc->spec->name, pc->arch, last_reason[0] ? ": " : "",
+                       last_reason);
+    return MG_OK;
+}
+
 mg_status mg_template_points(const mg_template *t, const mg_spec *spec, const char *arch,
                              mg_point **points, int *n_points, mg_diag *diag)
 {
@@ -566,52 +657,17 @@ mg_status mg_template_points(const mg_template *t, const mg_spec *spec, const ch
     sandbox sb;
     mg_status st = sandbox_open(&sb, t, spec, arch, diag);
     if (st != MG_OK) return st;
-    knob_space ks;
+    points_ctx pc = {.t = t, .spec = spec, .arch = arch};
     if (run_chunk(sb.L, t->manifest_lua, t->path) != LUA_OK)
         st = lua_failure(sb.L, diag, "");
-    if (st == MG_OK) st = read_knobs(sb.L, t, &ks, diag);
-    if (st == MG_OK) st = narrow_by_spec(t, spec, &ks, diag);
-    if (st != MG_OK) {
-        sandbox_close(&sb);
-        return st;
-    }
-    int total = 1;
-    for (int i = 0; i < ks.n; i++) total *= ks.n_values[i];
-    mg_point *list = calloc((size_t)total, sizeof *list);
-    if (!list) {
-        sandbox_close(&sb);
-        return mg_fail(diag, MG_E_NOMEM, "out of memory enumerating %s", t->path);
-    }
-    int kept = 0;
-    char last_reason[256] = "";
-    for (int idx = 0; idx < total; idx++) {
-        mg_point p = {.n = ks.n};
-        for (int i = ks.n - 1, rest = idx; i >= 0; i--) {
-            snprintf(p.names[i], MG_NAME_MAX, "%s", ks.names[i]);
-            p.values[i] = ks.values[i][rest % ks.n_values[i]];
-            rest /= ks.n_values[i];
-        }
-        char why[256] = "";
-        int v = point_is_valid(sb.L, &p, why, sizeof why);
-        if (v < 0) {
-            st = lua_failure(sb.L, diag, "");
-            break;
-        }
-        if (v)
-            list[kept++] = p;
-        else if (why[0])
-            snprintf(last_reason, sizeof last_reason, "%s", why);
-    }
+    if (st == MG_OK) st = run_protected(sb.L, enumerate_points, &pc, diag);
     sandbox_close(&sb);
-    if (st == MG_OK && kept == 0)
-        st = mg_fail(diag, MG_E_TEMPLATE, "%s: no valid tuning point for spec '%s' on %s%s%s",
-                     t->path, spec->name, arch, last_reason[0] ? ": " : "", last_reason);
     if (st != MG_OK) {
-        free(list);
+        free(pc.list);
         return st;
     }
-    *points = list;
-    *n_points = kept;
+    *points = pc.list;
+    *n_points = pc.kept;
     return MG_OK;
 }
 
@@ -671,6 +727,19 @@ static mg_status read_launch(lua_State *L, const mg_template *t, mg_rendered *r,
     return MG_OK;
 }
 
+typedef struct manifest_ctx {
+    const mg_template *t;
+    mg_rendered *r;
+} manifest_ctx;
+
+static mg_status read_manifest_results(lua_State *L, void *p, mg_diag *diag)
+{
+    manifest_ctx *mc = p;
+    mg_status st = read_kernels(L, mc->t, mc->r, diag);
+    if (st == MG_OK) st = read_launch(L, mc->t, mc->r, diag);
+    return st;
+}
+
 mg_status mg_template_render(const mg_template *t, const mg_spec *spec, const char *arch,
                              const mg_point *point, mg_rendered *out, mg_diag *diag)
 {
@@ -689,8 +758,10 @@ mg_status mg_template_render(const mg_template *t, const mg_spec *spec, const ch
 
     if (run_chunk(L, t->manifest_lua, t->path) != LUA_OK) st = lua_failure(L, diag, "");
     if (st == MG_OK && run_chunk(L, t->body_lua, t->path) != LUA_OK) st = lua_failure(L, diag, "");
-    if (st == MG_OK) st = read_kernels(L, t, out, diag);
-    if (st == MG_OK) st = read_launch(L, t, out, diag);
+    if (st == MG_OK) {
+        manifest_ctx mc = {t, out};
+        st = run_protected(L, read_manifest_results, &mc, diag);
+    }
     if (st == MG_OK && sb.out.oom) st = mg_fail(diag, MG_E_NOMEM, "out of memory rendering %s", t->path);
     if (st == MG_OK) {
         out->source_len = sb.out.len;
