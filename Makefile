@@ -97,7 +97,12 @@ $(GBUILD)/bench/%: bench/%.c $(G_LIB_OBJ) $(G_AUX_OBJ)
 	@mkdir -p $(dir $@)
 	$(G_LINK)
 
-gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES)
+# The C API example, against the build tree and CUDA's runtime library.
+$(GBUILD)/example_fwd: docs/example_fwd.c $(BUILD)/libmobagen.a
+	$(CC) $(ALL_CFLAGS) -I$(CUDA_HOME)/include -o $@ $< $(BUILD)/libmobagen.a $(LDLIBS) \
+	    -L$(CUDA_HOME)/lib64 -lcudart_static -lrt
+
+gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES) $(GBUILD)/example_fwd
 	@mkdir -p $(GBUILD)/lib
 	cp -L $(shell $(CC) -print-file-name=libcmocka.so.0) $(GBUILD)/lib/
 
@@ -117,8 +122,10 @@ install: all
 	    $(DESTDIR)$(PREFIX)/share/mobagen/templates $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BUILD)/mobagen $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 runtime/mobagen.h generator/status.h $(DESTDIR)$(PREFIX)/include/mobagen/
+	install -d $(DESTDIR)$(PREFIX)/share/mobagen/specs
+	install -m 644 runtime/mobagen.h generator/status.h generator/spec.h $(DESTDIR)$(PREFIX)/include/mobagen/
 	install -m 644 templates/*.tpl $(DESTDIR)$(PREFIX)/share/mobagen/templates/
+	install -m 644 specs/*.yaml $(DESTDIR)$(PREFIX)/share/mobagen/specs/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
 
 clean:

@@ -22,6 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 note "gpu: $(head -1 "$OUT/gpu.txt")"
 build/mobagen doctor > "$OUT/doctor.txt" 2>&1
 arch=$(sed -n 's/.*\(sm_[0-9]*a\?\), .*/\1/p' "$OUT/doctor.txt" | head -1)
+case "$arch" in sm_90 | sm_100) arch="${arch}a" ;; esac   # the device's own 'a' target
 note "arch: ${arch:-unknown}"
 
 if [ "$what" = all ] || [ "$what" = tests ]; then
@@ -40,6 +41,8 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
         note "$name: exit $rc, $(grep -o 'PASSED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$') passed, $(grep -o 'FAILED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$' || echo 0) failed, $(( $(date +%s) - start )) s"
         grep -E 'error|Error|FAIL' "$OUT/$name.log" | head -20 | tee -a "$summary"
     done
+    build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
+    note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
 fi
 
 if [ "$what" = all ] || [ "$what" = bench ]; then
