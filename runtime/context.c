@@ -39,12 +39,19 @@ mg_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts, mobage
     ctx->device_ordinal = device;
     st = mg_cuda_check(cu, cu->DeviceGet(&ctx->device, device), "cuDeviceGet", &ctx->err);
     int major = 0, minor = 0;
+    if (st == MG_OK)
+        st = mg_cuda_check(cu, cu->DeviceGetName(ctx->device_name, sizeof ctx->device_name, ctx->device),
+                           "cuDeviceGetName", &ctx->err);
+    const struct { int attr; int *value; const char *what; } attrs[] = {
+        {CU_ATTR_CC_MAJOR, &major, "cuDeviceGetAttribute(compute capability major)"},
+        {CU_ATTR_CC_MINOR, &minor, "cuDeviceGetAttribute(compute capability minor)"},
+        {CU_ATTR_MULTIPROCESSOR_COUNT, &ctx->sm_count, "cuDeviceGetAttribute(multiprocessors)"},
+        {CU_ATTR_MAX_SMEM_OPTIN, &ctx->max_smem_optin, "cuDeviceGetAttribute(shared memory opt-in)"},
+    };
+    for (size_t i = 0; i < sizeof attrs / sizeof attrs[0] && st == MG_OK; i++)
+        st = mg_cuda_check(cu, cu->DeviceGetAttribute(attrs[i].value, attrs[i].attr, ctx->device),
+                           attrs[i].what, &ctx->err);
     if (st == MG_OK) {
-        cu->DeviceGetName(ctx->device_name, sizeof ctx->device_name, ctx->device);
-        cu->DeviceGetAttribute(&major, CU_ATTR_CC_MAJOR, ctx->device);
-        cu->DeviceGetAttribute(&minor, CU_ATTR_CC_MINOR, ctx->device);
-        cu->DeviceGetAttribute(&ctx->sm_count, CU_ATTR_MULTIPROCESSOR_COUNT, ctx->device);
-        cu->DeviceGetAttribute(&ctx->max_smem_optin, CU_ATTR_MAX_SMEM_OPTIN, ctx->device);
         arch_for(major, minor, ctx->arch, sizeof ctx->arch);
         if (!mg_arch_lookup(ctx->arch))
             st = mg_fail(&ctx->err, MG_E_UNSUPPORTED, "device %d (%s) is %s; mobagen knows: %s",
