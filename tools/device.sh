@@ -41,6 +41,13 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
         note "$name: exit $rc, $(grep -o 'PASSED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$') passed, $(grep -o 'FAILED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$' || echo 0) failed, $(( $(date +%s) - start )) s"
         grep -E 'error|Error|FAIL' "$OUT/$name.log" | head -20 | tee -a "$summary"
     done
+    # Out-of-bounds or misaligned accesses and uninitialised reads, on the grid of small cases.
+    if command -v compute-sanitizer >/dev/null; then
+        start=$(date +%s)
+        MOBAGEN_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            build/gpu/tests/test_gpu_fwd > "$OUT/memcheck.log" 2>&1
+        note "memcheck: exit $?, $(grep -c 'Invalid\|Uninitialized\|misaligned' "$OUT/memcheck.log") reports, $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1), $(( $(date +%s) - start )) s"
+    fi
     build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
     note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
 fi
