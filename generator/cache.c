@@ -32,21 +32,8 @@ struct mg_cache {
 
 static mg_status make_dirs(const char *path, mg_diag *diag)
 {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return mg_fail(diag, MG_E_CACHE, "cannot create cache directory %s: %s", tmp,
-                           strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-        return mg_fail(diag, MG_E_CACHE, "cannot create cache directory %s: %s", tmp, strerror(errno));
-    struct stat st;
-    if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode))
-        return mg_fail(diag, MG_E_CACHE, "cache path %s is not a directory", tmp);
+    if (mg_mkdir_p(path) != 0)
+        return mg_fail(diag, MG_E_CACHE, "cannot create cache directory %s: %s", path, strerror(errno));
     return MG_OK;
 }
 

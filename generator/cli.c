@@ -12,6 +12,7 @@
 #include "cuda_driver.h"
 #include "nvrtc.h"
 #include "spec.h"
+#include "textbuf.h"
 #include "variants.h"
 
 /* Exit codes a script can rely on (README.md lists them). */
@@ -193,19 +194,6 @@ static int cmd_list(const cli_args *a)
     return EXIT_OK;
 }
 
-static int make_dir_p(const char *path)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* Writes a file whole or not at all (temporary file, then rename). */
 static int write_file_atomic(const char *path, const char *data, size_t len)
 {
@@ -238,7 +226,7 @@ static int cmd_gen(const cli_args *a)
         for (char *c = pt; *c; c++)
             if (*c == ',' || *c == '=') *c = *c == ',' ? '.' : '-';
         snprintf(path, sizeof path, "%s/%s.%s.cu", dir, mg_template_name(vars[i].tpl), pt);
-        if (make_dir_p(dir) != 0 ||
+        if (mg_mkdir_p(dir) != 0 ||
             write_file_atomic(path, vars[i].rendered.source, vars[i].rendered.source_len) != 0) {
             fprintf(stderr, "mobagen: error: cannot write %s: %s\n", path, strerror(errno));
             rc = EXIT_CACHE;

@@ -1,5 +1,5 @@
 /* A growable byte buffer that remembers running out of memory instead of failing each call,
- * and whole-file reading. */
+ * whole-file reading and directory creation. */
 #ifndef MOBAGEN_TEXTBUF_H
 #define MOBAGEN_TEXTBUF_H
 
@@ -21,5 +21,8 @@ void mg_buf_free(mg_buf *b);
 
 /* Whole file, NUL-terminated, malloc'd; NULL with errno set on failure. */
 char *mg_read_file(const char *path, size_t *len);
+
+/* mkdir -p: 0, or -1 with errno set (a path that exists but is no directory gives ENOTDIR). */
+int mg_mkdir_p(const char *path);
 
 #endif
