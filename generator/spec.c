@@ -19,50 +19,6 @@
 /* A spec is a few dozen lines; anything bigger is not a spec. */
 #define MG_SPEC_MAX_BYTES (1u << 20)
 
-/* ---- arch and dtype tables ----------------------------------------------------------------- */
-
-static const mg_arch_info known_archs[] = {
-    {"sm_80", 80, 166912, 1},   {"sm_86", 86, 101376, 1},   {"sm_87", 87, 166912, 1},
-    {"sm_89", 89, 101376, 1},   {"sm_90", 90, 232448, 1},   {"sm_90a", 90, 232448, 1},
-    {"sm_100", 100, 232448, 1}, {"sm_100a", 100, 232448, 1}, {"sm_120", 120, 101376, 1},
-};
-#define N_KNOWN_ARCHS (sizeof known_archs / sizeof known_archs[0])
-
-/* Kept as a literal (no global mutable state); test_spec checks it against the table. */
-static const char known_arch_list[] =
-    "sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, sm_100a, sm_120";
-
-const mg_arch_info *mg_arch_lookup(const char *name)
-{
-    if (!name)
-        return NULL;
-    for (size_t i = 0; i < N_KNOWN_ARCHS; i++)
-        if (strcmp(known_archs[i].name, name) == 0)
-            return &known_archs[i];
-    return NULL;
-}
-
-const char *mg_arch_known_list(void) { return known_arch_list; }
-
-const char *mg_dtype_name(mg_dtype t)
-{
-    switch (t) {
-    case MG_BF16: return "bf16";
-    case MG_FP16: return "fp16";
-    }
-    return "unknown";
-}
-
-const mg_tuning *mg_spec_tuning_for(const mg_spec *s, const char *template_name)
-{
-    if (!s || !template_name)
-        return NULL;
-    for (int i = 0; i < s->n_tuning; i++)
-        if (strcmp(s->tuning[i].template_name, template_name) == 0)
-            return &s->tuning[i];
-    return NULL;
-}
-
 /* ---- diagnostics ----------------------------------------------------------------------------- */
 
 typedef struct parse_ctx {
@@ -339,12 +295,12 @@ static mg_status parse_archs(const parse_ctx *c, const yaml_node_t *n, mg_spec *
     char shown[96];
     if (n->type != YAML_SEQUENCE_NODE)
         return fail_at(c, n->start_mark, "archs must be a list of arch names, got %s; known: %s",
-                       describe_node(n, shown, sizeof shown), known_arch_list);
+                       describe_node(n, shown, sizeof shown), mg_arch_known_list());
     const yaml_node_item_t *items = n->data.sequence.items.start;
     int count = (int)(n->data.sequence.items.top - items);
     if (count == 0)
         return fail_at(c, n->start_mark, "archs is empty; list at least one of: %s",
-                       known_arch_list);
+                       mg_arch_known_list());
     s->n_archs = 0;
     for (int i = 0; i < count; i++) {
         const yaml_node_t *item = node_at(c, items[i]);
@@ -352,10 +308,10 @@ static mg_status parse_archs(const parse_ctx *c, const yaml_node_t *n, mg_spec *
         if (!scalar_as_string(item, &text))
             return fail_at(c, item->start_mark, "archs entries must be arch names, got %s; "
                            "known archs: %s", describe_node(item, shown, sizeof shown),
-                           known_arch_list);
+                           mg_arch_known_list());
         if (!mg_arch_lookup(text))
             return fail_at(c, item->start_mark, "unknown arch %s; known archs: %s",
-                           describe_node(item, shown, sizeof shown), known_arch_list);
+                           describe_node(item, shown, sizeof shown), mg_arch_known_list());
         for (int j = 0; j < i; j++) {
             const yaml_node_t *earlier = node_at(c, items[j]);
             if (strcmp(scalar_text(earlier), text) == 0)
