@@ -10,7 +10,10 @@
 #define WORKSPACE_ALIGN 256
 
 typedef struct workspace_layout {
-    size_t kprime, centroid, sel, total;   /* byte offsets, and the size */
+    /* byte offsets, and the size */
+    size_t kprime, centroid, sel;
+    size_t block_count, block_offset, block_cursor, tile_offset, entries, partial_o, partial_lse;
+    size_t total;
 } workspace_layout;
 
 static size_t align_up(size_t x) { return (x + WORKSPACE_ALIGN - 1) / WORKSPACE_ALIGN * WORKSPACE_ALIGN; }
@@ -20,9 +23,12 @@ static int max_blocks_of(const mg_spec *s, const mobagen_fwd_args *a)
     return (a->max_seqlen_k + s->block_size - 1) / s->block_size;
 }
 
-static workspace_layout layout_for(const mg_spec *s, const mobagen_fwd_args *a)
+/* Sized for every variant of the op, so that selecting another one never outgrows it. */
+static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args *a)
 {
+    const mg_spec *s = &op->spec;
     workspace_layout w;
+    memset(&w, 0, sizeof w);
     size_t elem = 2;
     size_t kprime = s->conv_width > 0 ? (size_t)a->total_k * (size_t)a->hkv * (size_t)a->head_dim * elem : 0;
     size_t centroid = (size_t)a->batch * (size_t)max_blocks_of(s, a) * (size_t)a->hkv *
@@ -32,6 +38,18 @@ static workspace_layout layout_for(const mg_spec *s, const mobagen_fwd_args *a)
     w.centroid = align_up(kprime);
     w.sel = w.centroid + align_up(centroid);
     w.total = w.sel + align_up(sel);
+    if (op->has_block_lists) {
+        size_t lists = (size_t)a->batch * (size_t)a->hq * (size_t)max_blocks_of(s, a);
+        size_t slots = (size_t)a->total_q * (size_t)a->hq * (size_t)s->top_k;
+        w.block_count = w.total;
+        w.block_offset = w.block_count + align_up(lists * 4);
+        w.block_cursor = w.block_offset + align_up((lists + 1) * 4);
+        w.tile_offset = w.block_cursor + align_up(lists * 4);
+        w.entries = w.tile_offset + align_up((lists + 1) * 4);
+        w.partial_o = w.entries + align_up(slots * 4);
+        w.partial_lse = w.partial_o + align_up(slots * (size_t)a->head_dim * elem);
+        w.total = w.partial_lse + align_up(slots * 4);
+    }
     return w;
 }
 
@@ -104,27 +122,55 @@ mg_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *arg
 {
     mg_status st = check_args(op, args);
     if (st != MG_OK) return st;
-    *bytes = layout_for(&op->spec, args).total;
+    *bytes = layout_for(op, args).total;
     return MG_OK;
 }
 
 mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
                                      mobagen_devptr workspace)
 {
-    return workspace + layout_for(&op->spec, args).sel;
+    return workspace + layout_for(op, args).sel;
+}
+
+static mg_status launch_kernel(mobagen_op *op, const mg_loaded_variant *v, const char *role,
+                               unsigned gx, unsigned gy, unsigned gz, int threads, int smem,
+                               mg_fwd_params *p, mobagen_stream stream)
+{
+    if (gx == 0 || gy == 0 || gz == 0) return MG_OK;
+    cu_function fn = mg_variant_kernel(v, role);
+    if (!fn) return mg_fail(&op->err, MG_E_TEMPLATE, "%s has no '%s' kernel", v->id, role);
+    void *params[] = {p};
+    mg_cuda *cu = &op->ctx->cu;
+    char what[400];
+    snprintf(what, sizeof what, "launch of %s (%s)", v->id, role);
+    return mg_cuda_check(cu, cu->LaunchKernel(fn, gx, gy, gz, (unsigned)threads, 1, 1, (unsigned)smem,
+                                              (cu_stream)stream, params, NULL),
+                         what, &op->err);
 }
 
 static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx, unsigned gy,
                         unsigned gz, mg_fwd_params *p, mobagen_stream stream)
 {
-    if (gx == 0 || gy == 0 || gz == 0) return MG_OK;
-    void *params[] = {p};
+    return launch_kernel(op, v, "main", gx, gy, gz, v->threads, v->smem, p, stream);
+}
+
+/* impl 2: transpose the selection into per-block query lists, run the tiles, merge. */
+static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, const mobagen_fwd_args *a,
+                                 mg_fwd_params *p, size_t n_lists, mobagen_stream stream)
+{
     mg_cuda *cu = &op->ctx->cu;
-    char what[400];
-    snprintf(what, sizeof what, "launch of %s", v->id);
-    return mg_cuda_check(cu, cu->LaunchKernel(v->fn, gx, gy, gz, (unsigned)v->threads, 1, 1,
-                                              (unsigned)v->smem, (cu_stream)stream, params, NULL),
-                         what, &op->err);
+    unsigned list_tiles = (unsigned)((a->max_seqlen_q + v->list_rows - 1) / v->list_rows);
+    unsigned merge_tiles = (unsigned)((a->max_seqlen_q + v->rows - 1) / v->rows);
+    unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch;
+    mg_status st = mg_cuda_check(cu, cu->MemsetD32Async(p->block_count, 0, n_lists, (cu_stream)stream),
+                                 "cuMemsetD32Async(block counts)", &op->err);
+    if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan", 1, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    if (st == MG_OK)
+        st = launch(op, v, (unsigned)(op->ctx->sm_count * v->ctas_per_sm), 1, 1, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "merge", merge_tiles, hq, batch, 32 * v->rows, 0, p, stream);
+    return st;
 }
 
 mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr workspace,
@@ -139,7 +185,11 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     mg_status st = check_args(op, a);
     if (st != MG_OK) return st;
     const mg_spec *s = &op->spec;
-    workspace_layout w = layout_for(s, a);
+    workspace_layout w = layout_for(op, a);
+    if ((long long)a->total_q * a->hq * s->top_k >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
+        return mg_fail(&op->err, MG_E_UNSUPPORTED,
+                       "total_q x hq x top_k (%lld) must stay under 2^31 and max_seqlen_q under 2^25",
+                       (long long)a->total_q * a->hq * s->top_k);
     if (workspace_bytes < w.total)
         return mg_fail(&op->err, MG_E_ARG, "workspace of %zu bytes is too small: %zu needed",
                        workspace_bytes, w.total);
@@ -162,6 +212,10 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .batch = a->batch, .hq = a->hq, .hkv = a->hkv,
         .max_seqlen_q = a->max_seqlen_q, .max_seqlen_k = a->max_seqlen_k, .max_blocks = max_blocks,
         .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
+        .block_count = workspace + w.block_count, .block_offset = workspace + w.block_offset,
+        .block_cursor = workspace + w.block_cursor, .tile_offset = workspace + w.tile_offset,
+        .entries = workspace + w.entries, .partial_o = workspace + w.partial_o,
+        .partial_lse = workspace + w.partial_lse,
     };
     const mg_loaded_variant *kconv = &op->variants[op->selected_kconv];
     const mg_loaded_variant *route = &op->variants[op->selected_route];
@@ -174,8 +228,12 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         st = launch(op, kconv, (unsigned)max_blocks, (unsigned)a->hkv, (unsigned)a->batch, &p, stream);
     if (st == MG_OK && (stages & MG_STAGE_ROUTE))
         st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
-    if (st == MG_OK && (stages & MG_STAGE_ATTN))
-        st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
+    if (st == MG_OK && (stages & MG_STAGE_ATTN)) {
+        if (mg_variant_kernel(attn, "merge"))
+            st = block_attention(op, attn, a, &p, (size_t)a->batch * a->hq * max_blocks, stream);
+        else
+            st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
+    }
     mg_ctx_pop(op->ctx);
     return st;
 }

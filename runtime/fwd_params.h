@@ -21,6 +21,8 @@ typedef struct mg_fwd_params {
     long long batch, hq, hkv;
     long long max_seqlen_q, max_seqlen_k, max_blocks;
     double softmax_scale;
+    uint64_t block_count, block_offset, block_cursor, tile_offset;
+    uint64_t entries, partial_o, partial_lse;
 } mg_fwd_params;
 
 #endif

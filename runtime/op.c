@@ -21,20 +21,31 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
     lv->threads = (int)mg_rendered_launch(&v->rendered, "threads", 0);
     lv->smem = (int)mg_rendered_launch(&v->rendered, "smem", 0);
     lv->rows = (int)mg_rendered_launch(&v->rendered, "rows", 1);
+    lv->ctas_per_sm = (int)mg_rendered_launch(&v->rendered, "ctas_per_sm", 1);
+    lv->list_rows = (int)mg_rendered_launch(&v->rendered, "list_rows", 128);
     if (lv->threads < 1 || lv->threads > 1024 || lv->smem < 0 || lv->rows < 1)
         return mg_fail(diag, MG_E_TEMPLATE, "%s: launch() gave threads=%d smem=%d rows=%d", v->id,
                        lv->threads, lv->smem, lv->rows);
     if (lv->smem > ctx->max_smem_optin)
         return mg_fail(diag, MG_E_UNSUPPORTED, "%s needs %d bytes of shared memory; %s allows %d",
                        v->id, lv->smem, ctx->device_name, ctx->max_smem_optin);
-    char lowered[512];
-    if (!mg_entry_lowered_name(&r->entry, "main", lowered, sizeof lowered))
-        return mg_fail(diag, MG_E_CACHE, "%s: cache entry names no 'main' kernel", v->id);
+    if (!mg_rendered_kernel(&v->rendered, "main"))
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: kernels() names no 'main' kernel", v->id);
     mg_status st = mg_cuda_check(cu, cu->ModuleLoadData(&lv->module, r->entry.cubin),
                                  "cuModuleLoadData", diag);
-    if (st == MG_OK)
-        st = mg_cuda_check(cu, cu->ModuleGetFunction(&lv->fn, lv->module, lowered),
+    for (int k = 0; k < v->rendered.n_kernels && st == MG_OK; k++) {
+        const char *role = v->rendered.kernels[k].role;
+        char lowered[512];
+        if (!mg_entry_lowered_name(&r->entry, role, lowered, sizeof lowered)) {
+            st = mg_fail(diag, MG_E_CACHE, "%s: cache entry names no '%s' kernel", v->id, role);
+            break;
+        }
+        snprintf(lv->roles[k], sizeof lv->roles[k], "%s", role);
+        st = mg_cuda_check(cu, cu->ModuleGetFunction(&lv->fns[k], lv->module, lowered),
                            "cuModuleGetFunction", diag);
+        lv->n_kernels = k + 1;
+    }
+    if (st == MG_OK) lv->fn = mg_variant_kernel(lv, "main");
     if (st == MG_OK && lv->smem > 48 * 1024)
         st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fn, CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
                            "cuFuncSetAttribute(max dynamic shared memory)", diag);
@@ -42,8 +53,17 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
         if (lv->module) cu->ModuleUnload(lv->module);
         return mg_fail(diag, st, "%s: %s", v->id, diag->msg);
     }
+    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "merge"))
+        op->has_block_lists = 1;
     op->n_variants++;
     return MG_OK;
+}
+
+cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role)
+{
+    for (int k = 0; k < v->n_kernels; k++)
+        if (!strcmp(v->roles[k], role)) return v->fns[k];
+    return NULL;
 }
 
 static int first_variant_of(const mobagen_op *op, const char *template_name)

@@ -27,11 +27,19 @@ typedef struct mg_loaded_variant {
     char template_name[MG_NAME_MAX];
     char id[320];
     cu_module module;
-    cu_function fn;
+    cu_function fn;              /* the "main" kernel */
+    int n_kernels;               /* every kernel of the variant, "main" included */
+    char roles[MG_MAX_KERNELS][MG_NAME_MAX];
+    cu_function fns[MG_MAX_KERNELS];
     int threads;
     int smem;
     int rows;                    /* rows per CTA, where the template tiles rows */
+    int ctas_per_sm;             /* persistent grids: CTAs per multiprocessor */
+    int list_rows;               /* rows per CTA of the list-building kernels */
 } mg_loaded_variant;
+
+/* A kernel of the variant by role ("merge", ...), or NULL. */
+cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role);
 
 #define MG_MAX_LOADED 128
 
@@ -41,6 +49,7 @@ struct mobagen_op {
     int n_variants;
     mg_loaded_variant variants[MG_MAX_LOADED];
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
+    int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     mg_diag err;
 };
 

@@ -1,18 +1,46 @@
 %! -- Attention over each query's selected blocks with an online softmax; writes o and LSE.
-%! -- One warp per (query row, head): lanes take 32 keys at a time for the scores, then own
-%! -- head_dim / 32 output dims each for P.V. This is the plain CUDA-core version; it reads each
-%! -- selected block once per query (no reuse across queries of a tile).
-%! knobs = { warps = {4, 8} }
+%! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into per-block query
+%! -- lists and 64-query tiles meet their block's keys on mma.sync; a merge combines the top_k
+%! -- partials of each query. impl 1 (CUDA cores): one warp per (query row, head) streams that
+%! -- query's own blocks; it reads each selected block once per query, with no reuse.
+%! knobs = { impl = {2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
+%!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
 %!   if p.warps < 1 or p.warps > 32 then return false, "warps must be in 1..32" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
+%!   if p.impl == 2 then
+%!     if p.warps ~= 4 then return false, "impl 2 runs 4 warps" end
+%!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
+%!       return false, "impl 2 supports head_dim 64 and 128"
+%!     end
+%!     if arch.sm < 80 then return false, "impl 2 needs mma.sync with bf16 (sm_80+)" end
+%!     if tiles_smem(spec) > arch.max_smem then return false, "impl 2 does not fit shared memory" end
+%!   end
 %!   return true
 %! end
-%! function kernels(spec, p) return { main = "moba_attn_fwd<" .. p.warps .. ">" } end
+%! function tile_n(spec)
+%!   if spec.block_size % 64 == 0 then return 64 elseif spec.block_size % 32 == 0 then return 32 end
+%!   return 16
+%! end
+%! function tiles_smem(spec) return (64 + 2 * tile_n(spec)) * spec.head_dim * 2 + 64 * 4 end
+%! function kernels(spec, p)
+%!   if p.impl == 2 then
+%!     return { main = "moba_attn_tiles", count = "moba_attn_count<128>", scan = "moba_attn_scan",
+%!              scatter = "moba_attn_scatter<128>", merge = "moba_attn_merge<4>" }
+%!   end
+%!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
+%! end
 %! function launch(spec, p)
+%!   if p.impl == 2 then
+%!     -- main: a persistent grid of ctas_per_sm per multiprocessor; rows: merge rows per CTA
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = 2, rows = 4, list_rows = 128 }
+%!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end
 % include("common.cuh.tpl")
+% if point.impl == 2 then
+%   include("attn_tiles.cuh.tpl")
+% else
 % local dpl = spec.head_dim // 32
 
 template <int WARPS>
@@ -106,3 +134,4 @@ __global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
         lse[(long long)(q0 + row) * p.hq + h] = l > 0.f ? (m + __log2f(l)) * 0.6931471805599453f : -INFINITY;
     }
 }
+% end

@@ -61,6 +61,15 @@ struct FwdParams {
     long long batch, hq, hkv;
     long long max_seqlen_q, max_seqlen_k, max_blocks;
     double softmax_scale;
+    // Block-centric attention (attn_fwd impl 2) only: the selection transposed into per-block
+    // query lists, and each (query, slot)'s partial result before the merge.
+    u64 block_count;           // int32 [batch][hq][max_blocks]: queries that chose the block
+    u64 block_offset;          // int32 [batch * hq * max_blocks + 1]: exclusive scan of counts
+    u64 block_cursor;          // int32 [batch * hq * max_blocks]: scatter positions
+    u64 tile_offset;           // int32 [batch * hq * max_blocks + 1]: scan of query tiles
+    u64 entries;               // int32 [total_q * hq * top_k]: row_in_seq * 64 + slot
+    u64 partial_o;             // elements [total_q][hq][top_k][d]: o of one block, normalised
+    u64 partial_lse;           // fp32 [total_q][hq][top_k]: natural-log LSE of one block
 };
 
 #define MOBA_HEAD_DIM $(spec.head_dim)
