@@ -305,7 +305,11 @@ static void run_case(const fwd_case *c, uint64_t seed, case_stats *stats)
         double o_err = ref2 > 0 ? sqrt(err2 / ref2) : sqrt(err2);
         double o_tol = c->dtype == MG_BF16 ? 1e-2 : 2e-3;
         if (o_err > o_tol) fail_msg("%s: relative error of o %.3g exceeds %.3g", label, o_err, o_tol);
-        if (worst_lse > 1e-4) fail_msg("%s: LSE error %.3g exceeds 1e-4", label, worst_lse);
+        /* Grows with d: fp32 dot products, and with a key convolution, k' elements that the GPU
+         * (fp32) and the reference (double) round to neighbouring bf16 values (seen: 3.9e-5 at
+         * d = 256 with conv width 5). */
+        double lse_tol = 1e-4 * (d > 64 ? d / 64.0 : 1.0);
+        if (worst_lse > lse_tol) fail_msg("%s: LSE error %.3g exceeds %.3g", label, worst_lse, lse_tol);
         if (o_err > stats->worst_o_err) stats->worst_o_err = o_err;
         if (worst_lse > stats->worst_lse_err) stats->worst_lse_err = worst_lse;
         stats->runs++;
