@@ -51,7 +51,9 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
                            "cuFuncSetAttribute(max dynamic shared memory)", diag);
     if (st != MG_OK) {
         if (lv->module) cu->ModuleUnload(lv->module);
-        return mg_fail(diag, st, "%s: %s", v->id, diag->msg);
+        char why[MG_ERRMSG_MAX];
+        snprintf(why, sizeof why, "%s", diag->msg);   /* mg_fail writes where it reads */
+        return mg_fail(diag, st, "%s: %s", v->id, why);
     }
     if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "merge"))
         op->has_block_lists = 1;
@@ -112,9 +114,11 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
 mg_status mobagen_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out)
 {
     *out = NULL;
-    if (!ctx->context)
-        return mg_fail(&ctx->err, MG_E_NO_DEVICE, "the mobagen context has no device: %s",
-                       ctx->err.msg);
+    if (!ctx->context) {
+        char why[MG_ERRMSG_MAX];
+        snprintf(why, sizeof why, "%s", ctx->err.msg);   /* mg_fail writes where it reads */
+        return mg_fail(&ctx->err, MG_E_NO_DEVICE, "the mobagen context has no device: %s", why);
+    }
     mobagen_op *op = calloc(1, sizeof *op);
     if (!op) return mg_fail(&ctx->err, MG_E_NOMEM, "out of memory");
     op->ctx = ctx;
