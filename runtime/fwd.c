@@ -1,4 +1,4 @@
-/* The forward pass: argument checks, workspace layout, the three launches. */
+/* The forward pass: argument checks, workspace layout, the launches of each stage. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -186,10 +186,13 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     if (st != MG_OK) return st;
     const mg_spec *s = &op->spec;
     workspace_layout w = layout_for(op, a);
-    if ((long long)a->total_q * a->hq * s->top_k >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
+    /* The kernels index selections, lists and rows with 32-bit integers. */
+    long long slots = (long long)a->total_q * a->hq * s->top_k;
+    long long lists = (long long)a->batch * a->hq * max_blocks_of(s, a);
+    if (slots >= (1LL << 31) || lists >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
         return mg_fail(&op->err, MG_E_UNSUPPORTED,
-                       "total_q x hq x top_k (%lld) must stay under 2^31 and max_seqlen_q under 2^25",
-                       (long long)a->total_q * a->hq * s->top_k);
+                       "total_q x hq x top_k (%lld) and batch x hq x blocks (%lld) must stay under "
+                       "2^31, and max_seqlen_q under 2^25", slots, lists);
     if (workspace_bytes < w.total)
         return mg_fail(&op->err, MG_E_ARG, "workspace of %zu bytes is too small: %zu needed",
                        workspace_bytes, w.total);
