@@ -13,7 +13,9 @@
  *   lse     [total_q][hq] float32 (natural log, -inf for a row that sees no key)
  *   cu_seqlens_q, cu_seqlens_k  int32 [batch + 1] on the device
  *   conv_weight [hkv][conv_width][head_dim] (dtype of the spec); tap l multiplies k_{t-l}
- * Row and head strides are in elements; 0 means packed. The last dim must be contiguous. */
+ * Row and head strides are in elements; 0 means packed. The last dim must be contiguous.
+ * As in FlashAttention, max_seqlen_q/k must be at least every sequence's length: the grids are
+ * sized from them without reading cu_seqlens back from the device. */
 #ifndef MOBAGEN_H
 #define MOBAGEN_H
 
