@@ -158,39 +158,53 @@ static int parse_args(int argc, char **argv, cli_args *a)
     return -1;
 }
 
-/* Loads spec and templates and expands (or only enumerates) the variants. */
-static int load_variants(const cli_args *a, int render, mg_spec *spec, mg_template_set **set,
-                         mg_variant **vars, int *n)
+/* A spec with its templates and variants, as gen, build and list need them. */
+typedef struct expansion {
+    mg_spec spec;
+    mg_template_set *set;
+    mg_variant *vars;
+    int n;
+} expansion;
+
+/* Loads spec and templates and expands (or, without render, only enumerates) the variants. */
+static int expand_spec(const cli_args *a, int render, expansion *x)
 {
+    memset(x, 0, sizeof *x);
     mg_diag d;
-    mg_status st = mg_spec_load(a->spec_path, spec, &d);
-    if (st == MG_OK) st = mg_template_set_open(a->template_dir, set, &d);
+    mg_status st = mg_spec_load(a->spec_path, &x->spec, &d);
+    if (st == MG_OK) st = mg_template_set_open(a->template_dir, &x->set, &d);
     if (st == MG_OK) {
         const char *const *archs = a->n_archs ? a->archs : NULL;
-        st = render ? mg_variants_expand(*set, spec, archs, a->n_archs, vars, n, &d)
-                    : mg_variants_enumerate(*set, spec, archs, a->n_archs, vars, n, &d);
+        st = render ? mg_variants_expand(x->set, &x->spec, archs, a->n_archs, &x->vars, &x->n, &d)
+                    : mg_variants_enumerate(x->set, &x->spec, archs, a->n_archs, &x->vars, &x->n, &d);
     }
     if (st != MG_OK) {
-        mg_template_set_free(*set);
-        *set = NULL;
+        mg_template_set_free(x->set);
+        x->set = NULL;
         return fail(st, &d);
     }
     return EXIT_OK;
 }
 
+static void expansion_free(expansion *x)
+{
+    mg_variants_free(x->vars, x->n);
+    mg_template_set_free(x->set);
+    memset(x, 0, sizeof *x);
+}
+
 static int cmd_list(const cli_args *a)
 {
-    mg_spec spec;
-    mg_template_set *set = NULL;
-    mg_variant *vars = NULL;
-    int n = 0;
-    int rc = load_variants(a, 0, &spec, &set, &vars, &n);
+    expansion x;
+    int rc = expand_spec(a, 0, &x);
     if (rc != EXIT_OK) return rc;
+    const mg_spec *spec = &x.spec;
+    const mg_variant *vars = x.vars;
+    const int n = x.n;
     for (int i = 0; i < n; i++) printf("%s\n", vars[i].id);
-    fprintf(stderr, "%d variants of spec '%s' (templates: %s)\n", n, spec.name,
-            mg_template_set_origin(set));
-    mg_variants_free(vars, n);
-    mg_template_set_free(set);
+    fprintf(stderr, "%d variants of spec '%s' (templates: %s)\n", n, spec->name,
+            mg_template_set_origin(x.set));
+    expansion_free(&x);
     return EXIT_OK;
 }
 
@@ -210,15 +224,15 @@ static int write_file_atomic(const char *path, const char *data, size_t len)
 
 static int cmd_gen(const cli_args *a)
 {
-    mg_spec spec;
-    mg_template_set *set = NULL;
-    mg_variant *vars = NULL;
-    int n = 0;
-    int rc = load_variants(a, 1, &spec, &set, &vars, &n);
+    expansion x;
+    int rc = expand_spec(a, 1, &x);
     if (rc != EXIT_OK) return rc;
+    const mg_spec *spec = &x.spec;
+    const mg_variant *vars = x.vars;
+    const int n = x.n;
     char out_dir[600];
     snprintf(out_dir, sizeof out_dir, "%s", a->out_dir ? a->out_dir : "out");
-    if (!a->out_dir) snprintf(out_dir + strlen(out_dir), sizeof out_dir - strlen(out_dir), "/%s", spec.name);
+    if (!a->out_dir) snprintf(out_dir + strlen(out_dir), sizeof out_dir - strlen(out_dir), "/%s", spec->name);
     for (int i = 0; i < n && rc == EXIT_OK; i++) {
         char dir[800], path[1100], pt[256];
         snprintf(dir, sizeof dir, "%s/%s", out_dir, vars[i].arch);
@@ -235,19 +249,18 @@ static int cmd_gen(const cli_args *a)
         }
     }
     if (rc == EXIT_OK) fprintf(stderr, "wrote %d sources under %s\n", n, out_dir);
-    mg_variants_free(vars, n);
-    mg_template_set_free(set);
+    expansion_free(&x);
     return rc;
 }
 
 static int cmd_build(const cli_args *a)
 {
-    mg_spec spec;
-    mg_template_set *set = NULL;
-    mg_variant *vars = NULL;
-    int n = 0;
-    int rc = load_variants(a, 1, &spec, &set, &vars, &n);
+    expansion x;
+    int rc = expand_spec(a, 1, &x);
     if (rc != EXIT_OK) return rc;
+    const mg_spec *spec = &x.spec;
+    const mg_variant *vars = x.vars;
+    const int n = x.n;
     mg_diag d;
     mg_builder *b = NULL;
     mg_status st = mg_builder_open(NULL, &b, &d);
@@ -270,7 +283,7 @@ static int cmd_build(const cli_args *a)
                 fprintf(stderr, "mobagen: NVRTC log for %s:\n%s\n", vars[i].id, results[i].entry.log);
         fflush(stderr);
         printf("spec %s: %d variants, %d cached, %d compiled, %d failed%s in %.2f s (cache %s)\n",
-               spec.name, stats.total, stats.hits, stats.misses, stats.failed,
+               spec->name, stats.total, stats.hits, stats.misses, stats.failed,
                stats.damaged ? " (damaged entries rebuilt)" : "", stats.seconds,
                mg_cache_dir(mg_builder_cache(b)));
         if (st != MG_OK) rc = exit_code(st);
@@ -279,8 +292,7 @@ static int cmd_build(const cli_args *a)
     }
     mg_build_results_free(results, n);
     mg_builder_close(b);
-    mg_variants_free(vars, n);
-    mg_template_set_free(set);
+    expansion_free(&x);
     return rc;
 }
 
