@@ -53,14 +53,17 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 
 if [ "$what" = all ] || [ "$what" = bench ]; then
-    for b in build/gpu/bench/*; do
-        [ -x "$b" ] || continue
-        "$b" > "$OUT/$(basename "$b").log" 2>&1 || note "$(basename "$b") FAILED"
-        tail -n 30 "$OUT/$(basename "$b").log" >> "$summary"
-    done
+    # bench_fwd covers every shipped configuration (BENCH_CASES="spec:L ..." narrows it); the
+    # peers run on the same card in the same call; report.py joins the two CSVs.
+    start=$(date +%s)
+    build/gpu/bench/bench_fwd --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 \
+        || note "bench_fwd FAILED"
+    note "bench_fwd: $(( $(date +%s) - start )) s"
+    grep -v '^    ' "$OUT/bench_fwd.log" | tail -n 30 >> "$summary"
     if [ -f bench/peers.py ]; then
-        python3 bench/peers.py > "$OUT/peers.log" 2>&1 || note "peers.py FAILED"
-        tail -n 30 "$OUT/peers.log" >> "$summary"
+        python3 bench/peers.py --csv "$OUT/peers.csv" ${PEER_CASES:-} > "$OUT/peers.log" 2>&1 \
+            || note "peers.py FAILED"
+        tail -n 12 "$OUT/peers.log" >> "$summary"
     fi
 fi
 echo "================ summary ================"
