@@ -73,7 +73,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s\n", path, mobagen_ctx_errmsg(env.ctx));
             return 1;
         }
-        const mg_spec *s = mobagen_op_spec(op);
+        const mg_spec *s = mg_op_spec(op);
         for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
             int L = lengths[li];
             size_t n = (size_t)batch * L * heads * d;
