@@ -78,7 +78,8 @@ typedef enum mobagen_log_level {
 } mobagen_log_level;
 
 /* Where log lines go; NULL in the options: "mobagen: LEVEL: message" on stderr. Called from the
- * thread that made the call on the ctx (or its ops), never concurrently for one ctx. */
+ * thread that made the call on the ctx (or its ops), or during op creation from its build
+ * threads, but never concurrently for one ctx. */
 typedef void (*mobagen_log_fn)(void *user, mobagen_log_level level, const char *message);
 
 /* Called once per variant as op creation builds or loads it: done of total so far, the
