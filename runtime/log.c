@@ -29,3 +29,16 @@ void mg_ctx_log(const mobagen_ctx *ctx, mobagen_log_level level, const char *fmt
         /* One fprintf call: stdio locks the stream, so lines of concurrent ctxs do not mix. */
         fprintf(stderr, "mobagen: %s: %s\n", level_names[level], line);
 }
+
+void mg_ctx_on_build_result(void *user, const mg_variant *v, const mg_build_result *r, int done,
+                            int total)
+{
+    const mobagen_ctx *ctx = user;
+    int compiled = r->status == MG_OK && !r->hit;
+    if (compiled)
+        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "[%d/%d] compiled %s in %.1f s (cache miss)", done, total,
+                   v->id, r->seconds);
+    else if (r->status == MG_OK)
+        mg_ctx_log(ctx, MOBAGEN_LOG_DEBUG, "[%d/%d] %s from the cache", done, total, v->id);
+    if (ctx->progress) ctx->progress(ctx->progress_user, done, total, v->id, compiled);
+}

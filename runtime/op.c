@@ -75,20 +75,6 @@ static int first_variant_of(const mobagen_op *op, const char *template_name)
     return -1;
 }
 
-/* A line per compile (info) and the caller's progress callback, so that a cold start that
- * compiles for a minute never looks like a hang. */
-static void on_build_result(void *user, const mg_variant *v, const mg_build_result *r, int done,
-                            int total)
-{
-    const mobagen_ctx *ctx = user;
-    if (r->status == MG_OK && !r->hit)
-        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "[%d/%d] compiled %s in %.1f s (cache miss)", done, total,
-                   v->id, r->seconds);
-    else if (r->status == MG_OK)
-        mg_ctx_log(ctx, MOBAGEN_LOG_DEBUG, "[%d/%d] %s from the cache", done, total, v->id);
-    if (ctx->progress) ctx->progress(ctx->progress_user, done, total, v->id, r->status == MG_OK && !r->hit);
-}
-
 static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
 {
     mobagen_ctx *ctx = op->ctx;
@@ -107,7 +93,7 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
     if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
     if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
         st = mg_fail(diag, MG_E_NOMEM, "out of memory");
-    mg_build_options opts = {.on_result = on_build_result, .on_result_user = ctx};
+    mg_build_options opts = {.on_result = mg_ctx_on_build_result, .on_result_user = ctx};
     mg_build_stats stats = {0};
     if (st == MG_OK) {
         mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d variants for %s (cache %s)", op->spec.name, n,

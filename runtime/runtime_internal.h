@@ -30,6 +30,11 @@ struct mobagen_ctx {
 /* A log line through the ctx's sink when level is enabled (NULL ctx: nothing). */
 void mg_ctx_log(const mobagen_ctx *ctx, mobagen_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* mg_build_options.on_result for op creation (user: the ctx): a line per compile at info, so
+ * that a cold start that compiles for a minute never looks like a hang, and the ctx's progress
+ * callback. */
+void mg_ctx_on_build_result(void *user, const mg_variant *v, const mg_build_result *r, int done,
+                            int total);
 /* MOBAGEN_LOG's value as a level; 0 (MOBAGEN_LOG_DEFAULT) for NULL, "" or an unknown word. */
 mobagen_log_level mg_log_level_parse(const char *text);
 

@@ -292,6 +292,88 @@ static void test_log_to_stderr(void **state)
     mobagen_ctx_destroy(ctx);
 }
 
+typedef struct progress_log {
+    int calls, compiled, last_done, total, ids_ok;
+} progress_log;
+
+static void on_progress(void *user, int done, int total, const char *variant_id, int compiled)
+{
+    progress_log *p = user;
+    p->calls++;
+    p->compiled += compiled;
+    p->ids_ok += variant_id && strchr(variant_id, '/') != NULL;
+    if (done == p->last_done + 1) p->last_done = done;
+    p->total = total;
+}
+
+typedef struct line_log {
+    int compile_lines, other_lines;
+} line_log;
+
+static void count_lines(void *user, mobagen_log_level level, const char *message)
+{
+    line_log *l = user;
+    if (level == MOBAGEN_LOG_INFO && strstr(message, "compiled ") && strstr(message, "(cache miss)"))
+        l->compile_lines++;
+    else
+        l->other_lines++;
+}
+
+/* What op creation does while it builds: a line per compile at info and a progress call per
+ * variant, in order, from the builder's worker threads (a cold build, then a warm one). */
+static void test_build_progress_and_compile_lines(void **state)
+{
+    (void)state;
+    setenv("MOBAGEN_LIBCUDA", NO_DRIVER, 1);
+    progress_log prog = {0};
+    line_log lines = {0};
+    mobagen_ctx_options o = {.log_level = MOBAGEN_LOG_INFO, .log = count_lines, .log_user = &lines,
+                             .progress = on_progress, .progress_user = &prog};
+    mobagen_ctx *ctx = NULL;
+    assert_int_equal(mobagen_ctx_create(0, &o, &ctx), MOBAGEN_E_NO_DRIVER);
+    unsetenv("MOBAGEN_LIBCUDA");
+
+    static const char spec_text[] =
+        "name: progress\nhead_dim: 64\nblock_size: 64\ntop_k: 2\narchs: [sm_80]\n"
+        "tuning:\n  kconv_centroid: { threads: 128 }\n  route: { impl: 1, block_m: 64 }\n"
+        "  attn_fwd: { impl: 1, warps: 4 }\n";
+    mg_spec spec;
+    mg_diag d;
+    mg_template_set *set = NULL;
+    mg_variant *v = NULL;
+    int n = 0;
+    if (mg_spec_parse(spec_text, strlen(spec_text), "progress", &spec, &d) != MG_OK ||
+        mg_template_set_open(NULL, &set, &d) != MG_OK ||
+        mg_variants_expand(set, &spec, NULL, 0, &v, &n, &d) != MG_OK)
+        fail_msg("%s", d.msg);
+    char dir[512];
+    tu_mkdtemp(dir, sizeof dir, "progress");
+    mg_builder *b = NULL;
+    if (mg_builder_open(dir, &b, &d) != MG_OK) fail_msg("%s", d.msg);
+    mg_build_options opts = {.jobs = 2, .on_result = mg_ctx_on_build_result, .on_result_user = ctx};
+    if (mg_builder_build(b, v, n, &opts, NULL, NULL, &d) != MG_OK) fail_msg("%s", d.msg);
+    assert_int_equal(prog.calls, n);
+    assert_int_equal(prog.last_done, n);   /* done counted 1, 2, ... n */
+    assert_int_equal(prog.total, n);
+    assert_int_equal(prog.compiled, n);
+    assert_int_equal(prog.ids_ok, n);
+    assert_int_equal(lines.compile_lines, n);
+
+    memset(&prog, 0, sizeof prog);
+    memset(&lines, 0, sizeof lines);
+    if (mg_builder_build(b, v, n, &opts, NULL, NULL, &d) != MG_OK) fail_msg("%s", d.msg);
+    assert_int_equal(prog.calls, n);
+    assert_int_equal(prog.compiled, 0);      /* all from the cache */
+    assert_int_equal(lines.compile_lines, 0);
+    assert_int_equal(lines.other_lines, 0);  /* cache hits are debug lines */
+
+    mg_builder_close(b);
+    mg_variants_free(v, n);
+    mg_template_set_free(set);
+    tu_rm_rf(dir);
+    mobagen_ctx_destroy(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -301,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_op_params_accessor),
         cmocka_unit_test(test_log_levels),
         cmocka_unit_test(test_log_to_stderr),
+        cmocka_unit_test(test_build_progress_and_compile_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -66,6 +66,21 @@ static void test_good_args_size_and_no_device(void **state)
     /* Real inputs need a launch, which an op without a device refuses by name. */
     assert_int_equal(mobagen_fwd(op, &a, 0x100000, bytes, NULL), MOBAGEN_E_NO_DEVICE);
     assert_non_null(strstr(mobagen_op_errmsg(op), "no device"));
+
+    /* NULL arguments next to a real op are named in its message. */
+    assert_int_equal(mobagen_fwd_workspace_size(op, &a, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "bytes"));
+    assert_int_equal(mobagen_fwd_workspace_size(op, NULL, &bytes), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "args is NULL"));
+    assert_int_equal(mobagen_fwd(op, NULL, 0x100000, bytes, NULL), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_fwd_selection(op, NULL, 0x100000), 0);
+    assert_int_equal(mobagen_op_select(op, NULL, 0), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "template_name"));
+    assert_int_equal(mobagen_op_select(op, "route", 0), MOBAGEN_E_ARG);   /* no variants */
+    assert_int_equal(mobagen_op_variant_count(op, NULL), -1);
+    assert_int_equal(mobagen_op_variant_count(op, "route"), 0);
+    assert_null(mobagen_op_variant_id(op, NULL, 0));
+    assert_null(mobagen_op_variant_id(op, "route", 0));
     mobagen_op_destroy(op);
 }
 

@@ -87,6 +87,16 @@ static void test_null_probe(void **state)
     assert_int_equal(bytes, 7);
     assert_int_equal(mobagen_fwd(NULL, &args, 0, 0, NULL), MOBAGEN_E_ARG);
     assert_int_equal(mobagen_fwd_selection(NULL, &args, 0), 0);
+    mobagen_spec_params params;
+    memset(&params, 0, sizeof params);
+    assert_int_equal(mobagen_op_create_from_params(NULL, &params, &op), MOBAGEN_E_ARG);
+    assert_null(op);
+    assert_int_equal(mobagen_op_create_from_params(NULL, NULL, NULL), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_op_params(NULL, &params), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_op_params(NULL, NULL), MOBAGEN_E_ARG);
+    assert_string_equal(mobagen_status_name((mobagen_status)99), "MOBAGEN_E_UNKNOWN");
+    assert_string_equal(mobagen_status_name(MOBAGEN_E_ARG), "MOBAGEN_E_ARG");
+    assert_non_null(mobagen_version());
 
     /* A real context without a device: NULL arguments next to it are named in its message. */
     mobagen_ctx *ctx = NULL;
