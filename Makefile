@@ -12,9 +12,13 @@ STATIC_LIBS = $(shell pkg-config --variable=libdir lua5.4)/liblua5.4.a \
               $(shell pkg-config --variable=libdir yaml-0.1)/libyaml.a \
               $(shell pkg-config --variable=libdir libsodium)/libsodium.a
 DEP_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# The library's version, from the one place that states it (also MOBAGEN_VERSION_* in C).
+VERSION   := $(shell sed -n 's/^\#define MOBAGEN_VERSION_STRING "\(.*\)"/\1/p' runtime/mobagen.h)
+SOMAJOR   := $(firstword $(subst ., ,$(VERSION)))
 WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=c11 -MMD -MP -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) $(DEP_CFLAGS) \
+# Hidden by default: libmobagen.so exports only what mobagen.h marks MOBAGEN_API.
+ALL_CFLAGS = -std=c11 -MMD -MP -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(DEP_CFLAGS) \
              -Igenerator -Iruntime -DMG_DEFAULT_CUDA_HOME='"$(CUDA_HOME)"' \
              -DMG_INSTALL_DATADIR='"$(PREFIX)/share/mobagen"'
 LDLIBS    = $(STATIC_LIBS) -ldl -lpthread -lm
@@ -69,8 +73,14 @@ $(BUILD)/libmobagen.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 # Debian's static Lua is not position-independent, so the shared library links the shared ones.
-$(BUILD)/libmobagen.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(shell pkg-config --libs $(PKGS)) -ldl -lpthread -lm
+# Versioned: libmobagen.so -> libmobagen.so.MAJOR (the SONAME) -> libmobagen.so.MAJOR.MINOR.PATCH.
+$(BUILD)/libmobagen.so.$(VERSION): $(LIB_OBJ) tools/libmobagen.map
+	$(CC) -shared -Wl,-soname,libmobagen.so.$(SOMAJOR) -Wl,--version-script=tools/libmobagen.map \
+	    -o $@ $(LIB_OBJ) $(shell pkg-config --libs $(PKGS)) -ldl -lpthread -lm
+
+$(BUILD)/libmobagen.so: $(BUILD)/libmobagen.so.$(VERSION)
+	ln -sf libmobagen.so.$(VERSION) $(BUILD)/libmobagen.so.$(SOMAJOR)
+	ln -sf libmobagen.so.$(SOMAJOR) $@
 
 $(BUILD)/mobagen: $(CLI_OBJ) $(BUILD)/libmobagen.a
 	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libmobagen.a $(LDLIBS)
@@ -106,7 +116,7 @@ gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES) $(GBUILD)/example_fwd
 	@mkdir -p $(GBUILD)/lib
 	cp -L $(shell $(CC) -print-file-name=libcmocka.so.0) $(GBUILD)/lib/
 
-test-build: $(TEST_BIN) $(TBUILD)/mobagen
+test-build: $(TEST_BIN) $(TBUILD)/mobagen $(BUILD)/libmobagen.so
 
 test: setup
 	@$(MAKE) --no-print-directory test-build
@@ -121,12 +131,15 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mobagen \
 	    $(DESTDIR)$(PREFIX)/share/mobagen/templates $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BUILD)/mobagen $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(BUILD)/libmobagen.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libmobagen.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libmobagen.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmobagen.so.$(SOMAJOR)
+	ln -sf libmobagen.so.$(SOMAJOR) $(DESTDIR)$(PREFIX)/lib/libmobagen.so
 	install -d $(DESTDIR)$(PREFIX)/share/mobagen/specs
-	install -m 644 runtime/mobagen.h generator/status.h generator/spec.h $(DESTDIR)$(PREFIX)/include/mobagen/
+	install -m 644 runtime/mobagen.h $(DESTDIR)$(PREFIX)/include/mobagen/
 	install -m 644 templates/*.tpl $(DESTDIR)$(PREFIX)/share/mobagen/templates/
 	install -m 644 specs/*.yaml $(DESTDIR)$(PREFIX)/share/mobagen/specs/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
 
 clean:
 	rm -rf $(BUILD) out

@@ -145,7 +145,7 @@ static void bench_one(gpu_env *env, mem_get_info_fn mem_info, const bench_case *
         fprintf(stderr, "%s: %s\n", path, mobagen_ctx_errmsg(env->ctx));
         exit(1);
     }
-    const mg_spec *s = mobagen_op_spec(op);
+    const mg_spec *s = mg_op_spec(op);
     int batch = 2, heads = 16, d = s->head_dim, L = c->L, hkv = heads / s->gqa_group;
     size_t nq = (size_t)batch * L * heads * d, nk = (size_t)batch * L * hkv * d;
     size_t base = used_bytes(mem_info);

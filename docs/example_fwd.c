@@ -39,25 +39,26 @@ int main(int argc, char **argv)
         return 1;
     }
     mobagen_ctx *ctx;
-    if (mobagen_ctx_create(0, NULL, &ctx) != MG_OK) {
+    if (mobagen_ctx_create(0, NULL, &ctx) != MOBAGEN_OK) {
         fprintf(stderr, "mobagen: %s\n", mobagen_ctx_errmsg(ctx));
         mobagen_ctx_destroy(ctx);
         return 2;
     }
     mobagen_op *op;
-    if (mobagen_op_create(ctx, argv[1], &op) != MG_OK) {   /* compiles on a cache miss */
+    if (mobagen_op_create(ctx, argv[1], &op) != MOBAGEN_OK) {   /* compiles on a cache miss */
         fprintf(stderr, "mobagen: %s\n", mobagen_ctx_errmsg(ctx));
         mobagen_ctx_destroy(ctx);
         return 3;
     }
-    const mg_spec *spec = mobagen_op_spec(op);
-    if (spec->dtype != MG_BF16 || spec->conv_width != 0) {
+    mobagen_spec_params spec;
+    mobagen_op_params(op, &spec);
+    if (spec.dtype != MOBAGEN_BF16 || spec.conv_width != 0) {
         fprintf(stderr, "this example feeds bf16 inputs without key-conv weights\n");
         return 1;
     }
 
     /* Two sequences of 3000 and 5000 tokens, packed; 4 kv heads. */
-    const int batch = 2, hkv = 4, hq = hkv * spec->gqa_group, d = spec->head_dim;
+    const int batch = 2, hkv = 4, hq = hkv * spec.gqa_group, d = spec.head_dim;
     const int cu_seqlens[3] = {0, 3000, 8000}, total = 8000, max_len = 5000;
     size_t nq = (size_t)total * hq * d, nk = (size_t)total * hkv * d;
     uint16_t *host = malloc(2 * (nq > nk ? nq : nk));
@@ -80,20 +81,20 @@ int main(int argc, char **argv)
     mobagen_fwd_args args = {
         .batch = batch, .hq = hq, .hkv = hkv, .head_dim = d,
         .total_q = total, .total_k = total, .max_seqlen_q = max_len, .max_seqlen_k = max_len,
-        .dtype = MG_BF16,
+        .dtype = MOBAGEN_BF16,
         .q = (mobagen_devptr)q, .k = (mobagen_devptr)k, .v = (mobagen_devptr)v,
         .out = (mobagen_devptr)out, .lse = (mobagen_devptr)lse,
         .cu_seqlens_q = (mobagen_devptr)cu, .cu_seqlens_k = (mobagen_devptr)cu,
     };
     size_t ws_bytes;
-    if (mobagen_fwd_workspace_size(op, &args, &ws_bytes) != MG_OK) {
+    if (mobagen_fwd_workspace_size(op, &args, &ws_bytes) != MOBAGEN_OK) {
         fprintf(stderr, "mobagen: %s\n", mobagen_op_errmsg(op));
         return 3;
     }
     CUDA_OK(cudaMalloc(&ws, ws_bytes));
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
-    if (mobagen_fwd(op, &args, (mobagen_devptr)ws, ws_bytes, stream) != MG_OK) {
+    if (mobagen_fwd(op, &args, (mobagen_devptr)ws, ws_bytes, stream) != MOBAGEN_OK) {
         fprintf(stderr, "mobagen: %s\n", mobagen_op_errmsg(op));
         return 3;
     }
@@ -101,7 +102,7 @@ int main(int argc, char **argv)
     float lse_host[4];
     CUDA_OK(cudaMemcpy(lse_host, lse, sizeof lse_host, cudaMemcpyDeviceToHost));
     printf("spec %s on %s (%s): forward of %d tokens done; lse[0][0..3] = %.4f %.4f %.4f %.4f\n",
-           spec->name, mobagen_ctx_device_name(ctx), mobagen_ctx_arch(ctx), total, lse_host[0],
+           spec.name, mobagen_ctx_device_name(ctx), mobagen_ctx_arch(ctx), total, lse_host[0],
            lse_host[1], lse_host[2], lse_host[3]);
 
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(lse); cudaFree(cu); cudaFree(ws);

@@ -111,6 +111,7 @@ typedef struct build_job {
     mg_build_result *results;
     int n, next, done;
     int progress;
+    const mg_build_options *opts;
     mg_build_stats *stats;
     pthread_mutex_t lock;
 } build_job;
@@ -142,6 +143,8 @@ static void *worker(void *p)
                     job->variants[i].id);
             fflush(stderr);
         }
+        if (job->opts && job->opts->on_result)
+            job->opts->on_result(job->opts->on_result_user, &job->variants[i], r, job->done, job->n);
         pthread_mutex_unlock(&job->lock);
     }
 }
@@ -166,7 +169,7 @@ mg_status mg_builder_build(mg_builder *b, const mg_variant *variants, int n,
     if (jobs < 1) jobs = 1;
     if (jobs > n) jobs = n ? n : 1;
     build_job job = {.b = b, .variants = variants, .results = results, .n = n,
-                     .progress = opts && opts->progress, .stats = stats};
+                     .progress = opts && opts->progress, .opts = opts, .stats = stats};
     pthread_mutex_init(&job.lock, NULL);
     double t0 = now_seconds();
     pthread_t threads[256];

@@ -32,6 +32,10 @@ typedef struct mg_build_result {
 typedef struct mg_build_options {
     int jobs;            /* worker threads; <= 0: one per online core */
     int progress;        /* a progress line on stderr */
+    /* Called as each variant finishes (done of n so far), one call at a time, from the
+     * worker threads; may be NULL. */
+    void (*on_result)(void *user, const mg_variant *v, const mg_build_result *r, int done, int n);
+    void *on_result_user;
 } mg_build_options;
 
 /* Builds every variant (hits come from the cache). results (n entries, may be NULL) receive

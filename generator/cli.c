@@ -67,7 +67,7 @@ static const char usage_text[] =
     "  --templates DIR  read templates from DIR instead of the embedded copies\n"
     "  --out DIR     output directory for gen (default out/SPECNAME)\n"
     "  --jobs N      parallel NVRTC compiles for build (default: all cores)\n"
-    "  -h, --help    this text\n"
+    "  -h, --help    this text;  --version: the version\n"
     "\n"
     "exit codes: 0 ok, 1 failed, 2 usage, 3 spec, 4 template, 5 compile, 6 no NVRTC,\n"
     "            7 cache or I/O, 8 CUDA driver or device\n"
@@ -81,7 +81,6 @@ typedef struct cli_args {
     const char *out_dir;
     int jobs;
     int n_archs;
-    char arch_storage[MG_MAX_ARCHS][16];
     const char *archs[MG_MAX_ARCHS];
 } cli_args;
 
@@ -95,21 +94,30 @@ static int usage_error(const char *fmt, const char *arg)
 
 static int parse_archs(cli_args *a, const char *list)
 {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (a->n_archs == MG_MAX_ARCHS) return usage_error("too many archs in --arch %s", list);
-        if (!mg_arch_lookup(tok)) {
+    char *buf = strdup(list);
+    if (!buf) return usage_error("out of memory parsing --arch %s", list);
+    int rc = EXIT_OK;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && rc == EXIT_OK;
+         tok = strtok_r(NULL, ",", &save)) {
+        const mg_arch_info *known = mg_arch_lookup(tok);
+        if (!known) {
             fprintf(stderr, "mobagen: unknown arch '%s' in --arch; known: %s\n", tok,
                     mg_arch_known_list());
-            return EXIT_USAGE;
+            rc = EXIT_USAGE;
+            break;
         }
-        snprintf(a->arch_storage[a->n_archs], 16, "%s", tok);
-        a->archs[a->n_archs] = a->arch_storage[a->n_archs];
-        a->n_archs++;
+        for (int i = 0; i < a->n_archs && rc == EXIT_OK; i++)
+            if (!strcmp(a->archs[i], known->name)) {
+                fprintf(stderr, "mobagen: arch '%s' is given twice in --arch; list each arch once\n",
+                        known->name);
+                rc = EXIT_USAGE;
+            }
+        if (rc == EXIT_OK && a->n_archs == MG_MAX_ARCHS) rc = usage_error("too many archs in --arch %s", list);
+        if (rc == EXIT_OK) a->archs[a->n_archs++] = known->name;   /* static storage */
     }
-    if (a->n_archs == 0) return usage_error("--arch needs at least one arch%s", "");
-    return EXIT_OK;
+    free(buf);
+    if (rc == EXIT_OK && a->n_archs == 0) return usage_error("--arch needs at least one arch%s", "");
+    return rc;
 }
 
 /* Returns -1 when parsing succeeded, else an exit code (help printed = 0). */
@@ -121,6 +129,9 @@ static int parse_args(int argc, char **argv, cli_args *a)
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             fputs(usage_text, stdout);
+            return EXIT_OK;
+        } else if (!strcmp(s, "--version")) {
+            printf("mobagen %s\n", mobagen_version());
             return EXIT_OK;
         } else if (!strcmp(s, "--arch") || !strcmp(s, "--templates") || !strcmp(s, "--out") ||
                    !strcmp(s, "--jobs")) {
@@ -211,15 +222,39 @@ static int cmd_list(const cli_args *a)
 /* Writes a file whole or not at all (temporary file, then rename). */
 static int write_file_atomic(const char *path, const char *data, size_t len)
 {
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    char *tmp;
+    if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) return -1;
     FILE *f = fopen(tmp, "wb");
-    if (!f) return -1;
-    int bad = fwrite(data, 1, len, f) != len;
-    bad |= fclose(f) != 0;
-    if (!bad && rename(tmp, path) == 0) return 0;
-    unlink(tmp);
+    int bad = !f;
+    if (f) {
+        bad |= fwrite(data, 1, len, f) != len;
+        bad |= fclose(f) != 0;
+    }
+    if (!bad && rename(tmp, path) == 0) {
+        free(tmp);
+        return 0;
+    }
+    int saved = errno;
+    if (f) unlink(tmp);
+    free(tmp);
+    errno = saved;
     return -1;
+}
+
+/* The source file of one variant under out_dir; malloc'd (no length limit), NULL without memory. */
+static char *variant_source_path(const char *out_dir, const mg_variant *v, char **dir)
+{
+    /* Room for every knob: name, '=', an int and a separator each, so nothing is cut off. */
+    char pt[MG_MAX_KNOBS * (MG_NAME_MAX + 14) + 8], *path = NULL;
+    mg_point_format(&v->point, pt, sizeof pt);
+    for (char *c = pt; *c; c++)
+        if (*c == ',' || *c == '=') *c = *c == ',' ? '.' : '-';
+    if (asprintf(dir, "%s/%s", out_dir, v->arch) < 0) return *dir = NULL;
+    if (asprintf(&path, "%s/%s.%s.cu", *dir, mg_template_name(v->tpl), pt) < 0) {
+        free(*dir);
+        return *dir = NULL;
+    }
+    return path;
 }
 
 static int cmd_gen(const cli_args *a)
@@ -227,28 +262,31 @@ static int cmd_gen(const cli_args *a)
     expansion x;
     int rc = expand_spec(a, 1, &x);
     if (rc != EXIT_OK) return rc;
-    const mg_spec *spec = &x.spec;
     const mg_variant *vars = x.vars;
     const int n = x.n;
-    char out_dir[600];
-    snprintf(out_dir, sizeof out_dir, "%s", a->out_dir ? a->out_dir : "out");
-    if (!a->out_dir) snprintf(out_dir + strlen(out_dir), sizeof out_dir - strlen(out_dir), "/%s", spec->name);
+    char *out_dir = NULL;
+    if (a->out_dir ? !(out_dir = strdup(a->out_dir)) : asprintf(&out_dir, "out/%s", x.spec.name) < 0) {
+        out_dir = NULL;
+        rc = EXIT_FAILED;
+        fprintf(stderr, "mobagen: error: out of memory\n");
+    }
     for (int i = 0; i < n && rc == EXIT_OK; i++) {
-        char dir[800], path[1100], pt[256];
-        snprintf(dir, sizeof dir, "%s/%s", out_dir, vars[i].arch);
-        mg_point_format(&vars[i].point, pt, sizeof pt);
-        for (char *c = pt; *c; c++)
-            if (*c == ',' || *c == '=') *c = *c == ',' ? '.' : '-';
-        snprintf(path, sizeof path, "%s/%s.%s.cu", dir, mg_template_name(vars[i].tpl), pt);
-        if (mg_mkdir_p(dir) != 0 ||
-            write_file_atomic(path, vars[i].rendered.source, vars[i].rendered.source_len) != 0) {
+        char *dir = NULL, *path = variant_source_path(out_dir, &vars[i], &dir);
+        if (!path) {
+            fprintf(stderr, "mobagen: error: out of memory\n");
+            rc = EXIT_FAILED;
+        } else if (mg_mkdir_p(dir) != 0 ||
+                   write_file_atomic(path, vars[i].rendered.source, vars[i].rendered.source_len) != 0) {
             fprintf(stderr, "mobagen: error: cannot write %s: %s\n", path, strerror(errno));
             rc = EXIT_CACHE;
         } else {
             printf("%s\n", path);
         }
+        free(path);
+        free(dir);
     }
     if (rc == EXIT_OK) fprintf(stderr, "wrote %d sources under %s\n", n, out_dir);
+    free(out_dir);
     expansion_free(&x);
     return rc;
 }

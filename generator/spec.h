@@ -17,7 +17,10 @@
 #define MG_MAX_KNOB_VALUES 16
 #define MG_NAME_MAX 64
 
-typedef enum mg_dtype { MG_BF16 = 0, MG_FP16 = 1 } mg_dtype;
+/* The public dtype (mobagen.h) under its internal names. */
+typedef mobagen_dtype mg_dtype;
+#define MG_BF16 MOBAGEN_BF16
+#define MG_FP16 MOBAGEN_FP16
 
 /* Where a value sits in its YAML file, 1-based, for error messages. */
 typedef struct mg_loc {

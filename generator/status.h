@@ -2,24 +2,26 @@
 #ifndef MOBAGEN_STATUS_H
 #define MOBAGEN_STATUS_H
 
-typedef enum mg_status {
-    MG_OK = 0,
-    MG_E_ARG,            /* a caller passed an invalid argument */
-    MG_E_SPEC,           /* a spec file is malformed or has an unsupported value */
-    MG_E_TEMPLATE,       /* a template failed to parse, run or validate */
-    MG_E_COMPILE,        /* NVRTC rejected generated source */
-    MG_E_NO_NVRTC,       /* libnvrtc could not be loaded */
-    MG_E_CACHE,          /* the kernel cache is unusable */
-    MG_E_IO,             /* a file could not be read or written */
-    MG_E_NOMEM,          /* out of host memory */
-    MG_E_NO_DRIVER,      /* libcuda.so.1 could not be loaded */
-    MG_E_NO_DEVICE,      /* no CUDA device, or the ordinal is out of range */
-    MG_E_CUDA,           /* a CUDA driver call failed */
-    MG_E_UNSUPPORTED     /* valid request this build cannot serve */
-} mg_status;
+#include "mobagen.h"
 
-/* Static name of a status ("MG_E_SPEC"), never NULL. */
-const char *mg_status_name(mg_status s);
+/* The public codes (mobagen.h) under the short names the components use internally. */
+typedef mobagen_status mg_status;
+#define MG_OK MOBAGEN_OK
+#define MG_E_ARG MOBAGEN_E_ARG
+#define MG_E_SPEC MOBAGEN_E_SPEC
+#define MG_E_TEMPLATE MOBAGEN_E_TEMPLATE
+#define MG_E_COMPILE MOBAGEN_E_COMPILE
+#define MG_E_NO_NVRTC MOBAGEN_E_NO_NVRTC
+#define MG_E_CACHE MOBAGEN_E_CACHE
+#define MG_E_IO MOBAGEN_E_IO
+#define MG_E_NOMEM MOBAGEN_E_NOMEM
+#define MG_E_NO_DRIVER MOBAGEN_E_NO_DRIVER
+#define MG_E_NO_DEVICE MOBAGEN_E_NO_DEVICE
+#define MG_E_CUDA MOBAGEN_E_CUDA
+#define MG_E_UNSUPPORTED MOBAGEN_E_UNSUPPORTED
+
+/* Static name of a status ("MOBAGEN_E_SPEC"), never NULL. */
+#define mg_status_name mobagen_status_name
 
 /* Errors carry their text in a caller-owned buffer so that no component keeps global state. */
 #define MG_ERRMSG_MAX 2048

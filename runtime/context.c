@@ -17,15 +17,45 @@ static const char *arch_for(int major, int minor, char *buf, size_t size)
     return buf;
 }
 
+static mg_status apply_options(mobagen_ctx *ctx, const mobagen_ctx_options *opts)
+{
+    const mobagen_ctx_options none = {0};
+    if (!opts) opts = &none;
+    ctx->cache_dir = strdup(opts->cache_dir ? opts->cache_dir : "");
+    ctx->template_dir = strdup(opts->template_dir ? opts->template_dir : "");
+    if (!ctx->cache_dir || !ctx->template_dir) return mg_fail(&ctx->err, MG_E_NOMEM, "out of memory");
+    ctx->log = opts->log;
+    ctx->log_user = opts->log_user;
+    ctx->progress = opts->progress;
+    ctx->progress_user = opts->progress_user;
+    if (opts->log_level < MOBAGEN_LOG_DEFAULT || opts->log_level > MOBAGEN_LOG_DEBUG)
+        return mg_fail(&ctx->err, MG_E_ARG,
+                       "opts->log_level %d is not a mobagen_log_level (0 default, 1 error .. 4 debug)",
+                       (int)opts->log_level);
+    ctx->log_level = opts->log_level;
+    if (ctx->log_level == MOBAGEN_LOG_DEFAULT) {
+        /* Read once here and kept per ctx: nothing global for threads to race on. */
+        const char *env = getenv("MOBAGEN_LOG");
+        ctx->log_level = mg_log_level_parse(env);
+        if (ctx->log_level == MOBAGEN_LOG_DEFAULT) {
+            ctx->log_level = MOBAGEN_LOG_WARN;
+            if (env && *env)
+                mg_ctx_log(ctx, MOBAGEN_LOG_WARN,
+                           "MOBAGEN_LOG='%s' is not one of error, warn, info, debug; using warn", env);
+        }
+    }
+    return MG_OK;
+}
+
 mg_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts, mobagen_ctx **out)
 {
+    if (!out) return MG_E_ARG;
     mobagen_ctx *ctx = calloc(1, sizeof *ctx);
     *out = ctx;
     if (!ctx) return MG_E_NOMEM;
-    if (opts && opts->cache_dir) snprintf(ctx->cache_dir, sizeof ctx->cache_dir, "%s", opts->cache_dir);
-    if (opts && opts->template_dir)
-        snprintf(ctx->template_dir, sizeof ctx->template_dir, "%s", opts->template_dir);
-    mg_status st = mg_cuda_load(&ctx->cu, &ctx->err);
+    mg_status st = apply_options(ctx, opts);
+    if (st != MG_OK) return st;
+    st = mg_cuda_load(&ctx->cu, &ctx->err);
     if (st != MG_OK) return st;
     ctx->driver_loaded = 1;
     mg_cuda *cu = &ctx->cu;
@@ -68,20 +98,23 @@ void mobagen_ctx_destroy(mobagen_ctx *ctx)
     if (!ctx) return;
     if (ctx->context) ctx->cu.DevicePrimaryCtxRelease(ctx->device);
     if (ctx->driver_loaded) mg_cuda_unload(&ctx->cu);
+    free(ctx->cache_dir);
+    free(ctx->template_dir);
     free(ctx);
 }
 
 const char *mobagen_ctx_errmsg(const mobagen_ctx *ctx)
 {
-    return ctx ? ctx->err.msg : "out of memory creating a mobagen context";
+    return ctx ? ctx->err.msg
+               : "no mobagen context (NULL): its creation ran out of memory or was given no out-pointer";
 }
 
-const char *mobagen_ctx_arch(const mobagen_ctx *ctx) { return ctx->arch; }
-const char *mobagen_ctx_device_name(const mobagen_ctx *ctx) { return ctx->device_name; }
+const char *mobagen_ctx_arch(const mobagen_ctx *ctx) { return ctx ? ctx->arch : NULL; }
+const char *mobagen_ctx_device_name(const mobagen_ctx *ctx) { return ctx ? ctx->device_name : NULL; }
 
 mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag)
 {
-    if (!ctx->context) return mg_fail(diag, MG_E_NO_DEVICE, "the context has no device");
+    if (!ctx || !ctx->context) return mg_fail(diag, MG_E_NO_DEVICE, "the context has no device");
     return mg_cuda_check(&ctx->cu, ctx->cu.CtxPushCurrent(ctx->context), "cuCtxPushCurrent", diag);
 }
 

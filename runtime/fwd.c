@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "checked_size.h"
 #include "fwd_params.h"
 #include "runtime_internal.h"
 
@@ -14,13 +15,12 @@ typedef struct workspace_layout {
     size_t kprime, centroid, sel;
     size_t block_count, block_offset, block_cursor, tile_offset, entries, partial_o, partial_lse;
     size_t total;
+    const char *overflow;   /* the region whose size does not fit in size_t, or NULL */
 } workspace_layout;
-
-static size_t align_up(size_t x) { return (x + WORKSPACE_ALIGN - 1) / WORKSPACE_ALIGN * WORKSPACE_ALIGN; }
 
 static int max_blocks_of(const mg_spec *s, const mobagen_fwd_args *a)
 {
-    return (a->max_seqlen_k + s->block_size - 1) / s->block_size;
+    return (int)mg_ceil_div(a->max_seqlen_k, s->block_size);
 }
 
 /* Sized for every variant of the op, so that selecting another one never outgrows it. */
@@ -29,27 +29,27 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     const mg_spec *s = &op->spec;
     workspace_layout w;
     memset(&w, 0, sizeof w);
-    size_t elem = 2;
-    size_t kprime = s->conv_width > 0 ? (size_t)a->total_k * (size_t)a->hkv * (size_t)a->head_dim * elem : 0;
-    size_t centroid = (size_t)a->batch * (size_t)max_blocks_of(s, a) * (size_t)a->hkv *
-                      (size_t)a->head_dim * sizeof(float);
-    size_t sel = (size_t)a->total_q * (size_t)a->hq * (size_t)s->top_k * sizeof(int32_t);
-    w.kprime = 0;
-    w.centroid = align_up(kprime);
-    w.sel = w.centroid + align_up(centroid);
-    w.total = w.sel + align_up(sel);
+    const long long elem = 2, blocks = max_blocks_of(s, a);
+    const long long lists = (long long)a->batch * a->hq * blocks;
+    const long long slots = (long long)a->total_q * a->hq * s->top_k;
+    mg_layout l = {.align = WORKSPACE_ALIGN};
+    w.kprime = mg_layout_add(&l, "k' (total_k x hkv x head_dim)", s->conv_width > 0 ? a->total_k : 0,
+                             a->hkv, a->head_dim, elem, 1);
+    w.centroid = mg_layout_add(&l, "centroids (batch x blocks x hkv x head_dim)", a->batch, blocks,
+                               a->hkv, a->head_dim, sizeof(float));
+    w.sel = mg_layout_add(&l, "selection (total_q x hq x top_k)", slots, sizeof(int32_t), 1, 1, 1);
     if (op->has_block_lists) {
-        size_t lists = (size_t)a->batch * (size_t)a->hq * (size_t)max_blocks_of(s, a);
-        size_t slots = (size_t)a->total_q * (size_t)a->hq * (size_t)s->top_k;
-        w.block_count = w.total;
-        w.block_offset = w.block_count + align_up(lists * 4);
-        w.block_cursor = w.block_offset + align_up((lists + 1) * 4);
-        w.tile_offset = w.block_cursor + align_up(lists * 4);
-        w.entries = w.tile_offset + align_up((lists + 1) * 4);
-        w.partial_o = w.entries + align_up(slots * 4);
-        w.partial_lse = w.partial_o + align_up(slots * (size_t)a->head_dim * elem);
-        w.total = w.partial_lse + align_up(slots * 4);
+        w.block_count = mg_layout_add(&l, "block counts (batch x hq x blocks)", lists, 4, 1, 1, 1);
+        w.block_offset = mg_layout_add(&l, "block offsets (batch x hq x blocks)", lists + 1, 4, 1, 1, 1);
+        w.block_cursor = mg_layout_add(&l, "block cursors (batch x hq x blocks)", lists, 4, 1, 1, 1);
+        w.tile_offset = mg_layout_add(&l, "tile offsets (batch x hq x blocks)", lists + 1, 4, 1, 1, 1);
+        w.entries = mg_layout_add(&l, "entries (total_q x hq x top_k)", slots, 4, 1, 1, 1);
+        w.partial_o = mg_layout_add(&l, "partial outputs (total_q x hq x top_k x head_dim)", slots,
+                                    a->head_dim, elem, 1, 1);
+        w.partial_lse = mg_layout_add(&l, "partial lse (total_q x hq x top_k)", slots, 4, 1, 1, 1);
     }
+    w.total = l.total;
+    w.overflow = l.overflow;
     return w;
 }
 
@@ -67,11 +67,21 @@ static void resolve_strides(const mobagen_fwd_args *a, long long s[8])
     s[7] = a->out_head_stride ? a->out_head_stride : a->head_dim;
 }
 
-static mg_status check_args(mobagen_op *op, const mobagen_fwd_args *a)
+/* The kernels address a tensor with 64-bit signed element offsets: the last element's byte
+ * offset, (rows-1) x row_stride + (heads-1) x head_stride + head_dim, must fit. */
+static int extent_fits(long long rows, long long heads, long long row_stride, long long head_stride,
+                       long long head_dim)
 {
-    const mg_spec *s = &op->spec;
-    mg_diag *e = &op->err;
-    if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
+    size_t row_part, head_part, sum, bytes;
+    if (rows == 0) return 1;
+    return mg_size_product(&row_part, rows - 1, row_stride, 1, 1, 1) &&
+           mg_size_product(&head_part, heads - 1, head_stride, 1, 1, 1) &&
+           mg_size_add(row_part, head_part, &sum) && mg_size_add(sum, (size_t)head_dim, &sum) &&
+           mg_size_mul(sum, 2, &bytes) && bytes <= (size_t)INT64_MAX;
+}
+
+static mg_status check_shapes(const mg_spec *s, const mobagen_fwd_args *a, mg_diag *e)
+{
     if (a->head_dim != s->head_dim)
         return mg_fail(e, MG_E_ARG, "head_dim %d does not match spec '%s' (head_dim %d)", a->head_dim,
                        s->name, s->head_dim);
@@ -79,24 +89,55 @@ static mg_status check_args(mobagen_op *op, const mobagen_fwd_args *a)
         return mg_fail(e, MG_E_ARG, "dtype %s does not match spec '%s' (%s)",
                        a->dtype == MG_BF16 || a->dtype == MG_FP16 ? mg_dtype_name(a->dtype) : "invalid",
                        s->name, mg_dtype_name(s->dtype));
-    if (a->batch < 1) return mg_fail(e, MG_E_ARG, "batch must be >= 1, got %d", a->batch);
+    if (a->batch < 0) return mg_fail(e, MG_E_ARG, "batch must be >= 0, got %d", a->batch);
     if (a->hkv < 1 || a->hq < 1)
         return mg_fail(e, MG_E_ARG, "hq and hkv must be >= 1, got hq=%d hkv=%d", a->hq, a->hkv);
-    if (a->hq != a->hkv * s->gqa_group)
+    if (a->hq > 65535 || a->batch > 65535)
+        return mg_fail(e, MG_E_ARG, "hq and batch must be at most 65535 (grid limits), got hq=%d batch=%d",
+                       a->hq, a->batch);
+    if (a->hq != (long long)a->hkv * s->gqa_group)
         return mg_fail(e, MG_E_ARG, "hq (%d) must be hkv (%d) x the spec's gqa_group (%d)", a->hq,
                        a->hkv, s->gqa_group);
-    if (a->hq > 65535 || a->batch > 65535)
-        return mg_fail(e, MG_E_ARG, "hq and batch must be at most 65535 (grid limits)");
     if (a->total_q < 0 || a->total_k < 0 || a->max_seqlen_q < 0 || a->max_seqlen_k < 0)
-        return mg_fail(e, MG_E_ARG, "total_q, total_k and max_seqlen_q/k must be >= 0");
+        return mg_fail(e, MG_E_ARG, "total_q, total_k and max_seqlen_q/k must be >= 0, got %d, %d, %d, %d",
+                       a->total_q, a->total_k, a->max_seqlen_q, a->max_seqlen_k);
     if (a->max_seqlen_q > a->total_q || a->max_seqlen_k > a->total_k)
         return mg_fail(e, MG_E_ARG, "max_seqlen_q/k (%d/%d) exceed total_q/k (%d/%d)",
                        a->max_seqlen_q, a->max_seqlen_k, a->total_q, a->total_k);
-    const struct { const char *name; mobagen_devptr p; size_t align; } ptrs[] = {
-        {"q", a->q, 16}, {"k", a->k, 16}, {"v", a->v, 16}, {"out", a->out, 16},
-        {"lse", a->lse, 4}, {"cu_seqlens_q", a->cu_seqlens_q, 4}, {"cu_seqlens_k", a->cu_seqlens_k, 4}};
+    if ((long long)a->max_seqlen_q * a->batch < a->total_q ||
+        (long long)a->max_seqlen_k * a->batch < a->total_k)
+        return mg_fail(e, MG_E_ARG,
+                       "max_seqlen_q/k (%d/%d) x batch (%d) < total_q/k (%d/%d): some sequence is "
+                       "longer than max_seqlen",
+                       a->max_seqlen_q, a->max_seqlen_k, a->batch, a->total_q, a->total_k);
+    if (a->batch == 0 && (a->total_q || a->total_k))
+        return mg_fail(e, MG_E_ARG, "batch is 0 but total_q/k are %d/%d: an empty batch has no tokens",
+                       a->total_q, a->total_k);
+    /* The kernels index selections, lists and rows with 32-bit integers. */
+    long long slots = (long long)a->total_q * a->hq * s->top_k;
+    long long lists = (long long)a->batch * a->hq * max_blocks_of(s, a);
+    if (slots >= (1LL << 31) || lists >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
+        return mg_fail(e, MG_E_UNSUPPORTED,
+                       "total_q x hq x top_k (%lld) and batch x hq x blocks (%lld) must stay under "
+                       "2^31, and max_seqlen_q under 2^25", slots, lists);
+    if (!isfinite(a->softmax_scale) || a->softmax_scale < 0)
+        return mg_fail(e, MG_E_ARG,
+                       "softmax_scale must be finite and > 0 (or 0 for 1/sqrt(head_dim)), got %g",
+                       (double)a->softmax_scale);
+    return MG_OK;
+}
+
+static mg_status check_pointers(const mg_spec *s, const mobagen_fwd_args *a, mg_diag *e)
+{
+    /* PyTorch gives empty tensors a null data pointer: null is fine exactly when empty. */
+    const struct { const char *name; mobagen_devptr p; size_t align; int empty; } ptrs[] = {
+        {"q", a->q, 16, a->total_q == 0}, {"k", a->k, 16, a->total_k == 0},
+        {"v", a->v, 16, a->total_k == 0}, {"out", a->out, 16, a->total_q == 0},
+        {"lse", a->lse, 4, a->total_q == 0}, {"cu_seqlens_q", a->cu_seqlens_q, 4, 0},
+        {"cu_seqlens_k", a->cu_seqlens_k, 4, 0}};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) {
-        if (!ptrs[i].p) return mg_fail(e, MG_E_ARG, "%s is a null device pointer", ptrs[i].name);
+        if (!ptrs[i].p && !ptrs[i].empty)
+            return mg_fail(e, MG_E_ARG, "%s is a null device pointer", ptrs[i].name);
         if (ptrs[i].p % ptrs[i].align)
             return mg_fail(e, MG_E_ARG, "%s (0x%llx) must be %zu-byte aligned", ptrs[i].name,
                            (unsigned long long)ptrs[i].p, ptrs[i].align);
@@ -106,6 +147,11 @@ static mg_status check_args(mobagen_op *op, const mobagen_fwd_args *a)
                        s->conv_width);
     if (s->conv_width == 0 && a->conv_weight)
         return mg_fail(e, MG_E_ARG, "spec '%s' has no key convolution: conv_weight must be 0", s->name);
+    return MG_OK;
+}
+
+static mg_status check_strides(const mobagen_fwd_args *a, mg_diag *e)
+{
     long long st[8];
     resolve_strides(a, st);
     static const char *const names[8] = {"q_row_stride", "q_head_stride", "k_row_stride",
@@ -115,21 +161,56 @@ static mg_status check_args(mobagen_op *op, const mobagen_fwd_args *a)
         if (st[i] < a->head_dim || st[i] % 8)
             return mg_fail(e, MG_E_ARG, "%s (%lld) must be a multiple of 8 elements and >= head_dim",
                            names[i], st[i]);
+    const long long rows[4] = {a->total_q, a->total_k, a->total_k, a->total_q};
+    const long long heads[4] = {a->hq, a->hkv, a->hkv, a->hq};
+    for (int t = 0; t < 4; t++)
+        if (!extent_fits(rows[t], heads[t], st[2 * t], st[2 * t + 1], a->head_dim))
+            return mg_fail(e, MG_E_ARG, "%s (%lld) and %s (%lld) over %lld rows address past 2^63 bytes",
+                           names[2 * t], st[2 * t], names[2 * t + 1], st[2 * t + 1], rows[t]);
+    return MG_OK;
+}
+
+static mg_status check_args(mobagen_op *op, const mobagen_fwd_args *a)
+{
+    if (!op) return MG_E_ARG;
+    mg_diag *e = &op->err;
+    if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
+    mg_status st = check_shapes(&op->spec, a, e);
+    if (st == MG_OK) st = check_pointers(&op->spec, a, e);
+    if (st == MG_OK) st = check_strides(a, e);
+    return st;
+}
+
+/* check_args, then the layout, refused when some region's size does not fit. */
+static mg_status checked_layout(mobagen_op *op, const mobagen_fwd_args *a, workspace_layout *w)
+{
+    mg_status st = check_args(op, a);
+    if (st != MG_OK) return st;
+    *w = layout_for(op, a);
+    if (w->overflow)
+        return mg_fail(&op->err, MG_E_ARG,
+                       "the workspace for %s does not fit in size_t (batch=%d hq=%d hkv=%d "
+                       "total_q=%d total_k=%d max_seqlen_k=%d)",
+                       w->overflow, a->batch, a->hq, a->hkv, a->total_q, a->total_k, a->max_seqlen_k);
     return MG_OK;
 }
 
 mg_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *args, size_t *bytes)
 {
-    mg_status st = check_args(op, args);
+    workspace_layout w;
+    if (op && !bytes) return mg_fail(&op->err, MG_E_ARG, "bytes (the size_t to fill) is NULL");
+    mg_status st = checked_layout(op, args, &w);
     if (st != MG_OK) return st;
-    *bytes = layout_for(op, args).total;
+    *bytes = w.total;
     return MG_OK;
 }
 
 mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
                                      mobagen_devptr workspace)
 {
-    return workspace + layout_for(op, args).sel;
+    workspace_layout w;
+    if (checked_layout(op, args, &w) != MG_OK) return 0;
+    return workspace + w.sel;
 }
 
 static mg_status launch_kernel(mobagen_op *op, const mg_loaded_variant *v, const char *role,
@@ -182,24 +263,18 @@ mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr 
 mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr workspace,
                         size_t workspace_bytes, mobagen_stream stream, unsigned stages)
 {
-    mg_status st = check_args(op, a);
+    workspace_layout w;
+    mg_status st = checked_layout(op, a, &w);
     if (st != MG_OK) return st;
     const mg_spec *s = &op->spec;
-    workspace_layout w = layout_for(op, a);
-    /* The kernels index selections, lists and rows with 32-bit integers. */
-    long long slots = (long long)a->total_q * a->hq * s->top_k;
-    long long lists = (long long)a->batch * a->hq * max_blocks_of(s, a);
-    if (slots >= (1LL << 31) || lists >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
-        return mg_fail(&op->err, MG_E_UNSUPPORTED,
-                       "total_q x hq x top_k (%lld) and batch x hq x blocks (%lld) must stay under "
-                       "2^31, and max_seqlen_q under 2^25", slots, lists);
     if (workspace_bytes < w.total)
         return mg_fail(&op->err, MG_E_ARG, "workspace of %zu bytes is too small: %zu needed",
                        workspace_bytes, w.total);
     if (w.total && (!workspace || workspace % WORKSPACE_ALIGN))
         return mg_fail(&op->err, MG_E_ARG, "workspace must be a %d-byte aligned device pointer",
                        WORKSPACE_ALIGN);
-    if (a->total_q == 0 || a->max_seqlen_q == 0) return MG_OK;
+    if (a->total_q == 0 || a->max_seqlen_q == 0) return MG_OK;   /* nothing to launch */
+    if (!op->ctx) return mg_fail(&op->err, MG_E_NO_DEVICE, "the op has no device to run on");
 
     long long strides[8];
     resolve_strides(a, strides);
@@ -214,7 +289,7 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .o_row_stride = strides[6], .o_head_stride = strides[7],
         .batch = a->batch, .hq = a->hq, .hkv = a->hkv,
         .max_seqlen_q = a->max_seqlen_q, .max_seqlen_k = a->max_seqlen_k, .max_blocks = max_blocks,
-        .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
+        .softmax_scale = a->softmax_scale != 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
         .block_count = workspace + w.block_count, .block_offset = workspace + w.block_offset,
         .block_cursor = workspace + w.block_cursor, .tile_offset = workspace + w.tile_offset,
         .entries = workspace + w.entries, .partial_o = workspace + w.partial_o,

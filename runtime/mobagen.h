@@ -4,68 +4,164 @@
  *   mobagen_ctx   one CUDA device (its primary context) and the driver, loaded with dlopen
  *   mobagen_op    one spec's forward pass, its kernels loaded into the ctx's context
  *
- * Every call returns an mg_status; the text of the last failure is mobagen_ctx_errmsg (for
+ * Every call returns a mobagen_status (or, for lookups, NULL / -1 / 0 as documented); no call
+ * crashes on a NULL handle or pointer. The text of the last failure is mobagen_ctx_errmsg (for
  * ctx and op creation) or mobagen_op_errmsg (for calls on an op). A ctx and its ops may be used
  * by one thread at a time; use one ctx per thread to run concurrently.
  *
- * Tensor layouts follow FlashAttention's varlen API (docs/runtime.md):
+ * Tensor layouts follow FlashAttention's varlen API (README.md, "The C library"):
  *   q, out  [total_q][hq][head_dim]       k, v  [total_k][hkv][head_dim]   (dtype of the spec)
  *   lse     [total_q][hq] float32 (natural log, -inf for a row that sees no key)
  *   cu_seqlens_q, cu_seqlens_k  int32 [batch + 1] on the device
  *   conv_weight [hkv][conv_width][head_dim] (dtype of the spec); tap l multiplies k_{t-l}
  * Row and head strides are in elements; 0 means packed. The last dim must be contiguous.
  * As in FlashAttention, max_seqlen_q/k must be at least every sequence's length: the grids are
- * sized from them without reading cu_seqlens back from the device. */
+ * sized from them without reading cu_seqlens back from the device.
+ *
+ * The header is self-contained C (and C++: everything is extern "C"); every name it declares
+ * starts with mobagen_ or MOBAGEN_, and the shared library exports nothing else. */
 #ifndef MOBAGEN_H
 #define MOBAGEN_H
 
 #include <stddef.h>
 
-#include "spec.h"
-#include "status.h"
+#define MOBAGEN_VERSION_MAJOR 0
+#define MOBAGEN_VERSION_MINOR 2
+#define MOBAGEN_VERSION_PATCH 0
+#define MOBAGEN_VERSION_STRING "0.2.0"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MOBAGEN_API __attribute__((visibility("default")))
+#else
+#define MOBAGEN_API
+#endif
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+typedef enum mobagen_status {
+    MOBAGEN_OK = 0,
+    MOBAGEN_E_ARG,            /* a caller passed an invalid argument */
+    MOBAGEN_E_SPEC,           /* a spec (file or parameters) is malformed or unsupported */
+    MOBAGEN_E_TEMPLATE,       /* a template failed to parse, run or validate */
+    MOBAGEN_E_COMPILE,        /* NVRTC rejected generated source */
+    MOBAGEN_E_NO_NVRTC,       /* libnvrtc could not be loaded */
+    MOBAGEN_E_CACHE,          /* the kernel cache is unusable */
+    MOBAGEN_E_IO,             /* a file could not be read or written */
+    MOBAGEN_E_NOMEM,          /* out of host memory */
+    MOBAGEN_E_NO_DRIVER,      /* libcuda.so.1 could not be loaded */
+    MOBAGEN_E_NO_DEVICE,      /* no CUDA device, or the ordinal is out of range */
+    MOBAGEN_E_CUDA,           /* a CUDA driver call failed */
+    MOBAGEN_E_UNSUPPORTED     /* valid request this build cannot serve */
+} mobagen_status;
+
+typedef enum mobagen_dtype { MOBAGEN_BF16 = 0, MOBAGEN_FP16 = 1 } mobagen_dtype;
+
+/* "0.2.0": the library's version, which may differ from the header's MOBAGEN_VERSION_STRING
+ * when a program runs against a newer shared library than it was built with. */
+MOBAGEN_API const char *mobagen_version(void);
+/* Static name of a status ("MOBAGEN_E_SPEC"), never NULL. */
+MOBAGEN_API const char *mobagen_status_name(mobagen_status s);
 
 typedef struct mobagen_ctx mobagen_ctx;
 typedef struct mobagen_op mobagen_op;
 typedef unsigned long long mobagen_devptr;   /* a CUdeviceptr */
 typedef void *mobagen_stream;                /* a CUstream; NULL is the legacy default stream */
 
+typedef enum mobagen_log_level {
+    MOBAGEN_LOG_DEFAULT = 0,  /* from MOBAGEN_LOG (error|warn|info|debug), else warn */
+    MOBAGEN_LOG_ERROR = 1,
+    MOBAGEN_LOG_WARN = 2,
+    MOBAGEN_LOG_INFO = 3,     /* one line per kernel compiled on a cache miss */
+    MOBAGEN_LOG_DEBUG = 4
+} mobagen_log_level;
+
+/* Where log lines go; NULL in the options: "mobagen: LEVEL: message" on stderr. Called from the
+ * thread that made the call on the ctx (or its ops), or during op creation from its build
+ * threads, but never concurrently for one ctx. */
+typedef void (*mobagen_log_fn)(void *user, mobagen_log_level level, const char *message);
+
+/* Called once per variant as op creation builds or loads it: done of total so far, the
+ * variant's id and whether it was compiled (1) or found in the cache (0). Called from build
+ * threads, one call at a time. */
+typedef void (*mobagen_progress_fn)(void *user, int done, int total, const char *variant_id,
+                                    int compiled);
+
+/* Zero-initialise it (= {0}) and set what you need: zero fields take their defaults. */
 typedef struct mobagen_ctx_options {
     const char *cache_dir;      /* NULL: MOBAGEN_CACHE_DIR, XDG_CACHE_HOME/mobagen, ~/.cache/mobagen */
     const char *template_dir;   /* NULL: MOBAGEN_TEMPLATE_DIR, else the embedded templates */
+    mobagen_log_level log_level;
+    mobagen_log_fn log;
+    void *log_user;
+    mobagen_progress_fn progress;
+    void *progress_user;
 } mobagen_ctx_options;
 
 /* Opens CUDA device `device`. *out is set even on failure (unless out of memory) so that
- * mobagen_ctx_errmsg can say why; destroy it either way. */
-mg_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts, mobagen_ctx **out);
-void mobagen_ctx_destroy(mobagen_ctx *ctx);
-const char *mobagen_ctx_errmsg(const mobagen_ctx *ctx);
-/* "sm_90a" etc.: the arch kernels are built for on this device. */
-const char *mobagen_ctx_arch(const mobagen_ctx *ctx);
-const char *mobagen_ctx_device_name(const mobagen_ctx *ctx);
+ * mobagen_ctx_errmsg can say why; destroy it either way. out NULL: MOBAGEN_E_ARG. */
+MOBAGEN_API mobagen_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts,
+                                              mobagen_ctx **out);
+MOBAGEN_API void mobagen_ctx_destroy(mobagen_ctx *ctx);
+/* Never NULL. */
+MOBAGEN_API const char *mobagen_ctx_errmsg(const mobagen_ctx *ctx);
+/* "sm_90a" etc.: the arch kernels are built for on this device ("" without a device, NULL for
+ * a NULL ctx). */
+MOBAGEN_API const char *mobagen_ctx_arch(const mobagen_ctx *ctx);
+MOBAGEN_API const char *mobagen_ctx_device_name(const mobagen_ctx *ctx);
+
+/* One restriction of a template's tuning space: knob -> allowed values (a spec's `tuning:`). */
+typedef struct mobagen_tuning_restriction {
+    const char *template_name;  /* "route", "attn_fwd", "kconv_centroid" */
+    const char *knob;           /* "impl", "block_m", ... (docs/templates.md) */
+    const int *values;
+    int n_values;
+} mobagen_tuning_restriction;
+
+/* A spec as parameters, checked by the same rules as a YAML spec (specs/README.md). Zero
+ * fields take the YAML defaults where one exists. */
+typedef struct mobagen_spec_params {
+    const char *name;           /* NULL: "moba_d<head_dim>_b<block_size>_k<top_k>" */
+    int head_dim;               /* required: 32..256, a multiple of 32 */
+    int block_size;             /* required: 16..512, a multiple of 16 */
+    int top_k;                  /* required: 1..64 */
+    int causal;                 /* 0 or 1 (YAML spec's default is 1: set it) */
+    int conv_width;             /* 0..8, 0: no key convolution */
+    mobagen_dtype dtype;
+    int gqa_group;              /* query heads per kv head; 0 means 1 */
+    const mobagen_tuning_restriction *tuning;  /* n_tuning entries, or NULL */
+    int n_tuning;
+} mobagen_spec_params;
 
 /* Builds (or loads from the cache) every variant of the spec for this device. */
-mg_status mobagen_op_create(mobagen_ctx *ctx, const char *spec_path, mobagen_op **out);
-mg_status mobagen_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out);
-void mobagen_op_destroy(mobagen_op *op);
-const char *mobagen_op_errmsg(const mobagen_op *op);
-const mg_spec *mobagen_op_spec(const mobagen_op *op);
+MOBAGEN_API mobagen_status mobagen_op_create(mobagen_ctx *ctx, const char *spec_path,
+                                             mobagen_op **out);
+MOBAGEN_API mobagen_status mobagen_op_create_from_params(mobagen_ctx *ctx,
+                                                         const mobagen_spec_params *params,
+                                                         mobagen_op **out);
+MOBAGEN_API void mobagen_op_destroy(mobagen_op *op);
+/* Never NULL. */
+MOBAGEN_API const char *mobagen_op_errmsg(const mobagen_op *op);
+/* The op's spec: every field but tuning (NULL, 0); name points into the op. */
+MOBAGEN_API mobagen_status mobagen_op_params(const mobagen_op *op, mobagen_spec_params *out);
 
 /* The tuning variants of one template ("route", "attn_fwd", "kconv_centroid") and which one
- * runs; the first valid point is chosen until mobagen_op_select says otherwise. */
-int mobagen_op_variant_count(const mobagen_op *op, const char *template_name);
-const char *mobagen_op_variant_id(const mobagen_op *op, const char *template_name, int index);
-mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index);
+ * runs; the first valid point is chosen until mobagen_op_select says otherwise. The count is -1
+ * and the id NULL for a NULL op or template name. */
+MOBAGEN_API int mobagen_op_variant_count(const mobagen_op *op, const char *template_name);
+MOBAGEN_API const char *mobagen_op_variant_id(const mobagen_op *op, const char *template_name,
+                                              int index);
+MOBAGEN_API mobagen_status mobagen_op_select(mobagen_op *op, const char *template_name, int index);
 
+/* A null device pointer is accepted exactly where its tensor has no elements (q, out and lse
+ * when total_q == 0; k and v when total_k == 0), as PyTorch gives for empty tensors. */
 typedef struct mobagen_fwd_args {
-    int batch;
+    int batch;                   /* 0 is an empty batch (total_q = total_k = 0) */
     int hq, hkv, head_dim;
     int total_q, total_k;
     int max_seqlen_q, max_seqlen_k;
-    mg_dtype dtype;
+    mobagen_dtype dtype;
     mobagen_devptr q, k, v, out;
     long long q_row_stride, q_head_stride;
     long long k_row_stride, k_head_stride;
@@ -74,21 +170,25 @@ typedef struct mobagen_fwd_args {
     mobagen_devptr cu_seqlens_q, cu_seqlens_k;
     mobagen_devptr conv_weight;  /* required when the spec's conv_width > 0, else must be 0 */
     mobagen_devptr lse;
-    float softmax_scale;         /* 0: 1/sqrt(head_dim) */
+    float softmax_scale;         /* 0: 1/sqrt(head_dim); else finite and > 0 */
 } mobagen_fwd_args;
 
 /* Bytes of device workspace mobagen_fwd needs for these arguments (256-byte aligned). */
-mg_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *args, size_t *bytes);
+MOBAGEN_API mobagen_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *args,
+                                                      size_t *bytes);
 
 /* The MoBA forward on `stream`: key convolution and centroids, routing, attention. Checks the
- * arguments against the spec and each other first, naming the wrong one. */
-mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *args, mobagen_devptr workspace,
-                      size_t workspace_bytes, mobagen_stream stream);
+ * arguments against the spec and each other first, naming the wrong one. Empty inputs launch
+ * nothing and succeed. */
+MOBAGEN_API mobagen_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *args,
+                                       mobagen_devptr workspace, size_t workspace_bytes,
+                                       mobagen_stream stream);
 
 /* Block indices routing chose, [total_q][hq][top_k] int32 ascending, -1 padded: valid in the
- * workspace after mobagen_fwd until the workspace is reused. */
-mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
-                                     mobagen_devptr workspace);
+ * workspace after mobagen_fwd until the workspace is reused. 0 when the arguments are invalid
+ * (mobagen_op_errmsg says why) or op is NULL. */
+MOBAGEN_API mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
+                                                 mobagen_devptr workspace);
 
 #ifdef __cplusplus
 }

@@ -93,7 +93,15 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
     if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
     if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
         st = mg_fail(diag, MG_E_NOMEM, "out of memory");
-    if (st == MG_OK) st = mg_builder_build(b, vars, n, NULL, results, NULL, diag);
+    mg_build_options opts = {.on_result = mg_ctx_on_build_result, .on_result_user = ctx};
+    mg_build_stats stats = {0};
+    if (st == MG_OK) {
+        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d variants for %s (cache %s)", op->spec.name, n,
+                   ctx->arch, mg_cache_dir(mg_builder_cache(b)));
+        st = mg_builder_build(b, vars, n, &opts, results, &stats, diag);
+        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d cached, %d compiled, %d failed in %.1f s",
+                   op->spec.name, stats.hits, stats.misses, stats.failed, stats.seconds);
+    }
     if (st == MG_OK) st = mg_ctx_push(ctx, diag);
     if (st == MG_OK) {
         for (int i = 0; i < n && st == MG_OK; i++) st = load_variant(op, &vars[i], &results[i], diag);
@@ -111,7 +119,7 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
     return st;
 }
 
-mg_status mobagen_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out)
+mg_status mg_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out)
 {
     *out = NULL;
     if (!ctx->context) {
@@ -132,13 +140,44 @@ mg_status mobagen_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mob
     return MG_OK;
 }
 
+mg_status mg_op_create_detached(const mg_spec *spec, mobagen_op **out)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out) return MG_E_NOMEM;
+    (*out)->spec = *spec;
+    return MG_OK;
+}
+
+/* The NULL checks every creation shares; the message goes to the ctx where there is one. */
+static mg_status check_create_args(mobagen_ctx *ctx, const void *source, const char *source_name,
+                                   mobagen_op **out)
+{
+    if (out) *out = NULL;
+    if (!ctx) return MG_E_ARG;
+    if (!out) return mg_fail(&ctx->err, MG_E_ARG, "out (the mobagen_op ** to fill) is NULL");
+    if (!source) return mg_fail(&ctx->err, MG_E_ARG, "%s is NULL", source_name);
+    return MG_OK;
+}
+
 mg_status mobagen_op_create(mobagen_ctx *ctx, const char *spec_path, mobagen_op **out)
 {
-    mg_spec spec;
-    *out = NULL;
-    mg_status st = mg_spec_load(spec_path, &spec, &ctx->err);
+    mg_status st = check_create_args(ctx, spec_path, "spec_path", out);
     if (st != MG_OK) return st;
-    return mobagen_op_create_from_spec(ctx, &spec, out);
+    mg_spec spec;
+    st = mg_spec_load(spec_path, &spec, &ctx->err);
+    if (st != MG_OK) return st;
+    return mg_op_create_from_spec(ctx, &spec, out);
+}
+
+mg_status mobagen_op_create_from_params(mobagen_ctx *ctx, const mobagen_spec_params *params,
+                                        mobagen_op **out)
+{
+    mg_status st = check_create_args(ctx, params, "params", out);
+    if (st != MG_OK) return st;
+    mg_spec spec;
+    st = mg_spec_from_params(params, &spec, &ctx->err);
+    if (st != MG_OK) return st;
+    return mg_op_create_from_spec(ctx, &spec, out);
 }
 
 void mobagen_op_destroy(mobagen_op *op)
@@ -151,8 +190,19 @@ void mobagen_op_destroy(mobagen_op *op)
     free(op);
 }
 
-const char *mobagen_op_errmsg(const mobagen_op *op) { return op->err.msg; }
-const mg_spec *mobagen_op_spec(const mobagen_op *op) { return &op->spec; }
+const char *mobagen_op_errmsg(const mobagen_op *op)
+{
+    return op ? op->err.msg : "no mobagen op (NULL): its creation failed or was not called";
+}
+
+const mg_spec *mg_op_spec(const mobagen_op *op) { return &op->spec; }
+
+mg_status mobagen_op_params(const mobagen_op *op, mobagen_spec_params *out)
+{
+    if (!op || !out) return MG_E_ARG;
+    mg_spec_to_params(&op->spec, out);
+    return MG_OK;
+}
 
 static int nth_variant_of(const mobagen_op *op, const char *template_name, int index)
 {
@@ -163,6 +213,7 @@ static int nth_variant_of(const mobagen_op *op, const char *template_name, int i
 
 int mobagen_op_variant_count(const mobagen_op *op, const char *template_name)
 {
+    if (!op || !template_name) return -1;
     int n = 0;
     for (int i = 0; i < op->n_variants; i++) n += !strcmp(op->variants[i].template_name, template_name);
     return n;
@@ -170,12 +221,15 @@ int mobagen_op_variant_count(const mobagen_op *op, const char *template_name)
 
 const char *mobagen_op_variant_id(const mobagen_op *op, const char *template_name, int index)
 {
+    if (!op || !template_name) return NULL;
     int i = nth_variant_of(op, template_name, index);
     return i < 0 ? NULL : op->variants[i].id;
 }
 
 mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index)
 {
+    if (!op) return MG_E_ARG;
+    if (!template_name) return mg_fail(&op->err, MG_E_ARG, "template_name is NULL");
     int i = nth_variant_of(op, template_name, index);
     if (i < 0)
         return mg_fail(&op->err, MG_E_ARG, "template '%s' has no variant %d (it has %d)",

@@ -17,10 +17,26 @@ struct mobagen_ctx {
     char device_name[256];
     int sm_count;
     int max_smem_optin;
-    char cache_dir[1024];
-    char template_dir[1024];
+    char *cache_dir;             /* malloc'd copies of the options; "" when not given */
+    char *template_dir;
+    mobagen_log_level log_level; /* resolved: never MOBAGEN_LOG_DEFAULT */
+    mobagen_log_fn log;
+    void *log_user;
+    mobagen_progress_fn progress;
+    void *progress_user;
     mg_diag err;
 };
+
+/* A log line through the ctx's sink when level is enabled (NULL ctx: nothing). */
+void mg_ctx_log(const mobagen_ctx *ctx, mobagen_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* mg_build_options.on_result for op creation (user: the ctx): a line per compile at info, so
+ * that a cold start that compiles for a minute never looks like a hang, and the ctx's progress
+ * callback. */
+void mg_ctx_on_build_result(void *user, const mg_variant *v, const mg_build_result *r, int done,
+                            int total);
+/* MOBAGEN_LOG's value as a level; 0 (MOBAGEN_LOG_DEFAULT) for NULL, "" or an unknown word. */
+mobagen_log_level mg_log_level_parse(const char *text);
 
 /* One loaded variant: its module, entry function and launch shape. */
 typedef struct mg_loaded_variant {
@@ -52,6 +68,18 @@ struct mobagen_op {
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     mg_diag err;
 };
+
+/* Builds (or loads from the cache) every variant of an already parsed spec. */
+mg_status mg_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out);
+const mg_spec *mg_op_spec(const mobagen_op *op);
+/* For tests without a GPU: an op with the spec and no ctx or kernels, on which the argument
+ * checks and workspace sizing run for real and any launch is refused. */
+mg_status mg_op_create_detached(const mg_spec *spec, mobagen_op **out);
+
+/* The public parameters as a spec, checked like a YAML spec (MG_E_SPEC naming the field). */
+mg_status mg_spec_from_params(const mobagen_spec_params *p, mg_spec *out, mg_diag *d);
+/* Every field but tuning; name points into s. */
+void mg_spec_to_params(const mg_spec *s, mobagen_spec_params *out);
 
 /* Runs fn with the ctx's context current on this thread, then restores the caller's. */
 mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag);

@@ -13,8 +13,8 @@
 #include <cmocka.h>
 
 #include "util/gpu_harness.h"
-#include "mobagen.h"
 #include "ref/moba_ref.h"
+#include "runtime_internal.h"
 
 #define MAX_SEQS 8
 #define POISON_ELEM 0xffffffffu   /* bf16/fp16 NaN pairs, fp32 NaN, int32 -1 */
@@ -152,7 +152,7 @@ static void run_case(const fwd_case *c, uint64_t seed, case_stats *stats)
     mg_spec spec;
     make_spec(c, &spec);
     mobagen_op *op;
-    if (mobagen_op_create_from_spec(env.ctx, &spec, &op) != MG_OK)
+    if (mg_op_create_from_spec(env.ctx, &spec, &op) != MG_OK)
         fail_msg("%s: mobagen_op_create: %s", c->label, mobagen_ctx_errmsg(env.ctx));
 
     int d = c->head_dim, hq = c->hkv * c->gqa_group, hkv = c->hkv, k = c->top_k;
@@ -393,7 +393,7 @@ static void test_argument_errors(void **state)
     mg_spec spec;
     make_spec(&c, &spec);
     mobagen_op *op;
-    assert_int_equal(mobagen_op_create_from_spec(env.ctx, &spec, &op), MG_OK);
+    assert_int_equal(mg_op_create_from_spec(env.ctx, &spec, &op), MG_OK);
     cu_deviceptr buf = gpu_alloc(&env, 1 << 20);
     mobagen_fwd_args good = {.batch = 1, .hq = 2, .hkv = 2, .head_dim = 128, .total_q = 16,
                              .total_k = 16, .max_seqlen_q = 16, .max_seqlen_k = 16, .dtype = MG_BF16,

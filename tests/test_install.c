@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "mobagen.h"
 #include "util/testutil.h"
 
 static char prefix[512];
@@ -50,11 +51,29 @@ static void test_install_and_build_example(void **state)
     free(err);
     expect_file("bin/mobagen");
     expect_file("lib/libmobagen.so");
+    /* The versioned chain: libmobagen.so -> .so.MAJOR (the SONAME) -> .so.MAJOR.MINOR.PATCH. */
+    char versioned[64];
+    snprintf(versioned, sizeof versioned, "lib/libmobagen.so.%d", MOBAGEN_VERSION_MAJOR);
+    expect_file(versioned);
+    snprintf(versioned, sizeof versioned, "lib/libmobagen.so.%s", MOBAGEN_VERSION_STRING);
+    expect_file(versioned);
     expect_file("lib/libmobagen.a");
     expect_file("include/mobagen/mobagen.h");
     expect_file("share/mobagen/templates/route.cu.tpl");
     expect_file("share/mobagen/specs/default.yaml");
     expect_file("lib/pkgconfig/mobagen.pc");
+
+    /* pkg-config reports the header's version. */
+    char pc_cmd[1200];
+    snprintf(pc_cmd, sizeof pc_cmd, "PKG_CONFIG_PATH='%s/lib/pkgconfig' pkg-config --modversion mobagen", prefix);
+    const char *pc_argv[] = {"/bin/sh", "-c", pc_cmd, NULL};
+    rc = tu_run(pc_argv, NULL, &out, &err);
+    if (rc != 0) fail_msg("pkg-config exited %d: %s", rc, err);
+    char want[64];
+    snprintf(want, sizeof want, "%s\n", MOBAGEN_VERSION_STRING);
+    assert_string_equal(out, want);
+    free(out);
+    free(err);
 
     /* The installed CLI finds its templates without the source tree (they are embedded). */
     char cli[700], spec[700];

@@ -9,6 +9,8 @@ for pc in lua5.4:liblua5.4-dev yaml-0.1:libyaml-dev libsodium:libsodium-dev cmoc
 done
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v cc >/dev/null || need+=(gcc)
+command -v g++ >/dev/null || need+=(g++)          # the C++ link test of mobagen.h
+command -v nm >/dev/null || need+=(binutils)      # nm and readelf: the exported-symbols test
 command -v make >/dev/null || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
