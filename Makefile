@@ -5,12 +5,13 @@ CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 PREFIX    ?= /usr/local
 BUILD     ?= build
 CC        ?= cc
-PKGS      := lua5.4 yaml-0.1 libsodium
-# Lua, libyaml and libsodium are linked statically so that the binaries run on machines that
+PKGS      := lua5.4 yaml-0.1 libsodium sqlite3
+# Lua, libyaml, libsodium and SQLite are linked statically so that the binaries run on machines that
 # lack those packages (the GPU machine has none of them); NVRTC and libcuda are dlopen()ed.
 STATIC_LIBS = $(shell pkg-config --variable=libdir lua5.4)/liblua5.4.a \
               $(shell pkg-config --variable=libdir yaml-0.1)/libyaml.a \
-              $(shell pkg-config --variable=libdir libsodium)/libsodium.a
+              $(shell pkg-config --variable=libdir libsodium)/libsodium.a \
+              $(shell pkg-config --variable=libdir sqlite3)/libsqlite3.a
 DEP_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror=implicit-function-declaration
 CFLAGS    ?= -O2 -g

@@ -20,6 +20,7 @@ struct mobagen_ctx {
     char cache_dir[1024];
     char template_dir[1024];
     mg_diag err;
+    struct mg_ctx_deploy *deploy;   /* deploy.c: attached bundles */
 };
 
 /* One loaded variant: its module, entry function and launch shape. */
@@ -51,6 +52,7 @@ struct mobagen_op {
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     mg_diag err;
+    struct mg_op_deploy *deploy;  /* deploy.c: dispatch by tuning records */
 };
 
 /* Runs fn with the ctx's context current on this thread, then restores the caller's. */
