@@ -26,6 +26,34 @@ static mg_status exec(writer *w, const char *sql)
     return sqlite3_exec(w->db, sql, NULL, NULL, NULL) == SQLITE_OK ? MG_OK : sql_fail(w, sql);
 }
 
+static int by_string(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The lines of text sorted, each ending in '\n' (malloc'd): launch values and kernel names
+ * come from Lua tables, whose order differs from run to run. */
+static char *sorted_lines(const char *text)
+{
+    size_t len = strlen(text);
+    char *copy = malloc(len + 1), *out = malloc(len + 2);
+    char **lines = malloc((len / 2 + 2) * sizeof *lines);
+    int n = 0;
+    if (!copy || !out || !lines) {
+        free(copy);
+        free(out);
+        free(lines);
+        return NULL;
+    }
+    memcpy(copy, text, len + 1);
+    for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+        lines[n++] = l;
+    qsort(lines, (size_t)n, sizeof *lines, by_string);
+    size_t pos = 0;
+    for (int i = 0; i < n; i++) pos += (size_t)sprintf(out + pos, "%s\n", lines[i]);
+    out[pos] = 0;
+    free(lines);
+    free(copy);
+    return out;
+}
+
 static int by_identity(const void *a, const void *b)
 {
     return strcmp(((const mg_bundle_spec *)a)->identity, ((const mg_bundle_spec *)b)->identity);
@@ -153,18 +181,27 @@ mg_status mg_bundle_write(const char *path, const char *nvrtc_version, const mg_
         return mg_fail(diag, MG_E_NOMEM, "out of memory");
     }
     if (n_specs) memcpy(specs, specs_in, (size_t)n_specs * sizeof *specs);
-    if (n_kernels) memcpy(kernels, kernels_in, (size_t)n_kernels * sizeof *kernels);
+    int ok = 1;
+    for (int i = 0; i < n_kernels; i++) {
+        kernels[i] = kernels_in[i];
+        kernels[i].launch = sorted_lines(kernels_in[i].launch);
+        kernels[i].entry = sorted_lines(kernels_in[i].entry);
+        ok &= kernels[i].launch && kernels[i].entry;
+    }
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     unlink(tmp);
     writer w = {.path = path, .diag = diag};
-    mg_status st = MG_OK;
-    if (sqlite3_open_v2(tmp, &w.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK)
+    mg_status st = ok ? MG_OK : mg_fail(diag, MG_E_NOMEM, "out of memory");
+    if (st == MG_OK && sqlite3_open_v2(tmp, &w.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK)
         st = sql_fail(&w, "creating the file");
-    else
-        st = write_contents(&w, nvrtc_version, specs, n_specs, kernels, n_kernels, tuning);
-    if (sqlite3_close(w.db) != SQLITE_OK && st == MG_OK) st = sql_fail(&w, "closing");
+    if (st == MG_OK) st = write_contents(&w, nvrtc_version, specs, n_specs, kernels, n_kernels, tuning);
+    if (w.db && sqlite3_close(w.db) != SQLITE_OK && st == MG_OK) st = sql_fail(&w, "closing");
     free(specs);
+    for (int i = 0; i < n_kernels; i++) {
+        free(kernels[i].launch);
+        free(kernels[i].entry);
+    }
     free(kernels);
     if (st == MG_OK) {
         int fd = open(tmp, O_RDONLY | O_CLOEXEC);

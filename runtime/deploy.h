@@ -30,6 +30,10 @@ typedef struct mg_tune_shape {
 
 mg_status mg_tune_run(mobagen_op *op, const mg_tune_shape *shape, const mobagen_tune_options *opts,
                       mg_tune_record *out, mg_diag *diag);
+/* The whole forward with the variants dispatch chooses for the shape: median and minimum in
+ * microseconds, timed like the tuner times a stage. */
+mg_status mg_bench_fwd(mobagen_op *op, const mg_tune_shape *shape, int warmup, int reps,
+                       double *median_us, double *min_us, mg_diag *diag);
 /* The device's fingerprint for an op (its kernels' NVRTC version included). */
 const mg_fingerprint *mg_deploy_fingerprint(const mobagen_op *op);
 

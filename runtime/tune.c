@@ -391,3 +391,21 @@ mg_status mg_tune_run(mobagen_op *op, const mg_tune_shape *shape, const mobagen_
     mg_bucket_for(identity, t.args.batch, t.args.hq, t.args.hkv, t.args.max_seqlen_k, &out->bucket);
     return MG_OK;
 }
+
+mg_status mg_bench_fwd(mobagen_op *op, const mg_tune_shape *shape, int warmup, int reps,
+                       double *median_us, double *min_us, mg_diag *diag)
+{
+    tuner t = {.op = op, .cu = &op->ctx->cu, .diag = diag};
+    mg_status st = mg_ctx_push(op->ctx, diag);
+    if (st != MG_OK) return st;
+    st = setup(&t, shape);
+    if (st == MG_OK && mg_deploy_dispatch(op, &t.args) != MG_OK)
+        st = mg_fail(diag, MG_E_CUDA, "%s", op->err.msg);
+    if (st == MG_OK) st = run_full(&t, &t.got);
+    if (st == MG_OK)
+        st = time_stage(&t, MG_STAGE_ALL, warmup > 0 ? warmup : 3,
+                        reps > 0 ? (reps > MAX_REPS ? MAX_REPS : reps) : 25, median_us, min_us);
+    teardown(&t);
+    mg_ctx_pop(op->ctx);
+    return st;
+}
