@@ -124,6 +124,9 @@ static void check_forward(mobagen_op *op, const char *label, unsigned seed)
     if (differing > (long)total * hq / 100)
         fail_msg("%s: selection differs from the reference on %ld of %d rows", label, differing, total * hq);
     moba_ref_kconv(&cfg, kd, wd, kp);
+    /* The GPU keeps k' in the element type: the reference attends over the same rounded keys. */
+    if (cw > 0)
+        for (size_t i = 0; i < nk; i++) kp[i] = bf16_to_float(float_to_bf16((float)kp[i]));
     moba_ref_attention(&cfg, qd, kp, vd, sel, o_ref, lse_ref);
     double err2 = 0, ref2 = 0, worst_lse = 0;
     for (size_t i = 0; i < nq; i++) {
@@ -144,11 +147,19 @@ static void check_forward(mobagen_op *op, const char *label, unsigned seed)
     printf("  %s: o rel err %.3g, lse err %.3g, %ld rows routed otherwise (near ties)\n", label, o_err,
            worst_lse, differing);
     if (o_err > 1e-2) fail_msg("%s: relative error of o %.3g exceeds 1e-2", label, o_err);
-    if (worst_lse > 1e-4) fail_msg("%s: LSE error %.3g exceeds 1e-4", label, worst_lse);
+    if (worst_lse > 2e-4) fail_msg("%s: LSE error %.3g exceeds 2e-4", label, worst_lse);
     cu_deviceptr bufs[] = {dq, dk, dv, dw, dout, dlse, dcu, ws};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) gpu_free(&env, bufs[i]);
     void *host[] = {q, kk, v, w, qd, kd, vd, wd, out, lse, sel, sel_ref, o_ref, lse_ref, kp};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+/* A failed test leaves by longjmp: the environment it changed is restored here. */
+static int reset_env(void **state)
+{
+    const char *vars[] = {"MOBAGEN_NVRTC", "MOBAGEN_TEMPLATE_DIR", "MOBAGEN_TUNING_DB", "MOBAGEN_AUTOTUNE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) unsetenv(vars[i]);
+    return 0;
 }
 
 static mobagen_fwd_args bucket_args(int seqlen)
@@ -358,10 +369,10 @@ static void test_bundle_carries_tuning(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bundle_without_nvrtc),
-        cmocka_unit_test(test_tune_and_dispatch),
-        cmocka_unit_test(test_autotune_first_use),
-        cmocka_unit_test(test_bundle_carries_tuning),
+        cmocka_unit_test_teardown(test_bundle_without_nvrtc, reset_env),
+        cmocka_unit_test_teardown(test_tune_and_dispatch, reset_env),
+        cmocka_unit_test_teardown(test_autotune_first_use, reset_env),
+        cmocka_unit_test_teardown(test_bundle_carries_tuning, reset_env),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
