@@ -362,18 +362,22 @@ static mg_status decide(mobagen_op *op, const mobagen_fwd_args *a, choice *out)
     const mg_tune_record *r = mg_tunedb_find(&d->db, &d->fp, &bucket);
     if (r && resolve(op, r, out->idx)) {
         out->source = "tuned";
-    } else if (d->autotune) {
-        mobagen_tune_options o = {.batch = a->batch, .hkv = a->hkv,
-                                  .seqlen = a->max_seqlen_k < 64 ? 64 : a->max_seqlen_k, .save = 1};
-        mg_status st = mobagen_op_tune(op, &o);
-        if (st != MG_OK) return st;
-        r = mg_tunedb_find(&d->db, &d->fp, &bucket);
-        if (!r || !resolve(op, r, out->idx))
-            return mg_fail(&op->err, MG_E_UNSUPPORTED, "autotuning recorded no usable winner");
-        out->source = "tuned";
     } else {
-        for (int s = 0; s < N_STAGES; s++) out->idx[s] = first_of(op, stage_templates[s]);
-        out->source = "heuristic";
+        if (d->autotune) {
+            mobagen_tune_options o = {.batch = a->batch, .hkv = a->hkv, .save = 1,
+                                      .seqlen = a->max_seqlen_k < 64 ? 64 : a->max_seqlen_k};
+            /* A failed autotune (out of device memory, an unwritable database) costs speed,
+             * not the call; winners found before a failed save are used all the same. */
+            if (mobagen_op_tune(op, &o) != MG_OK)
+                fprintf(stderr, "mobagen: warning: autotuning spec '%s': %s\n", op->spec.name, op->err.msg);
+            r = mg_tunedb_find(&d->db, &d->fp, &bucket);
+        }
+        if (r && resolve(op, r, out->idx)) {
+            out->source = "tuned";
+        } else {
+            for (int s = 0; s < N_STAGES; s++) out->idx[s] = first_of(op, stage_templates[s]);
+            out->source = "heuristic";
+        }
     }
     if (d->n_choices < MAX_CHOICES) d->choices[d->n_choices++] = *out;
     return MG_OK;

@@ -366,7 +366,6 @@ static mg_status tune_all(tuner *t, const mobagen_tune_options *o, mg_tune_recor
         snprintf(rec->tpl[s], MG_NAME_MAX, "%s", stage_templates[s]);
         snprintf(rec->point[s], MG_POINT_MAX, "%s", point_of(op->variants[best[s]].id));
         rec->us[s] = best_us[s];
-        *slot(op, s) = best[s];
     }
     return MG_OK;
 }
@@ -382,10 +381,9 @@ mg_status mg_tune_run(mobagen_op *op, const mg_tune_shape *shape, const mobagen_
     if (st == MG_OK) st = tune_all(&t, opts, out);
     teardown(&t);
     mg_ctx_pop(op->ctx);
-    if (st != MG_OK) {
-        for (int s = 0; s < N_STAGES; s++) *slot(op, s) = saved[s];
-        return st;
-    }
+    /* The caller applies the winners where the templates are not pinned. */
+    for (int s = 0; s < N_STAGES; s++) *slot(op, s) = saved[s];
+    if (st != MG_OK) return st;
     char identity[65];
     mg_spec_identity(&op->spec, identity);
     mg_bucket_for(identity, t.args.batch, t.args.hq, t.args.hkv, t.args.max_seqlen_k, &out->bucket);

@@ -20,6 +20,7 @@
 #include "bundle.h"
 #include "bundle_write.h"
 #include "fingerprint.h"
+#include "mobagen.h"
 #include "tunedb.h"
 #include "util/testutil.h"
 
@@ -637,6 +638,55 @@ static void test_inspect(void **state)
     free(err);
 }
 
+/* The commands that need a GPU say why they cannot run; bad arguments are usage errors. */
+static void test_cli_deploy_errors(void **state)
+{
+    char spec[700];
+    tu_write_file(work, "e.yaml", "name: e\nhead_dim: 64\nblock_size: 64\ntop_k: 4\n", spec, sizeof spec);
+    const char *no_driver[] = {"MOBAGEN_LIBCUDA=/nonexistent/libcuda.so.1", NULL};
+    const struct { const char *argv[8]; int rc; const char *text; } cases[] = {
+        {{"tune", spec, NULL}, 8, "no CUDA driver"},
+        {{"bench", spec, "--seqlens", "1024", NULL}, 8, "no CUDA driver"},
+        {{"tune", spec, "--seqlens", "0", NULL}, 2, "--seqlens"},
+        {{"tune", NULL}, 2, "SPEC"},
+        {{"tune", spec, "--reps", "x", NULL}, 2, "--reps"},
+        {{"bundle", spec, "-o", "x.mgb", NULL}, 2, "--arch"},
+        {{"bundle", spec, "--arch", "sm_80", NULL}, 2, "-o FILE"},
+        {{"bundle", spec, "--arch", "sm_1", "-o", "x.mgb", NULL}, 2, "unknown arch 'sm_1'"},
+        {{"inspect", "a", "b", NULL}, 2, "one file only"},
+        {{"inspect", "--bogus", NULL}, 2, "unknown option"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *argv[10] = {cli_path()};
+        for (int j = 0; cases[i].argv[j]; j++) argv[j + 1] = cases[i].argv[j];
+        char *out, *err;
+        int rc = tu_run(argv, no_driver, &out, &err);
+        if (rc != cases[i].rc || !strstr(err, cases[i].text))
+            fail_msg("mobagen %s ...: exit %d (want %d), stderr '%s' lacks '%s'", cases[i].argv[0], rc,
+                     cases[i].rc, err, cases[i].text);
+        free(out);
+        free(err);
+    }
+}
+
+/* mobagen_ctx_add_bundle works (and fails clearly) on a ctx whatever its device. */
+static void test_ctx_add_bundle(void **state)
+{
+    char good[700], bad[700];
+    snprintf(good, sizeof good, "%s/ctx.mgb", work);
+    snprintf(bad, sizeof bad, "%s/ctx-bad.mgb", work);
+    write_fake(good, NULL);
+    copy_bytes(good, bad, 5000, -1);
+    mobagen_ctx *ctx;
+    mobagen_ctx_create(0, NULL, &ctx);   /* no device here, or one: the bundle calls do not care */
+    assert_non_null(ctx);
+    assert_int_equal(mobagen_ctx_add_bundle(ctx, good), MG_OK);
+    assert_int_not_equal(mobagen_ctx_add_bundle(ctx, bad), MG_OK);
+    assert_non_null(strstr(mobagen_ctx_errmsg(ctx), bad));
+    assert_int_equal(mobagen_ctx_add_bundle(ctx, NULL), MG_E_ARG);
+    mobagen_ctx_destroy(ctx);
+}
+
 /* The real thing where NVRTC is present: two processes bundle the same spec, one compiling and
  * one from the cache, and write the same bytes. */
 static void test_cli_bundle_reproducible(void **state)
@@ -697,6 +747,8 @@ int main(void)
         cmocka_unit_test(test_bundle_damage),
         cmocka_unit_test(test_arch_pick),
         cmocka_unit_test(test_inspect),
+        cmocka_unit_test(test_cli_deploy_errors),
+        cmocka_unit_test(test_ctx_add_bundle),
         cmocka_unit_test(test_cli_bundle_reproducible),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
