@@ -127,6 +127,8 @@ install: all
 	install -m 644 runtime/mobagen.h generator/status.h generator/spec.h $(DESTDIR)$(PREFIX)/include/mobagen/
 	install -m 644 templates/*.tpl $(DESTDIR)$(PREFIX)/share/mobagen/templates/
 	install -m 644 specs/*.yaml $(DESTDIR)$(PREFIX)/share/mobagen/specs/
+	install -d $(DESTDIR)$(PREFIX)/share/mobagen/bench
+	install -m 644 bench/sdpa_once.py $(DESTDIR)$(PREFIX)/share/mobagen/bench/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
 
 clean:

@@ -174,9 +174,24 @@ static int parse_entry(const char *text, mg_rendered *r)
     return 1;
 }
 
-static mg_status variants_from_bundle(const mg_bundle *b, const char *identity, const char *arch,
-                                      mg_variant **vars_out, mg_build_result **res_out, int *n_out,
-                                      mg_diag *diag)
+/* The launch shape fields fwd.c divides by or launches with, held to what a template can give:
+ * a bundle's checksums catch damage, not a file made to crash its reader. */
+static int launch_in_range(const mg_rendered *r)
+{
+    static const struct { const char *name; long long lo, hi; } limits[] = {
+        {"threads", 1, 1024}, {"rows", 1, 1024}, {"list_rows", 1, 1024}, {"ctas_per_sm", 1, 64},
+        {"smem", 0, 1 << 20},
+    };
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        long long v = mg_rendered_launch(r, limits[i].name, limits[i].lo);
+        if (v < limits[i].lo || v > limits[i].hi) return 0;
+    }
+    return 1;
+}
+
+mg_status mg_deploy_variants_from_bundle(const mg_bundle *b, const char *identity, const char *arch,
+                                         mg_variant **vars_out, mg_build_result **res_out, int *n_out,
+                                         mg_diag *diag)
 {
     int n = 0;
     for (int i = 0; i < b->n_kernels; i++) n += !strcmp(b->kernels[i].spec, identity) && !strcmp(b->kernels[i].arch, arch);
@@ -192,7 +207,8 @@ static mg_status variants_from_bundle(const mg_bundle *b, const char *identity, 
         mg_build_result *r = &res[j++];
         snprintf(v->arch, sizeof v->arch, "%s", k->arch);
         snprintf(v->id, sizeof v->id, "%.63s/%.15s/%.230s", k->tpl, k->arch, k->point);
-        if (!parse_launch(k->launch, &v->rendered) || !parse_entry(k->entry, &v->rendered)) {
+        if (!parse_launch(k->launch, &v->rendered) || !launch_in_range(&v->rendered) ||
+            !parse_entry(k->entry, &v->rendered)) {
             st = mg_fail(diag, MG_E_IO, "%s: kernel %s: malformed launch parameters or entry names",
                          b->path, v->id);
             break;
@@ -207,6 +223,12 @@ static mg_status variants_from_bundle(const mg_bundle *b, const char *identity, 
         }
         memcpy(r->entry.cubin, k->cubin, k->cubin_size);
         r->hit = 1;
+    }
+    for (int t = 0; t < N_STAGES && st == MG_OK; t++) {
+        size_t len = strlen(stage_templates[t]);
+        int have = 0;
+        for (int i = 0; i < n; i++) have |= !strncmp(vars[i].id, stage_templates[t], len) && vars[i].id[len] == '/';
+        if (!have) st = mg_fail(diag, MG_E_IO, "%s: no %s kernel for %s", b->path, stage_templates[t], arch);
     }
     if (st != MG_OK) {
         mg_build_results_free(res, n);
@@ -250,7 +272,7 @@ mg_status mg_deploy_bundle_variants(mobagen_op *op, mg_variant **vars, mg_build_
         }
         mg_op_deploy *od = NULL;
         st = op_deploy(op, &od, diag);
-        if (st == MG_OK) st = variants_from_bundle(b, identity, archs[pick], vars, results, n, diag);
+        if (st == MG_OK) st = mg_deploy_variants_from_bundle(b, identity, archs[pick], vars, results, n, diag);
         if (st == MG_OK) {
             *found = 1;
             snprintf(od->fp.nvrtc, sizeof od->fp.nvrtc, "%.15s", b->nvrtc);

@@ -4,6 +4,7 @@
 #define MOBAGEN_DEPLOY_H
 
 #include "build.h"
+#include "bundle.h"
 #include "runtime_internal.h"
 #include "tunedb.h"
 
@@ -15,6 +16,11 @@ void mg_deploy_ctx_free(mobagen_ctx *ctx);
  * bundle that holds the spec but no arch this device runs is an error naming both. */
 mg_status mg_deploy_bundle_variants(mobagen_op *op, mg_variant **vars, mg_build_result **results,
                                     int *n, int *found, mg_diag *diag);
+/* The bundle's kernels of one spec and arch as variants and build results for op.c's loader;
+ * checks launch values and that every stage's template is there. */
+mg_status mg_deploy_variants_from_bundle(const mg_bundle *b, const char *identity, const char *arch,
+                                         mg_variant **vars, mg_build_result **results, int *n,
+                                         mg_diag *diag);
 /* op creation, after the variants are loaded: fingerprint, tuning records, autotune setting. */
 mg_status mg_deploy_op_init(mobagen_op *op, const char *nvrtc_version, mg_diag *diag);
 void mg_deploy_op_free(mobagen_op *op);

@@ -19,6 +19,7 @@
 
 #include "bundle.h"
 #include "bundle_write.h"
+#include "deploy.h"
 #include "fingerprint.h"
 #include "mobagen.h"
 #include "tunedb.h"
@@ -687,6 +688,65 @@ static void test_ctx_add_bundle(void **state)
     mobagen_ctx_destroy(ctx);
 }
 
+/* What the runtime's loader gets from a bundle: every launch value and kernel role, and clear
+ * refusals of what would make the launches go wrong. */
+static void test_bundle_to_variants(void **state)
+{
+    fake_bundle f;
+    make_fake(&f);
+    char ida[65];
+    memcpy(ida, f.specs[0].identity, 65);
+    /* Spec alpha gets route, kconv_centroid and attn_fwd on sm_80. */
+    mg_bundle_kernel k[4];
+    memcpy(k, f.kernels, 3 * sizeof k[0]);
+    for (int i = 0; i < 3; i++) {
+        memcpy(k[i].spec, ida, 65);
+        snprintf(k[i].arch, sizeof k[i].arch, "sm_80");
+        k[i].seq = i;
+    }
+    static const char *const tpl[3] = {"route", "kconv_centroid", "attn_fwd"};
+    for (int i = 0; i < 3; i++) snprintf(k[i].tpl, sizeof k[i].tpl, "%s", tpl[i]);
+    char path[700];
+    snprintf(path, sizeof path, "%s/variants.mgb", work);
+    mg_diag d;
+    assert_int_equal(mg_bundle_write(path, "12.4", f.specs, 1, k, 3, NULL, &d), MG_OK);
+    mg_bundle *b;
+    assert_int_equal(mg_bundle_open(path, &b, &d), MG_OK);
+    mg_variant *vars;
+    mg_build_result *res;
+    int n;
+    assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_80", &vars, &res, &n, &d), MG_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(vars[0].id, "route/sm_80/impl=1,warps=4");
+    assert_int_equal(mg_rendered_launch(&vars[0].rendered, "threads", 0), 128);
+    assert_int_equal(mg_rendered_launch(&vars[0].rendered, "smem", 0), 4096);
+    assert_string_equal(mg_rendered_kernel(&vars[0].rendered, "merge"), "_Z5mergev");
+    assert_int_equal(res[0].entry.cubin_size, 3000);
+    assert_memory_equal(res[0].entry.cubin, f.cubins[0], 3000);
+    char lowered[64];
+    assert_true(mg_entry_lowered_name(&res[0].entry, "main", lowered, sizeof lowered));
+    assert_string_equal(lowered, "_Z4mainv");
+    mg_build_results_free(res, n);
+    mg_variants_free(vars, n);
+    /* No kernels for the arch. */
+    assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_90a", &vars, &res, &n, &d), MG_E_IO);
+    assert_non_null(strstr(d.msg, "no kernels for sm_90a"));
+    mg_bundle_close(b);
+
+    /* A stage's template missing; a launch value fwd.c would divide by zero with. */
+    assert_int_equal(mg_bundle_write(path, "12.4", f.specs, 1, k, 2, NULL, &d), MG_OK);
+    assert_int_equal(mg_bundle_open(path, &b, &d), MG_OK);
+    assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_80", &vars, &res, &n, &d), MG_E_IO);
+    assert_non_null(strstr(d.msg, "no attn_fwd kernel for sm_80"));
+    mg_bundle_close(b);
+    k[2].launch = (char *)"threads=128\nlist_rows=0\n";
+    assert_int_equal(mg_bundle_write(path, "12.4", f.specs, 1, k, 3, NULL, &d), MG_OK);
+    assert_int_equal(mg_bundle_open(path, &b, &d), MG_OK);
+    assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_80", &vars, &res, &n, &d), MG_E_IO);
+    assert_non_null(strstr(d.msg, "attn_fwd/sm_80/impl=1,warps=4: malformed launch parameters"));
+    mg_bundle_close(b);
+}
+
 /* The real thing where NVRTC is present: two processes bundle the same spec, one compiling and
  * one from the cache, and write the same bytes. */
 static void test_cli_bundle_reproducible(void **state)
@@ -749,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_inspect),
         cmocka_unit_test(test_cli_deploy_errors),
         cmocka_unit_test(test_ctx_add_bundle),
+        cmocka_unit_test(test_bundle_to_variants),
         cmocka_unit_test(test_cli_bundle_reproducible),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
