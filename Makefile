@@ -5,12 +5,13 @@ CUDA_HOME ?= $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda)
 PREFIX    ?= /usr/local
 BUILD     ?= build
 CC        ?= cc
-PKGS      := lua5.4 yaml-0.1 libsodium
-# Lua, libyaml and libsodium are linked statically so that the binaries run on machines that
+PKGS      := lua5.4 yaml-0.1 libsodium sqlite3
+# Lua, libyaml, libsodium and SQLite are linked statically so that the binaries run on machines that
 # lack those packages (the GPU machine has none of them); NVRTC and libcuda are dlopen()ed.
 STATIC_LIBS = $(shell pkg-config --variable=libdir lua5.4)/liblua5.4.a \
               $(shell pkg-config --variable=libdir yaml-0.1)/libyaml.a \
-              $(shell pkg-config --variable=libdir libsodium)/libsodium.a
+              $(shell pkg-config --variable=libdir libsodium)/libsodium.a \
+              $(shell pkg-config --variable=libdir sqlite3)/libsqlite3.a
 DEP_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # The library's version, from the one place that states it (also MOBAGEN_VERSION_* in C).
 VERSION   := $(shell sed -n 's/^\#define MOBAGEN_VERSION_STRING "\(.*\)"/\1/p' runtime/mobagen.h)
@@ -139,6 +140,8 @@ install: all
 	install -m 644 runtime/mobagen.h $(DESTDIR)$(PREFIX)/include/mobagen/
 	install -m 644 templates/*.tpl $(DESTDIR)$(PREFIX)/share/mobagen/templates/
 	install -m 644 specs/*.yaml $(DESTDIR)$(PREFIX)/share/mobagen/specs/
+	install -d $(DESTDIR)$(PREFIX)/share/mobagen/bench
+	install -m 644 bench/sdpa_once.py $(DESTDIR)$(PREFIX)/share/mobagen/bench/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' tools/mobagen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mobagen.pc
 
 clean:

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "build.h"
+#include "cli_deploy.h"
 #include "cache.h"
 #include "cuda_driver.h"
 #include "nvrtc.h"
@@ -61,6 +62,11 @@ static const char usage_text[] =
     "  list SPEC     print the variants a spec expands to\n"
     "  cache ls      list cache entries;  cache clean: remove them all\n"
     "  doctor        NVRTC, CUDA driver, GPUs and cache location\n"
+    "  tune SPEC     check and time every variant on this GPU, record the winners\n"
+    "                (--seqlens L1,L2 --batch B --hkv H --reps N --db FILE --no-save)\n"
+    "  bench SPEC    time the dispatched forward next to PyTorch SDPA (--seqlens, --batch, --hkv)\n"
+    "  bundle SPEC... --arch A,B -o FILE [--tuning DB]  CUBINs of every variant in one file\n"
+    "  inspect FILE  list what a bundle holds\n"
     "\n"
     "options (where they apply):\n"
     "  --arch A,B    target archs instead of the spec's (gen, build, list)\n"
@@ -71,7 +77,8 @@ static const char usage_text[] =
     "\n"
     "exit codes: 0 ok, 1 failed, 2 usage, 3 spec, 4 template, 5 compile, 6 no NVRTC,\n"
     "            7 cache or I/O, 8 CUDA driver or device\n"
-    "environment: MOBAGEN_CACHE_DIR, MOBAGEN_TEMPLATE_DIR, CUDA_HOME, MOBAGEN_NVRTC\n";
+    "environment: MOBAGEN_CACHE_DIR, MOBAGEN_TEMPLATE_DIR, CUDA_HOME, MOBAGEN_NVRTC,\n"
+    "             MOBAGEN_TUNING_DB, MOBAGEN_AUTOTUNE, MOBAGEN_BUNDLE\n";
 
 typedef struct cli_args {
     const char *command;
@@ -441,8 +448,10 @@ static int cmd_doctor(void)
 
 int main(int argc, char **argv)
 {
+    int rc = mg_cli_deploy(argc, argv, exit_code);
+    if (rc >= 0) return rc;
     cli_args a;
-    int rc = parse_args(argc, argv, &a);
+    rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;
     int needs_spec = !strcmp(a.command, "gen") || !strcmp(a.command, "build") ||
                      !strcmp(a.command, "list");

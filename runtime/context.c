@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "deploy.h"
 #include "runtime_internal.h"
 
 static const char *arch_for(int major, int minor, char *buf, size_t size)
@@ -96,6 +97,7 @@ mg_status mobagen_ctx_create(int device, const mobagen_ctx_options *opts, mobage
 void mobagen_ctx_destroy(mobagen_ctx *ctx)
 {
     if (!ctx) return;
+    mg_deploy_ctx_free(ctx);
     if (ctx->context) ctx->cu.DevicePrimaryCtxRelease(ctx->device);
     if (ctx->driver_loaded) mg_cuda_unload(&ctx->cu);
     free(ctx->cache_dir);

@@ -190,6 +190,48 @@ MOBAGEN_API mobagen_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a
 MOBAGEN_API mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
                                                  mobagen_devptr workspace);
 
+/* ---- Deployment: tuning, dispatch and kernel bundles (docs/tuning.md, docs/bundles.md) ----
+ * mobagen_fwd runs, for each call, the variants the tuning database recorded as fastest for the
+ * call's bucket on this device (sequence length, batch x heads, GQA group, spec identity), or
+ * the documented heuristic where it has no record; with MOBAGEN_AUTOTUNE=1 a missing bucket is
+ * tuned on first use (the call then takes seconds) and recorded. mobagen_op_select pins a
+ * template's variant for the rest of the op's life. */
+
+typedef struct mobagen_tune_result {
+    const char *template_name;
+    const char *variant_id;
+    int index;                   /* for mobagen_op_variant_id / mobagen_op_select */
+    int ok;                      /* ran and matched the reference variant */
+    double median_us, min_us;    /* of the template's stage alone; < 0 when not timed */
+    const char *note;            /* why it did not pass, else "" */
+} mobagen_tune_result;
+
+typedef struct mobagen_tune_options {
+    int batch, hkv, seqlen;      /* the shape timed: batch sequences of seqlen queries and keys */
+    int warmup, reps;            /* 0: 3 and 25 */
+    int save;                    /* record the winners in the tuning database */
+    const char *db_path;         /* NULL: $MOBAGEN_TUNING_DB, else the XDG data directory */
+    void (*on_result)(const mobagen_tune_result *r, void *user);
+    void (*on_progress)(int done, int total, const char *variant_id, void *user);
+    void *user;
+} mobagen_tune_options;
+
+/* Checks every variant against the reference variant on random inputs of the shape, times
+ * those that pass (L2 flushed before each repetition, CUDA events, median), selects the
+ * winners in the op and, with save, records them. */
+MOBAGEN_API mobagen_status mobagen_op_tune(mobagen_op *op, const mobagen_tune_options *opts);
+
+/* The variant index of a template that mobagen_fwd would run for args, and where the choice
+ * comes from ("tuned", "pinned", "heuristic"); -1 on invalid args. */
+MOBAGEN_API int mobagen_op_dispatch(mobagen_op *op, const mobagen_fwd_args *args,
+                                    const char *template_name, const char **source);
+
+/* Kernels of later mobagen_op_create calls come from this bundle when it holds their spec
+ * (also $MOBAGEN_BUNDLE, a ':'-separated list, read at the first op creation). */
+MOBAGEN_API mobagen_status mobagen_ctx_add_bundle(mobagen_ctx *ctx, const char *path);
+/* "nvrtc", or "bundle PATH (sm_90a)": where the op's kernels came from. */
+MOBAGEN_API const char *mobagen_op_origin(const mobagen_op *op);
+
 #ifdef __cplusplus
 }
 #endif

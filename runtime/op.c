@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "deploy.h"
 #include "runtime_internal.h"
 
 static const char *const kernel_templates[] = {"kconv_centroid", "route", "attn_fwd"};
@@ -16,7 +17,7 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
                        op->spec.name, MG_MAX_LOADED);
     mg_loaded_variant *lv = &op->variants[op->n_variants];
     memset(lv, 0, sizeof *lv);
-    snprintf(lv->template_name, sizeof lv->template_name, "%s", mg_template_name(v->tpl));
+    snprintf(lv->template_name, sizeof lv->template_name, "%.*s", (int)strcspn(v->id, "/"), v->id);
     snprintf(lv->id, sizeof lv->id, "%s", v->id);
     lv->threads = (int)mg_rendered_launch(&v->rendered, "threads", 0);
     lv->smem = (int)mg_rendered_launch(&v->rendered, "smem", 0);
@@ -84,23 +85,33 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
     mg_builder *b = NULL;
     mg_build_result *results = NULL;
     const char *arch = ctx->arch;
-    mg_status st = mg_template_set_open(ctx->template_dir[0] ? ctx->template_dir : NULL, &set, diag);
-    if (st == MG_OK) st = mg_variants_expand(set, &op->spec, &arch, 1, &vars, &n, diag);
-    for (int t = 0; t < 3 && st == MG_OK; t++)
-        if (!mg_template_set_find(set, kernel_templates[t]))
-            st = mg_fail(diag, MG_E_TEMPLATE, "templates (%s) lack '%s'", mg_template_set_origin(set),
-                         kernel_templates[t]);
-    if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
-    if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
-        st = mg_fail(diag, MG_E_NOMEM, "out of memory");
-    mg_build_options opts = {.on_result = mg_ctx_on_build_result, .on_result_user = ctx};
-    mg_build_stats stats = {0};
-    if (st == MG_OK) {
-        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d variants for %s (cache %s)", op->spec.name, n,
-                   ctx->arch, mg_cache_dir(mg_builder_cache(b)));
-        st = mg_builder_build(b, vars, n, &opts, results, &stats, diag);
-        mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d cached, %d compiled, %d failed in %.1f s",
-                   op->spec.name, stats.hits, stats.misses, stats.failed, stats.seconds);
+    int from_bundle = 0;
+    char nvrtc_version[16] = "";
+    mg_status st = mg_deploy_bundle_variants(op, &vars, &results, &n, &from_bundle, diag);
+    if (st == MG_OK && !from_bundle) {
+        st = mg_template_set_open(ctx->template_dir[0] ? ctx->template_dir : NULL, &set, diag);
+        if (st == MG_OK) st = mg_variants_expand(set, &op->spec, &arch, 1, &vars, &n, diag);
+        for (int t = 0; t < 3 && st == MG_OK; t++)
+            if (!mg_template_set_find(set, kernel_templates[t]))
+                st = mg_fail(diag, MG_E_TEMPLATE, "templates (%s) lack '%s'", mg_template_set_origin(set),
+                             kernel_templates[t]);
+        if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
+        if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
+            st = mg_fail(diag, MG_E_NOMEM, "out of memory");
+        mg_build_options opts = {.on_result = mg_ctx_on_build_result, .on_result_user = ctx};
+        mg_build_stats stats = {0};
+        if (st == MG_OK) {
+            mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d variants for %s (cache %s)", op->spec.name, n,
+                       ctx->arch, mg_cache_dir(mg_builder_cache(b)));
+            st = mg_builder_build(b, vars, n, &opts, results, &stats, diag);
+            mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d cached, %d compiled, %d failed in %.1f s",
+                       op->spec.name, stats.hits, stats.misses, stats.failed, stats.seconds);
+        }
+        if (st == MG_OK) {
+            int major, minor;
+            mg_nvrtc_version(mg_builder_nvrtc(b), &major, &minor);
+            snprintf(nvrtc_version, sizeof nvrtc_version, "%d.%d", major, minor);
+        }
     }
     if (st == MG_OK) st = mg_ctx_push(ctx, diag);
     if (st == MG_OK) {
@@ -111,6 +122,7 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
         op->selected_kconv = first_variant_of(op, "kconv_centroid");
         op->selected_route = first_variant_of(op, "route");
         op->selected_attn = first_variant_of(op, "attn_fwd");
+        st = mg_deploy_op_init(op, nvrtc_version, diag);
     }
     mg_build_results_free(results, n);
     mg_builder_close(b);
@@ -187,6 +199,7 @@ void mobagen_op_destroy(mobagen_op *op)
         for (int i = 0; i < op->n_variants; i++) op->ctx->cu.ModuleUnload(op->variants[i].module);
         mg_ctx_pop(op->ctx);
     }
+    mg_deploy_op_free(op);
     free(op);
 }
 
@@ -238,5 +251,6 @@ mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index
     else if (!strcmp(template_name, "route")) op->selected_route = i;
     else if (!strcmp(template_name, "attn_fwd")) op->selected_attn = i;
     else return mg_fail(&op->err, MG_E_ARG, "template '%s' is not selectable", template_name);
+    mg_deploy_pin(op, template_name);
     return MG_OK;
 }

@@ -25,6 +25,7 @@ struct mobagen_ctx {
     mobagen_progress_fn progress;
     void *progress_user;
     mg_diag err;
+    struct mg_ctx_deploy *deploy;   /* deploy.c: attached bundles */
 };
 
 /* A log line through the ctx's sink when level is enabled (NULL ctx: nothing). */
@@ -67,6 +68,7 @@ struct mobagen_op {
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     mg_diag err;
+    struct mg_op_deploy *deploy;  /* deploy.c: dispatch by tuning records */
 };
 
 /* Builds (or loads from the cache) every variant of an already parsed spec. */

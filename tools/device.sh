@@ -2,7 +2,7 @@
 # Runs on the GPU machine, over a tree that carries build/mobagen and build/gpu (make gpu-kit
 # here: the GPU machine has no Lua, libyaml or cmocka). Builds every shipped spec for the
 # device, runs the GPU tests and the benchmarks, writes logs under $OUT, prints a table last.
-#   tools/device.sh [tests|bench|all]   (default all)
+#   tools/device.sh [tests|bench|deploy|all]   (default all)
 set -u
 what=${1:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +50,27 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
     fi
     build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
     note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
+fi
+
+# Deployment: tune the default spec, bundle it with its records, then bench from the bundle
+# with NVRTC made unavailable (docs/tuning.md, docs/bundles.md).
+if [ "$what" = all ] || [ "$what" = deploy ]; then
+    spec=specs/default.yaml bundle=/tmp/mobagen-deploy.mgb
+    export MOBAGEN_TUNING_DB="$OUT/tuning.db"
+    start=$(date +%s)
+    build/mobagen tune "$spec" --seqlens 4096,16384 > "$OUT/tune.log" 2>&1
+    note "tune: exit $?, $(grep -c '^  [0-9]' "$OUT/tune.log") variants timed, $(( $(date +%s) - start )) s"
+    grep -E '^(seqlen|  rank|  1 )' "$OUT/tune.log" | tee -a "$summary"
+    build/mobagen bundle "$spec" --arch "${arch:-sm_90a}" -o "$bundle" --tuning "$MOBAGEN_TUNING_DB" \
+        > "$OUT/bundle.log" 2>&1
+    note "bundle: exit $?: $(tail -1 "$OUT/bundle.log")"
+    build/mobagen inspect "$bundle" > "$OUT/inspect.log" 2>&1
+    note "inspect: exit $?: $(sed -n 2p "$OUT/inspect.log")"
+    MOBAGEN_NVRTC=/nonexistent/libnvrtc.so MOBAGEN_BUNDLE="$bundle" MOBAGEN_TUNING_DB=/nonexistent/none.db \
+        build/mobagen bench "$spec" --seqlens 4096,16384 > "$OUT/bench_deploy.log" 2>&1
+    note "bench from the bundle without NVRTC: exit $?"
+    cat "$OUT/bench_deploy.log" >> "$summary"
+    unset MOBAGEN_TUNING_DB
 fi
 
 if [ "$what" = all ] || [ "$what" = bench ]; then

@@ -4,7 +4,8 @@
 # /usr/local/cuda, and mobagen says so clearly when it is not there.
 set -euo pipefail
 need=()
-for pc in lua5.4:liblua5.4-dev yaml-0.1:libyaml-dev libsodium:libsodium-dev cmocka:libcmocka-dev; do
+for pc in lua5.4:liblua5.4-dev yaml-0.1:libyaml-dev libsodium:libsodium-dev cmocka:libcmocka-dev \
+          sqlite3:libsqlite3-dev; do
     pkg-config --exists "${pc%%:*}" 2>/dev/null || need+=("${pc#*:}")
 done
 command -v pkg-config >/dev/null || need+=(pkg-config)
