@@ -90,6 +90,7 @@ static mg_status add_bundle(mobagen_ctx *ctx, const char *path, mg_diag *diag)
 
 mg_status mobagen_ctx_add_bundle(mobagen_ctx *ctx, const char *path)
 {
+    if (!ctx) return MG_E_ARG;
     if (!path) return mg_fail(&ctx->err, MG_E_ARG, "bundle path is NULL");
     return add_bundle(ctx, path, &ctx->err);
 }
@@ -332,7 +333,11 @@ void mg_deploy_op_free(mobagen_op *op)
 
 const mg_fingerprint *mg_deploy_fingerprint(const mobagen_op *op) { return &op->deploy->fp; }
 
-const char *mobagen_op_origin(const mobagen_op *op) { return op->deploy ? op->deploy->origin : "nvrtc"; }
+const char *mobagen_op_origin(const mobagen_op *op)
+{
+    if (!op) return NULL;
+    return op->deploy ? op->deploy->origin : "nvrtc";
+}
 
 void mg_deploy_pin(mobagen_op *op, const char *template_name)
 {
@@ -422,7 +427,7 @@ int mobagen_op_dispatch(mobagen_op *op, const mobagen_fwd_args *a, const char *t
 {
     int s = stage_index(template_name);
     if (source) *source = "";
-    if (s < 0 || !op->deploy || !a || a->batch < 1 || a->hkv < 1 || a->hq < 1) return -1;
+    if (s < 0 || !op || !op->deploy || !a || a->batch < 1 || a->hkv < 1 || a->hq < 1) return -1;
     int chosen = *selected_slot(op, s);
     if (op->deploy->pinned[s]) {
         if (source) *source = "pinned";
@@ -442,6 +447,7 @@ int mobagen_op_dispatch(mobagen_op *op, const mobagen_fwd_args *a, const char *t
  * and, with save, in the database file. */
 mg_status mobagen_op_tune(mobagen_op *op, const mobagen_tune_options *opts)
 {
+    if (!op) return MG_E_ARG;
     if (!opts) return mg_fail(&op->err, MG_E_ARG, "tune options are NULL");
     if (!op->deploy) return mg_fail(&op->err, MG_E_ARG, "op is not initialised");
     mg_op_deploy *d = op->deploy;

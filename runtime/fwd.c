@@ -258,7 +258,10 @@ static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, con
 mg_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devptr workspace,
                       size_t workspace_bytes, mobagen_stream stream)
 {
-    mg_status st = mg_deploy_dispatch(op, a);
+    /* The arguments are checked before dispatch reads them to pick a tuning bucket. */
+    workspace_layout w;
+    mg_status st = checked_layout(op, a, &w);
+    if (st == MG_OK) st = mg_deploy_dispatch(op, a);
     if (st != MG_OK) return st;
     return mg_fwd_stages(op, a, workspace, workspace_bytes, stream, MG_STAGE_ALL);
 }

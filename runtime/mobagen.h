@@ -229,7 +229,7 @@ MOBAGEN_API int mobagen_op_dispatch(mobagen_op *op, const mobagen_fwd_args *args
 /* Kernels of later mobagen_op_create calls come from this bundle when it holds their spec
  * (also $MOBAGEN_BUNDLE, a ':'-separated list, read at the first op creation). */
 MOBAGEN_API mobagen_status mobagen_ctx_add_bundle(mobagen_ctx *ctx, const char *path);
-/* "nvrtc", or "bundle PATH (sm_90a)": where the op's kernels came from. */
+/* "nvrtc", or "bundle PATH (sm_90a)": where the op's kernels came from; NULL for a NULL op. */
 MOBAGEN_API const char *mobagen_op_origin(const mobagen_op *op);
 
 #ifdef __cplusplus

@@ -97,6 +97,12 @@ static void test_null_probe(void **state)
     assert_string_equal(mobagen_status_name((mobagen_status)99), "MOBAGEN_E_UNKNOWN");
     assert_string_equal(mobagen_status_name(MOBAGEN_E_ARG), "MOBAGEN_E_ARG");
     assert_non_null(mobagen_version());
+    const char *source = "unset";
+    assert_int_equal(mobagen_op_dispatch(NULL, &args, "route", &source), -1);
+    assert_string_equal(source, "");
+    assert_int_equal(mobagen_op_tune(NULL, NULL), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_ctx_add_bundle(NULL, "x.mgb"), MOBAGEN_E_ARG);
+    assert_null(mobagen_op_origin(NULL));
 
     /* A real context without a device: NULL arguments next to it are named in its message. */
     mobagen_ctx *ctx = NULL;
@@ -108,6 +114,8 @@ static void test_null_probe(void **state)
     assert_non_null(strstr(mobagen_ctx_errmsg(ctx), "spec_path"));
     assert_int_equal(mobagen_op_create(ctx, "specs/default.yaml", NULL), MOBAGEN_E_ARG);
     assert_non_null(strstr(mobagen_ctx_errmsg(ctx), "out"));
+    assert_int_equal(mobagen_ctx_add_bundle(ctx, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_ctx_errmsg(ctx), "NULL"));
     mobagen_ctx_destroy(ctx);
     unsetenv("MOBAGEN_LIBCUDA");
 }
