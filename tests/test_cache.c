@@ -27,30 +27,33 @@ static void test_key_covers_every_input(void **state)
     const char *opts[] = {"-std=c++17", "-lineinfo"};
     const char *opts_changed[] = {"-std=c++17", "-lineinfo -G"};
     const char *opts_more[] = {"-std=c++17", "-lineinfo", "-DX"};
+    const char *opts_swapped[] = {"-lineinfo", "-std=c++17"};
+    const char *roles[] = {"main"}, *roles_changed[] = {"prep"};
     const char *names[] = {"k<1>"};
     const char *names_changed[] = {"k<2>"};
     const mg_key_input base = {.source = "__global__ void k() {}", .arch = "sm_80",
-                               .options = opts, .n_options = 2, .name_exprs = names,
-                               .n_names = 1, .nvrtc_major = 13, .nvrtc_minor = 0};
-    mg_key_input variants[8];
-    for (int i = 0; i < 8; i++) variants[i] = base;
+                               .options = opts, .n_options = 2, .roles = roles,
+                               .name_exprs = names, .n_names = 1};
+    enum { N = 8 };
+    mg_key_input variants[N];
+    for (int i = 0; i < N; i++) variants[i] = base;
     variants[0].source = "__global__ void k() { }";
     variants[1].arch = "sm_90a";
     variants[2].options = opts_changed;
     variants[3].options = opts_more;
     variants[3].n_options = 3;
     variants[4].name_exprs = names_changed;
-    variants[5].nvrtc_major = 12;
-    variants[6].nvrtc_minor = 1;
+    variants[5].roles = roles_changed;   /* the entry maps roles to kernels: part of the key */
+    variants[6].options = opts_swapped;  /* option order matters to a compiler */
     variants[7].n_names = 0;
 
-    mg_cache_key k0, again, keys[8];
+    mg_cache_key k0, again, keys[N];
     mg_cache_key_compute(&base, &k0);
     mg_cache_key_compute(&base, &again);
     assert_string_equal(k0.hex, again.hex);
     assert_int_equal(strlen(k0.hex), 64);
     assert_int_equal(strspn(k0.hex, "0123456789abcdef"), 64);
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N; i++) {
         mg_cache_key_compute(&variants[i], &keys[i]);
         if (!strcmp(keys[i].hex, k0.hex)) print_error("input change %d kept the key\n", i);
         assert_string_not_equal(keys[i].hex, k0.hex);
@@ -66,13 +69,64 @@ static void test_key_covers_every_input(void **state)
     assert_string_not_equal(keys[0].hex, keys[1].hex);
 }
 
+/* The kernels of a variant are a set: any order of them gives one key. */
+static void test_key_ignores_kernel_order(void **state)
+{
+    (void)state;
+    const char *roles[] = {"main", "merge", "prep"}, *names[] = {"a<1>", "b<2>", "c<3>"};
+    const char *roles_p[] = {"prep", "main", "merge"}, *names_p[] = {"c<3>", "a<1>", "b<2>"};
+    const char *names_x[] = {"b<2>", "a<1>", "c<3>"};   /* roles kept, kernels swapped */
+    mg_key_input in = {.source = "s", .arch = "sm_90a", .roles = roles, .name_exprs = names,
+                       .n_names = 3};
+    mg_cache_key k1, k2, k3;
+    mg_cache_key_compute(&in, &k1);
+    in.roles = roles_p;
+    in.name_exprs = names_p;
+    mg_cache_key_compute(&in, &k2);
+    assert_string_equal(k1.hex, k2.hex);
+    in.roles = roles;
+    in.name_exprs = names_x;
+    mg_cache_key_compute(&in, &k3);
+    assert_string_not_equal(k1.hex, k3.hex);
+}
+
+/* A template's kernels() table reaches the variant in role order, whatever order Lua's table
+ * iteration (randomised per process) gives: they enter the key, the entry and NVRTC. */
+static void test_rendered_kernels_in_role_order(void **state)
+{
+    (void)state;
+    static const char tpl[] =
+        "%! function kernels() return { zeta = 'k<7>', main = 'k<0>', alpha = 'k<1>', prep = 'k<2>',\n"
+        "%!   merge = 'k<3>', beta = 'k<4>', omega = 'k<5>', gamma = 'k<6>' } end\n"
+        "%! function launch() return { threads = 128, smem = 0, rows = 4, list_rows = 64 } end\n"
+        "template<int N> __global__ void k() {}\n";
+    static const char spec_text[] = "name: order\nhead_dim: 128\nblock_size: 128\ntop_k: 8\n";
+    mg_diag d;
+    mg_spec spec;
+    mg_template *t = NULL;
+    assert_int_equal(mg_spec_parse(spec_text, strlen(spec_text), "order.yaml", &spec, &d), MG_OK);
+    assert_int_equal(mg_template_from_text("order.cu.tpl", tpl, strlen(tpl), &t, &d), MG_OK);
+    mg_point p = {0};
+    mg_rendered r;
+    assert_int_equal(mg_template_render(t, &spec, "sm_80", &p, &r, &d), MG_OK);
+    static const char *const want[] = {"alpha", "beta", "gamma", "main", "merge", "omega", "prep", "zeta"};
+    assert_int_equal(r.n_kernels, 8);
+    for (int i = 0; i < 8; i++) assert_string_equal(r.kernels[i].role, want[i]);
+    assert_string_equal(mg_rendered_kernel(&r, "zeta"), "k<7>");
+    assert_int_equal(r.n_launch, 4);
+    for (int i = 1; i < r.n_launch; i++) assert_true(strcmp(r.launch[i - 1].name, r.launch[i].name) < 0);
+    assert_int_equal(mg_rendered_launch(&r, "rows", 0), 4);
+    mg_rendered_free(&r);
+    mg_template_free(t);
+}
+
 /* ---- entries --------------------------------------------------------------------------------- */
 
 static const unsigned char cubin_bytes[] = {0x7f, 'E', 'L', 'F', 0, 1, 2, 0, 0, 255, 42, 0};
 
 static void make_key(const char *source, mg_cache_key *key)
 {
-    const mg_key_input in = {.source = source, .arch = "sm_80", .nvrtc_major = 13};
+    const mg_key_input in = {.source = source, .arch = "sm_80"};
     mg_cache_key_compute(&in, key);
 }
 
@@ -112,7 +166,7 @@ static listing list_cache(mg_cache *c)
     listing l;
     memset(&l, 0, sizeof l);
     mg_diag d;
-    assert_int_equal(mg_cache_list(c, collect, &l, &d), MG_OK);
+    assert_int_equal(mg_cache_list(c, collect, NULL, &l, &d), MG_OK);
     return l;
 }
 
@@ -272,6 +326,16 @@ static void test_damaged_entries_detected_and_removed(void **state)
     tu_rm_rf(dir);
 }
 
+/* The id of a process that has exited. */
+static pid_t dead_pid(void)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    return pid;
+}
+
 static void test_clean_removes_everything(void **state)
 {
     (void)state;
@@ -289,24 +353,35 @@ static void test_clean_removes_everything(void **state)
     listing l = list_cache(c);
     assert_int_equal(l.n, 5);
     assert_int_equal(l.valid, 5);
-    /* A temporary file left by a crashed writer. */
-    char sub[1100];
+    /* A temporary file left by a crashed writer, and one of a writer still running (us). */
+    char sub[1100], key_hex[65], name[200];
     snprintf(sub, sizeof sub, "%s", l.path[0]);
     *strrchr(sub, '/') = 0;
-    tu_write_file(sub, ".tmp.deadbeef.123.abc", "partial", NULL, 0);
-    int removed = -1;
-    assert_int_equal(mg_cache_clean(c, &removed, &d), MG_OK);
-    assert_int_equal(removed, 6);
+    snprintf(key_hex, sizeof key_hex, "%.64s", strrchr(l.path[0], '/') + 1);
+    snprintf(name, sizeof name, ".tmp.%s.%ld.0123456789abcdef", key_hex, (long)dead_pid());
+    tu_write_file(sub, name, "partial", NULL, 0);
+    snprintf(name, sizeof name, ".tmp.%s.%ld.0123456789abcdef", key_hex, (long)getpid());
+    tu_write_file(sub, name, "in flight", NULL, 0);
+    mg_cache_clean_stats cs;
+    assert_int_equal(mg_cache_clean(c, &cs, NULL, NULL, &d), MG_OK);
+    assert_int_equal(cs.removed, 6);
+    assert_int_equal(cs.in_use, 1);
+    assert_int_equal(cs.failed, 0);
+    assert_int_equal(cs.skipped, 0);
     l = list_cache(c);
     assert_int_equal(l.n, 0);
-    assert_int_equal(tu_count_files(dir, ""), 0);
+    assert_int_equal(tu_count_files(dir, ""), 1);
+    assert_int_equal(tu_count_files(dir, name), 1);
+    char in_flight[1400];
+    snprintf(in_flight, sizeof in_flight, "%s/%s", sub, name);
+    unlink(in_flight);
     /* The cache stays usable. */
     mg_cache_key k;
     make_key("a", &k);
     put_entry(c, &k);
     assert_int_equal(list_cache(c).valid, 1);
-    assert_int_equal(mg_cache_clean(c, &removed, &d), MG_OK);
-    assert_int_equal(removed, 1);
+    assert_int_equal(mg_cache_clean(c, &cs, NULL, NULL, &d), MG_OK);
+    assert_int_equal(cs.removed, 1);
     mg_cache_close(c);
     tu_rm_rf(dir);
 }
@@ -533,6 +608,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_covers_every_input),
+        cmocka_unit_test(test_key_ignores_kernel_order),
+        cmocka_unit_test(test_rendered_kernels_in_role_order),
         cmocka_unit_test(test_put_get_roundtrip_and_miss),
         cmocka_unit_test(test_damaged_entries_detected_and_removed),
         cmocka_unit_test(test_clean_removes_everything),
