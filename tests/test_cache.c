@@ -6,9 +6,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -386,6 +390,367 @@ static void test_clean_removes_everything(void **state)
     tu_rm_rf(dir);
 }
 
+/* ---- what the cache may touch --------------------------------------------------------------- */
+
+typedef struct skip_log {
+    int n;
+    char text[16][1200];
+} skip_log;
+
+static void log_skip(const char *path, const char *why, void *ctx)
+{
+    skip_log *l = ctx;
+    if (l->n < 16) snprintf(l->text[l->n], sizeof l->text[0], "%s: %s", path, why);
+    l->n++;
+}
+
+typedef struct ls_ctx {
+    listing l;
+    skip_log skips;
+} ls_ctx;
+
+static void collect_entry(const mg_cache_item *it, void *ctx) { collect(it, &((ls_ctx *)ctx)->l); }
+static void log_skip_ls(const char *path, const char *why, void *ctx)
+{
+    log_skip(path, why, &((ls_ctx *)ctx)->skips);
+}
+
+static int skip_logged(const skip_log *l, const char *part)
+{
+    for (int i = 0; i < l->n && i < 16; i++)
+        if (strstr(l->text[i], part)) return 1;
+    return 0;
+}
+
+static int exists(const char *dir, const char *rel)
+{
+    char path[1400];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    return lstat(path, &st) == 0;
+}
+
+/* The issue's repro (a cache directory holding someone's files), names under the layout that
+ * are not the cache's, and a fan-out that is a link out of the cache: clean and ls leave them
+ * all alone (a link is removed, never followed) and say what they skipped. */
+static void test_clean_touches_only_its_own_names(void **state)
+{
+    (void)state;
+    char dir[512], outside[512];
+    tu_mkdtemp(dir, sizeof dir, "cache-victim");
+    tu_mkdtemp(outside, sizeof outside, "cache-outside");
+    tu_write_file(dir, "notes.txt", "keep", NULL, 0);
+    mg_cache *c = NULL;
+    mg_diag d;
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    mg_cache_key key;
+    make_key("mine", &key);
+    put_entry(c, &key);
+
+    char v1[700], fan[800], zz[800], other_fan[800], name[200];
+    snprintf(v1, sizeof v1, "%s/v1", dir);
+    snprintf(fan, sizeof fan, "%s/%.2s", v1, key.hex);
+    snprintf(zz, sizeof zz, "%s/ZZ", v1);
+    tu_write_file(v1, "notes.txt", "keep", NULL, 0);
+    tu_write_file(zz, "data", "keep", NULL, 0);
+    tu_write_file(fan, "notes.txt", "keep", NULL, 0);
+    tu_write_file(fan, ".tmp.not-a-writer", "keep", NULL, 0);
+    /* An entry name whose key belongs to another fan-out is not the cache's either. */
+    snprintf(name, sizeof name, "%s%.62s.mgc", key.hex[0] == 'f' ? "00" : "ff", key.hex + 2);
+    tu_write_file(fan, name, "keep", NULL, 0);
+    /* A fan-out that links out of the cache, to a directory holding an entry-like file. */
+    const char *link_fan = key.hex[0] == 'c' ? "dd" : "cd";
+    snprintf(name, sizeof name, "%s%.62s.mgc", link_fan, key.hex + 2);
+    tu_write_file(outside, name, "keep", NULL, 0);
+    snprintf(other_fan, sizeof other_fan, "%s/%s", v1, link_fan);
+    assert_int_equal(symlink(outside, other_fan), 0);
+
+    /* ls: one entry, and the others reported, the link included. */
+    ls_ctx lc;
+    memset(&lc, 0, sizeof lc);
+    assert_int_equal(mg_cache_list(c, collect_entry, log_skip_ls, &lc, &d), MG_OK);
+    assert_int_equal(lc.l.n, 1);
+    assert_int_equal(lc.l.valid, 1);
+    assert_int_equal(lc.skips.n, 6);
+    assert_true(skip_logged(&lc.skips, "a symbolic link where a cache directory belongs"));
+
+    skip_log skips = {0};
+    mg_cache_clean_stats cs;
+    assert_int_equal(mg_cache_clean(c, &cs, log_skip, &skips, &d), MG_OK);
+    assert_int_equal(cs.removed, 2);        /* the entry, and the link (not what it points at) */
+    assert_int_equal(cs.failed, 0);
+    assert_int_equal(cs.skipped, 5);
+    assert_int_equal(skips.n, 5);
+    assert_true(skip_logged(&skips, "/v1/notes.txt: not a cache"));
+    assert_true(skip_logged(&skips, "/v1/ZZ: not a cache"));
+    assert_true(skip_logged(&skips, "/notes.txt: not a cache file"));
+    assert_true(skip_logged(&skips, ".tmp.not-a-writer"));
+    assert_true(exists(dir, "notes.txt"));
+    assert_true(exists(v1, "notes.txt"));
+    assert_true(exists(zz, "data"));
+    assert_true(exists(fan, "notes.txt"));
+    assert_true(exists(fan, ".tmp.not-a-writer"));
+    assert_true(exists(outside, name));
+    assert_false(exists(v1, link_fan));
+    /* Another clean finds nothing of its own and skips the same names. */
+    assert_int_equal(mg_cache_clean(c, &cs, NULL, NULL, &d), MG_OK);
+    assert_int_equal(cs.removed, 0);
+    assert_int_equal(cs.skipped, 5);
+    mg_cache_close(c);
+    tu_rm_rf(dir);
+    tu_rm_rf(outside);
+}
+
+/* A lookup that must end: a timer turns a hang into a failure instead of a stuck CI job. */
+static void expect_damaged_miss(mg_cache *c, const mg_cache_key *key, const char *what)
+{
+    mg_cache_entry e = {0};
+    int found = -1, damaged = -1;
+    mg_diag d = {{0}};
+    alarm(20);
+    mg_status st = mg_cache_get(c, key, &e, &found, &damaged, &d);
+    alarm(0);
+    if (st != MG_OK || found || !damaged || !strstr(d.msg, what))
+        print_error("status %d found %d damaged %d: %s (wanted '%s')\n", st, found, damaged, d.msg, what);
+    assert_int_equal(st, MG_OK);
+    assert_int_equal(found, 0);
+    assert_int_equal(damaged, 1);
+    assert_non_null(strstr(d.msg, what));
+    assert_null(e.cubin);
+}
+
+static void expect_hit(mg_cache *c, const mg_cache_key *key)
+{
+    mg_cache_entry e = {0};
+    int found = 0;
+    mg_diag d;
+    assert_int_equal(mg_cache_get(c, key, &e, &found, NULL, &d), MG_OK);
+    assert_int_equal(found, 1);
+    mg_cache_entry_free(&e);
+}
+
+/* Whatever sits under an entry's or a fan-out's name, a lookup returns at once with a miss that
+ * says what it found; a put repairs what it can; nothing is followed or read past its limit. */
+static void test_special_files_are_damage(void **state)
+{
+    (void)state;
+    char dir[512], fan[600], path[700];
+    tu_mkdtemp(dir, sizeof dir, "cache-special");
+    mg_cache *c = NULL;
+    mg_diag d;
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    mg_cache_key key;
+    make_key("special", &key);
+    snprintf(fan, sizeof fan, "%s/v1/%.2s", dir, key.hex);
+    snprintf(path, sizeof path, "%s/%s.mgc", fan, key.hex);
+
+    /* A FIFO: opening it for reading would block forever. ls says so, get removes it. */
+    put_entry(c, &key);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    listing l = list_cache(c);
+    assert_int_equal(l.damaged, 1);
+    expect_damaged_miss(c, &key, "a FIFO; removed");
+    assert_int_not_equal(access(path, F_OK), 0);
+
+    /* A link to an endless device. */
+    assert_int_equal(symlink("/dev/zero", path), 0);
+    expect_damaged_miss(c, &key, "a symbolic link; removed");
+    struct stat st;
+    assert_int_not_equal(lstat(path, &st), 0);
+
+    /* Larger than any entry may be (sparse: costs no disk). */
+    put_entry(c, &key);
+    assert_int_equal(truncate(path, (off_t)MG_CACHE_ENTRY_MAX + 1), 0);
+    expect_damaged_miss(c, &key, "over the");
+
+    /* An empty directory is removed; one with contents is left, and a put then fails cleanly. */
+    assert_int_equal(mkdir(path, 0755), 0);
+    expect_damaged_miss(c, &key, "a directory; removed");
+    tu_write_file(path, "someone", "x", NULL, 0);
+    expect_damaged_miss(c, &key, "a directory; left in place");
+    mg_cache_entry e = {.meta = "", .log = "", .cubin = (void *)cubin_bytes, .cubin_size = sizeof cubin_bytes};
+    assert_int_equal(mg_cache_put(c, &key, &e, &d), MG_E_CACHE);
+    assert_non_null(strstr(d.msg, key.hex));
+    assert_int_equal(tu_count_files(fan, ".tmp"), 0);
+    skip_log skips = {0};
+    mg_cache_clean_stats cs;
+    assert_int_equal(mg_cache_clean(c, &cs, log_skip, &skips, &d), MG_OK);
+    assert_int_equal(cs.skipped, 1);
+    assert_true(skip_logged(&skips, "a directory with contents"));
+    tu_rm_rf(path);
+
+    /* A fan-out that is a file, then one that is a link: misses, and the next put repairs. */
+    tu_rm_rf(fan);
+    FILE *f = fopen(fan, "w");
+    assert_non_null(f);
+    fclose(f);
+    expect_damaged_miss(c, &key, "not a directory");
+    put_entry(c, &key);
+    expect_hit(c, &key);
+    tu_rm_rf(fan);
+    char outside[512];
+    tu_mkdtemp(outside, sizeof outside, "cache-special-out");
+    assert_int_equal(symlink(outside, fan), 0);
+    expect_damaged_miss(c, &key, "not a directory");
+    put_entry(c, &key);
+    expect_hit(c, &key);
+    assert_int_equal(tu_count_files(outside, ""), 0);   /* nothing went through the link */
+    tu_rm_rf(outside);
+
+    /* A layout directory that is a file is replaced when the cache opens. */
+    mg_cache_close(c);
+    char v1[700];
+    snprintf(v1, sizeof v1, "%s/v1", dir);
+    tu_rm_rf(v1);
+    f = fopen(v1, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    put_entry(c, &key);
+    expect_hit(c, &key);
+    mg_cache_close(c);
+    tu_rm_rf(dir);
+}
+
+/* The clean of a cache it may not change fails, and says so. Run as another user when root
+ * (CI), since root may remove anything. */
+static void test_clean_of_read_only_cache_fails(void **state)
+{
+    (void)state;
+    char dir[512];
+    tu_mkdtemp(dir, sizeof dir, "cache-ro");
+    mg_cache *c = NULL;
+    mg_diag d;
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    mg_cache_key key;
+    make_key("read-only", &key);
+    put_entry(c, &key);
+    mg_cache_close(c);
+    assert_int_equal(chmod(dir, 0755), 0);   /* mkdtemp made it private */
+    char fan[700], v1[600];
+    snprintf(v1, sizeof v1, "%s/v1", dir);
+    snprintf(fan, sizeof fan, "%s/%.2s", v1, key.hex);
+    assert_int_equal(chmod(fan, 0555), 0);
+    assert_int_equal(chmod(v1, 0555), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (geteuid() == 0 && setuid(65534) != 0) _exit(3);
+        mg_cache *rc = NULL;
+        mg_diag rd;
+        if (mg_cache_open(dir, &rc, &rd) != MG_OK) _exit(4);
+        mg_cache_clean_stats cs;
+        mg_status st = mg_cache_clean(rc, &cs, NULL, NULL, &rd);
+        int ok = st == MG_E_CACHE && cs.failed == 1 && cs.removed == 0 &&
+                 strstr(rd.msg, "could not remove 1 of 1") && strstr(rd.msg, key.hex);
+        if (!ok) fprintf(stderr, "clean: status %d failed %d: %s\n", st, cs.failed, rd.msg);
+        /* Lookups still work, and a put says why it cannot. */
+        int found = 0;
+        mg_cache_entry e = {0};
+        ok = ok && mg_cache_get(rc, &key, &e, &found, NULL, &rd) == MG_OK && found;
+        mg_cache_entry_free(&e);
+        mg_cache_key other;
+        make_key("another", &other);
+        mg_cache_entry pe = {.cubin = (void *)cubin_bytes, .cubin_size = sizeof cubin_bytes};
+        ok = ok && mg_cache_put(rc, &other, &pe, &rd) == MG_E_CACHE;
+        mg_cache_close(rc);
+        _exit(ok ? 0 : 1);
+    }
+    int status = -1;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    chmod(fan, 0755);
+    chmod(v1, 0755);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    tu_rm_rf(dir);
+}
+
+/* Processes putting, reading, listing and cleaning one cache at once, for a bounded time:
+ * every put and every lookup succeeds (a lookup may miss, never see damage), and clean never
+ * takes a running writer's temporary file. */
+static int stress_worker(const char *dir, int role, double until)
+{
+    mg_cache *c = NULL;
+    mg_diag d;
+    if (mg_cache_open(dir, &c, &d) != MG_OK) return 2;
+    int ops = 0, bad = 0;
+    char source[32];
+    while (!bad && tu_now() < until) {
+        if (role < 2) {
+            mg_cache_key key;
+            snprintf(source, sizeof source, "stress %d", ops % 48);
+            make_key(source, &key);
+            mg_cache_entry e = {.meta = "template=stress\n", .log = "", .cubin = (void *)cubin_bytes,
+                                .cubin_size = sizeof cubin_bytes};
+            if (mg_cache_put(c, &key, &e, &d) != MG_OK) {
+                fprintf(stderr, "put: %s\n", d.msg);
+                bad = 1;
+            }
+            mg_cache_entry got = {0};
+            int found = 0, damaged = 0;
+            if (mg_cache_get(c, &key, &got, &found, &damaged, &d) != MG_OK || damaged) {
+                fprintf(stderr, "get: damaged %d: %s\n", damaged, d.msg);
+                bad = 1;
+            }
+            if (found && (got.cubin_size != sizeof cubin_bytes ||
+                          memcmp(got.cubin, cubin_bytes, sizeof cubin_bytes))) bad = 1;
+            mg_cache_entry_free(&got);
+        } else if (role == 2) {
+            mg_cache_clean_stats cs;
+            if (mg_cache_clean(c, &cs, NULL, NULL, &d) != MG_OK || cs.failed || cs.skipped) {
+                fprintf(stderr, "clean: failed %d skipped %d: %s\n", cs.failed, cs.skipped, d.msg);
+                bad = 1;
+            }
+        } else {
+            listing l;
+            memset(&l, 0, sizeof l);
+            if (mg_cache_list(c, collect, NULL, &l, &d) != MG_OK || l.damaged) {
+                fprintf(stderr, "ls: %d damaged: %s\n", l.damaged, d.msg);
+                bad = 1;
+            }
+        }
+        ops++;
+    }
+    mg_cache_close(c);
+    if (!bad) fprintf(stderr, "stress role %d: %d operations\n", role, ops);
+    return bad || ops == 0;
+}
+
+static void test_concurrent_clean_ls_and_writers(void **state)
+{
+    (void)state;
+    char dir[512];
+    tu_mkdtemp(dir, sizeof dir, "cache-stress");
+    mg_cache *c = NULL;
+    mg_diag d;
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    double until = tu_now() + 3.0;
+    enum { WORKERS = 5 };   /* two writers, a cleaner, two listers */
+    pid_t pids[WORKERS];
+    for (int i = 0; i < WORKERS; i++) {
+        fflush(NULL);
+        pids[i] = fork();
+        assert_true(pids[i] >= 0);
+        if (pids[i] == 0) _exit(stress_worker(dir, i < 4 ? i : 3, until));
+    }
+    for (int i = 0; i < WORKERS; i++) {
+        int status = -1;
+        assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+        if (!WIFEXITED(status) || WEXITSTATUS(status)) print_error("worker %d: status %d\n", i, status);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    /* Every writer has exited: no temporary file may remain, and a clean leaves nothing. */
+    assert_int_equal(tu_count_files(dir, ".tmp"), 0);
+    mg_cache_clean_stats cs;
+    assert_int_equal(mg_cache_clean(c, &cs, NULL, NULL, &d), MG_OK);
+    assert_int_equal(tu_count_files(dir, ""), 0);
+    mg_cache_close(c);
+    tu_rm_rf(dir);
+}
+
 /* ---- builds through the cache ---------------------------------------------------------------- */
 
 static const char small_spec[] =
@@ -514,6 +879,156 @@ static void test_concurrent_builders_share_a_cache(void **state)
     tu_rm_rf(dir);
 }
 
+/* What is compiled decides the key, not where the spec or the templates were found. */
+static void test_keys_ignore_path_spelling(void **state)
+{
+    (void)state;
+    char dir[512], spec_a[700], spec_b[800], tpl_a[700], tpl_b[800];
+    tu_mkdtemp(dir, sizeof dir, "cache-spelling");
+    tu_write_file(dir, "s.yaml", small_spec, spec_a, sizeof spec_a);
+    snprintf(spec_b, sizeof spec_b, "%s/./s.yaml", dir);
+    snprintf(tpl_a, sizeof tpl_a, "%s/templates", tu_repo_root());
+    snprintf(tpl_b, sizeof tpl_b, "%s/./templates/", tu_repo_root());
+    const char *specs[2] = {spec_a, spec_b}, *tpls[2] = {tpl_a, tpl_b};
+    mg_variant *v[2];
+    int n[2];
+    mg_template_set *set[2];
+    mg_diag d;
+    for (int i = 0; i < 2; i++) {
+        mg_spec s;
+        assert_int_equal(mg_spec_load(specs[i], &s, &d), MG_OK);
+        mg_status st = mg_template_set_open(tpls[i], &set[i], &d);
+        if (st == MG_OK) st = mg_variants_expand(set[i], &s, NULL, 0, &v[i], &n[i], &d);
+        if (st != MG_OK) print_error("%s\n", d.msg);
+        assert_int_equal(st, MG_OK);
+    }
+    assert_int_equal(n[0], n[1]);
+    for (int j = 0; j < n[0]; j++) {
+        mg_cache_key k0, k1;
+        mg_variant_key(&v[0][j], &k0);
+        mg_variant_key(&v[1][j], &k1);
+        if (strcmp(k0.hex, k1.hex))
+            print_error("%s: the source differs by spelling:\n%.300s\n---\n%.300s\n", v[0][j].id,
+                        v[0][j].rendered.source, v[1][j].rendered.source);
+        assert_string_equal(k0.hex, k1.hex);
+        /* The first line still names template and spec. */
+        assert_non_null(strstr(v[0][j].rendered.source, "spec cachetest,"));
+        assert_non_null(strstr(v[0][j].rendered.source, "/templates/"));
+    }
+    for (int i = 0; i < 2; i++) {
+        mg_variants_free(v[i], n[i]);
+        mg_template_set_free(set[i]);
+    }
+    tu_rm_rf(dir);
+}
+
+/* One variant of a trivial template, quick to compile. */
+static void fixture_variant(mg_template **t, mg_variant *v)
+{
+    static const char tpl[] = "%! function kernels() return { main = 'fixture_k' } end\n"
+                              "extern \"C\" __global__ void fixture_k(int *x) { x[0] = 1; }\n";
+    static const char spec_text[] = "name: fix\nhead_dim: 128\nblock_size: 128\ntop_k: 8\n";
+    mg_diag d;
+    mg_spec spec;
+    assert_int_equal(mg_spec_parse(spec_text, strlen(spec_text), "fix.yaml", &spec, &d), MG_OK);
+    assert_int_equal(mg_template_from_text("fixture.cu.tpl", tpl, strlen(tpl), t, &d), MG_OK);
+    memset(v, 0, sizeof *v);
+    v->tpl = *t;
+    snprintf(v->arch, sizeof v->arch, "sm_80");
+    snprintf(v->id, sizeof v->id, "fixture/sm_80/default");
+    assert_int_equal(mg_template_render(*t, &spec, "sm_80", &v->point, &v->rendered, &d), MG_OK);
+}
+
+/* Builds the fixture into dir: 1 when it succeeded with a kernel; its warning into warning. */
+static int build_fixture(const char *dir, const mg_variant *v, mg_build_stats *stats,
+                         char *warning, size_t size)
+{
+    mg_builder *b = NULL;
+    mg_diag d;
+    mg_status st = mg_builder_open(dir, &b, &d);
+    mg_build_result *res = calloc(1, sizeof *res);
+    if (st == MG_OK) st = mg_builder_build(b, v, 1, NULL, res, stats, &d);
+    if (st != MG_OK) print_error("%s\n", d.msg);
+    int ok = st == MG_OK && res[0].entry.cubin && res[0].entry.cubin_size > 0;
+    snprintf(warning, size, "%s", res[0].warning ? res[0].warning : "");
+    mg_build_results_free(res, 1);
+    mg_builder_close(b);
+    return ok;
+}
+
+/* A compiled kernel the cache cannot keep (a directory where its entry belongs, a full disk)
+ * is used anyway, with a warning; a damaged fan-out is repaired and the entry kept. */
+static void test_builder_uses_kernels_the_cache_cannot_keep(void **state)
+{
+    (void)state;
+    mg_template *t;
+    mg_variant v;
+    fixture_variant(&t, &v);
+    mg_cache_key key;
+    mg_variant_key(&v, &key);
+    char dir[512], entry[800], fan[700], warning[4096];
+    tu_mkdtemp(dir, sizeof dir, "cache-keep");
+    snprintf(fan, sizeof fan, "%s/v1/%.2s", dir, key.hex);
+    snprintf(entry, sizeof entry, "%s/%s.mgc", fan, key.hex);
+
+    /* A directory with contents at the entry's path. */
+    tu_write_file(dir, "v1", "", NULL, 0);   /* replaced: the layout is the cache's */
+    mg_build_stats stats;
+    mg_cache *c;
+    mg_diag d;
+    assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    mg_cache_close(c);
+    mkdir(fan, 0755);
+    tu_write_file(entry, "someone", "x", NULL, 0);
+    assert_true(build_fixture(dir, &v, &stats, warning, sizeof warning));
+    assert_int_equal(stats.misses, 1);
+    assert_int_equal(stats.failed, 0);
+    assert_int_equal(stats.unsaved, 1);
+    assert_int_equal(stats.damaged, 1);
+    assert_non_null(strstr(warning, "a directory; left in place"));
+    assert_non_null(strstr(warning, "cannot write cache entry"));
+    assert_non_null(strstr(warning, "using the compiled kernel"));
+    assert_int_equal(tu_count_files(dir, ".tmp"), 0);
+    tu_rm_rf(fan);
+
+    /* A fan-out that is a file: repaired, the entry kept, the next build a hit. */
+    FILE *f = fopen(fan, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_true(build_fixture(dir, &v, &stats, warning, sizeof warning));
+    assert_int_equal(stats.unsaved, 0);
+    assert_int_equal(stats.damaged, 1);
+    assert_true(build_fixture(dir, &v, &stats, warning, sizeof warning));
+    assert_int_equal(stats.hits, 1);
+    assert_string_equal(warning, "");
+    tu_rm_rf(dir);
+
+    /* A full disk, simulated by a file size limit (root ignores permissions, not this). */
+    tu_mkdtemp(dir, sizeof dir, "cache-full");
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit small = {64, 64};
+        signal(SIGXFSZ, SIG_IGN);
+        if (setrlimit(RLIMIT_FSIZE, &small) != 0) _exit(3);
+        int ok = build_fixture(dir, &v, &stats, warning, sizeof warning) && stats.unsaved == 1 &&
+                 stats.failed == 0 && strstr(warning, "cannot write cache entry");
+        if (!ok) fprintf(stderr, "full cache: unsaved %d failed %d warning '%s'\n", stats.unsaved,
+                         stats.failed, warning);
+        _exit(ok ? 0 : 1);
+    }
+    int status = -1;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(tu_count_files(dir, ".tmp"), 0);
+    assert_int_equal(tu_count_files(dir, ".mgc"), 0);
+    tu_rm_rf(dir);
+    mg_rendered_free(&v.rendered);
+    mg_template_free(t);
+}
+
 /* ---- location -------------------------------------------------------------------------------- */
 
 static char *saved_env(const char *name)
@@ -613,8 +1128,14 @@ int main(void)
         cmocka_unit_test(test_put_get_roundtrip_and_miss),
         cmocka_unit_test(test_damaged_entries_detected_and_removed),
         cmocka_unit_test(test_clean_removes_everything),
+        cmocka_unit_test(test_clean_touches_only_its_own_names),
+        cmocka_unit_test(test_special_files_are_damage),
+        cmocka_unit_test(test_clean_of_read_only_cache_fails),
+        cmocka_unit_test(test_concurrent_clean_ls_and_writers),
         cmocka_unit_test(test_concurrent_builders_share_a_cache),
         cmocka_unit_test(test_rebuild_is_all_hits_and_fast),
+        cmocka_unit_test(test_keys_ignore_path_spelling),
+        cmocka_unit_test(test_builder_uses_kernels_the_cache_cannot_keep),
         cmocka_unit_test(test_default_dir_resolution),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
