@@ -1,0 +1,88 @@
+/* What a fresh process spends to get a spec's kernels from a warm cache: mobagen_ctx_create and
+ * mobagen_op_create as a program sees them (with a GPU), then the CPU side of the latter phase by
+ * phase (spec, templates, expansion, cache lookups), and whether NVRTC was needed.
+ *   op_create [SPEC [ARCH]]   (default specs/default.yaml; the device's arch, else sm_90a)
+ * Build the spec first (`mobagen build SPEC --arch ARCH`) so that the cache is warm. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "build.h"
+#include "mobagen.h"
+#include "spec.h"
+#include "variants.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+static int fail(const char *what, const mg_diag *d)
+{
+    fprintf(stderr, "op_create: %s: %s\n", what, d->msg);
+    return 1;
+}
+
+/* The generator's part of mobagen_op_create, timed step by step. */
+static int cpu_phases(const char *spec_path, const char *arch)
+{
+    mg_diag d;
+    mg_spec spec;
+    mg_template_set *set = NULL;
+    mg_variant *vars = NULL;
+    int n = 0;
+    mg_builder *b = NULL;
+    double t0 = now_ms();
+    if (mg_spec_load(spec_path, &spec, &d) != MG_OK) return fail("spec", &d);
+    double t1 = now_ms();
+    if (mg_template_set_open(NULL, &set, &d) != MG_OK) return fail("templates", &d);
+    double t2 = now_ms();
+    if (mg_variants_expand(set, &spec, &arch, 1, &vars, &n, &d) != MG_OK) return fail("expand", &d);
+    double t3 = now_ms();
+    if (mg_builder_open(NULL, &b, &d) != MG_OK) return fail("cache", &d);
+    double t4 = now_ms();
+    mg_build_stats stats;
+    mg_status st = mg_builder_build(b, vars, n, NULL, NULL, &stats, &d);
+    double t5 = now_ms();
+    printf("cpu side, %s on %s, %d variants: spec %.2f ms, templates %.2f ms, expand %.2f ms, "
+           "cache open %.2f ms, lookups %.2f ms; total %.2f ms\n",
+           spec.name, arch, n, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0);
+    printf("  %d cached, %d compiled, %d failed; NVRTC %s\n", stats.hits, stats.misses,
+           stats.failed, mg_builder_nvrtc_loaded(b) ? "loaded (the cache was not warm)" : "not loaded");
+    if (st != MG_OK) fail("build", &d);
+    mg_builder_close(b);
+    mg_variants_free(vars, n);
+    mg_template_set_free(set);
+    return st != MG_OK;
+}
+
+int main(int argc, char **argv)
+{
+    const char *spec_path = argc > 1 ? argv[1] : "specs/default.yaml";
+    const char *arch = argc > 2 ? argv[2] : NULL;
+    double t0 = now_ms();
+    mobagen_ctx *ctx = NULL;
+    mg_status st = mobagen_ctx_create(0, NULL, &ctx);
+    double t1 = now_ms();
+    if (st == MG_OK) {
+        mobagen_op *op = NULL;
+        st = mobagen_op_create(ctx, spec_path, &op);
+        double t2 = now_ms();
+        if (st != MG_OK) {
+            fprintf(stderr, "op_create: mobagen_op_create: %s\n", mobagen_ctx_errmsg(ctx));
+        } else {
+            printf("fresh process on %s (%s): mobagen_ctx_create %.2f ms, mobagen_op_create %.2f ms\n",
+                   mobagen_ctx_device_name(ctx), mobagen_ctx_arch(ctx), t1 - t0, t2 - t1);
+            mobagen_op_destroy(op);
+        }
+        if (!arch) arch = mobagen_ctx_arch(ctx);
+    } else {
+        printf("skipped: no CUDA device (%s); CPU side only\n", mobagen_ctx_errmsg(ctx));
+    }
+    int rc = cpu_phases(spec_path, arch ? arch : "sm_90a") || st != MG_OK;
+    mobagen_ctx_destroy(ctx);
+    return rc;
+}
