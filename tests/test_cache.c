@@ -676,10 +676,29 @@ static void test_clean_of_read_only_cache_fails(void **state)
     tu_rm_rf(dir);
 }
 
-/* Processes putting, reading, listing and cleaning one cache at once, for a bounded time:
- * every put and every lookup succeeds (a lookup may miss, never see damage), and clean never
- * takes a running writer's temporary file. */
-static int stress_worker(const char *dir, int role, double until)
+/* Processes putting, reading, listing, cleaning and building through one cache at once, for a
+ * bounded time: every put, lookup and build succeeds (a lookup may miss, never see damage; a
+ * build may recompile), and clean never takes a running writer's temporary file. */
+static void fixture_variant(mg_template **t, mg_variant *v);
+
+/* A builder of the fixture through NVRTC: never fails, and the cache always keeps its kernel. */
+static int stress_build(const char *dir, const mg_variant *v)
+{
+    mg_builder *b = NULL;
+    mg_diag d;
+    mg_build_stats stats;
+    mg_status st = mg_builder_open(dir, &b, &d);
+    if (st == MG_OK) st = mg_builder_build(b, v, 1, NULL, NULL, &stats, &d);
+    mg_builder_close(b);
+    if (st != MG_OK || stats.failed || stats.unsaved || stats.damaged) {
+        fprintf(stderr, "build: failed %d unsaved %d damaged %d: %s\n", stats.failed,
+                stats.unsaved, stats.damaged, d.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int stress_worker(const char *dir, int role, const mg_variant *fixture, double until)
 {
     mg_cache *c = NULL;
     mg_diag d;
@@ -687,7 +706,9 @@ static int stress_worker(const char *dir, int role, double until)
     int ops = 0, bad = 0;
     char source[32];
     while (!bad && tu_now() < until) {
-        if (role < 2) {
+        if (role == 4) {
+            bad = stress_build(dir, fixture);
+        } else if (role < 2) {
             mg_cache_key key;
             snprintf(source, sizeof source, "stress %d", ops % 48);
             make_key(source, &key);
@@ -727,7 +748,7 @@ static int stress_worker(const char *dir, int role, double until)
     return bad || ops == 0;
 }
 
-static void test_concurrent_clean_ls_and_writers(void **state)
+static void test_concurrent_clean_ls_writers_and_builds(void **state)
 {
     (void)state;
     char dir[512];
@@ -735,14 +756,17 @@ static void test_concurrent_clean_ls_and_writers(void **state)
     mg_cache *c = NULL;
     mg_diag d;
     assert_int_equal(mg_cache_open(dir, &c, &d), MG_OK);
+    mg_template *t;
+    mg_variant fixture;
+    fixture_variant(&t, &fixture);
     double until = tu_now() + 3.0;
-    enum { WORKERS = 5 };   /* two writers, a cleaner, two listers */
+    enum { WORKERS = 5 };   /* two writers, a cleaner, a lister, a builder */
     pid_t pids[WORKERS];
     for (int i = 0; i < WORKERS; i++) {
         fflush(NULL);
         pids[i] = fork();
         assert_true(pids[i] >= 0);
-        if (pids[i] == 0) _exit(stress_worker(dir, i < 4 ? i : 3, until));
+        if (pids[i] == 0) _exit(stress_worker(dir, i, &fixture, until));
     }
     for (int i = 0; i < WORKERS; i++) {
         int status = -1;
@@ -757,6 +781,8 @@ static void test_concurrent_clean_ls_and_writers(void **state)
     assert_int_equal(mg_cache_clean(c, &cs, NULL, NULL, &d), MG_OK);
     assert_int_equal(tu_count_files(dir, ""), 0);
     mg_cache_close(c);
+    mg_rendered_free(&fixture.rendered);
+    mg_template_free(t);
     tu_rm_rf(dir);
 }
 
@@ -1138,7 +1164,7 @@ int main(void)
         cmocka_unit_test(test_clean_touches_only_its_own_names),
         cmocka_unit_test(test_special_files_are_damage),
         cmocka_unit_test(test_clean_of_read_only_cache_fails),
-        cmocka_unit_test(test_concurrent_clean_ls_and_writers),
+        cmocka_unit_test(test_concurrent_clean_ls_writers_and_builds),
         cmocka_unit_test(test_concurrent_builders_share_a_cache),
         cmocka_unit_test(test_rebuild_is_all_hits_and_fast),
         cmocka_unit_test(test_keys_ignore_path_spelling),
