@@ -599,7 +599,14 @@ static void skipped(walker *w, const char *fan, const char *name, const char *wh
 static mg_status walk(walker *w, mg_diag *diag)
 {
     mg_cache *c = w->c;
-    if (c->layout_fd < 0) return MG_OK;
+    if (c->layout_fd < 0) {
+        /* Nothing to walk only when there is no layout at all; an unreachable one is an error. */
+        char layout[PATH_MAX + 8];
+        struct stat st;
+        snprintf(layout, sizeof layout, "%s/%s", c->dir, LAYOUT_DIR);
+        if (lstat(layout, &st) != 0 && errno == ENOENT) return MG_OK;
+        return mg_fail(diag, MG_E_CACHE, "cannot open %s: %s", layout, c->read_only_why);
+    }
     name_list fans;
     if (read_names(c->layout_fd, &fans) != 0)
         return mg_fail(diag, MG_E_CACHE, "cannot read %s/%s: %s", c->dir, LAYOUT_DIR, strerror(errno));

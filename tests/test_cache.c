@@ -617,8 +617,69 @@ static void test_special_files_are_damage(void **state)
     tu_rm_rf(dir);
 }
 
-/* The clean of a cache it may not change fails, and says so. Run as another user when root
- * (CI), since root may remove anything. */
+/* Runs check(dir, key) in a child process as another user when root (root may remove anything);
+ * its exit status, or 5 when that user cannot reach the directory above dir. */
+static int as_other_user(int (*check)(const char *, const mg_cache_key *), const char *dir,
+                         const mg_cache_key *key)
+{
+    char parent[600];
+    snprintf(parent, sizeof parent, "%s", dir);
+    *strrchr(parent, '/') = 0;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (geteuid() == 0 && setuid(65534) != 0) _exit(3);
+        if (access(parent, X_OK) != 0) _exit(5);   /* TMPDIR is private to its owner */
+        _exit(check(dir, key));
+    }
+    int status = -1;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* A cache the user may read but not change: clean fails naming the entry, lookups still hit, a
+ * put says why it cannot. */
+static int check_read_only(const char *dir, const mg_cache_key *key)
+{
+    mg_cache *c = NULL;
+    mg_diag d;
+    if (mg_cache_open(dir, &c, &d) != MG_OK) return 4;
+    mg_cache_clean_stats cs;
+    mg_status st = mg_cache_clean(c, &cs, NULL, NULL, &d);
+    int ok = st == MG_E_CACHE && cs.failed == 1 && cs.removed == 0 &&
+             strstr(d.msg, "could not remove 1 of 1") && strstr(d.msg, key->hex);
+    if (!ok) fprintf(stderr, "clean: status %d failed %d: %s\n", st, cs.failed, d.msg);
+    int found = 0;
+    mg_cache_entry e = {0};
+    ok = ok && mg_cache_get(c, key, &e, &found, NULL, &d) == MG_OK && found;
+    mg_cache_entry_free(&e);
+    mg_cache_key other;
+    make_key("another", &other);
+    mg_cache_entry pe = {.cubin = (void *)cubin_bytes, .cubin_size = sizeof cubin_bytes};
+    ok = ok && mg_cache_put(c, &other, &pe, &d) == MG_E_CACHE;
+    mg_cache_close(c);
+    return ok ? 0 : 1;
+}
+
+/* A cache the user may not even read: it opens (every lookup misses), clean and ls fail. */
+static int check_unreadable(const char *dir, const mg_cache_key *key)
+{
+    mg_cache *c = NULL;
+    mg_diag d;
+    if (mg_cache_open(dir, &c, &d) != MG_OK) return 4;
+    mg_cache_clean_stats cs;
+    int found = 1;
+    mg_cache_entry e = {0};
+    int ok = mg_cache_clean(c, &cs, NULL, NULL, &d) == MG_E_CACHE && strstr(d.msg, "cannot open") &&
+             mg_cache_list(c, collect, NULL, &(listing){0}, &d) == MG_E_CACHE &&
+             mg_cache_get(c, key, &e, &found, NULL, &d) == MG_OK && !found;
+    if (!ok) fprintf(stderr, "unreadable cache: %s\n", d.msg);
+    mg_cache_close(c);
+    return ok ? 0 : 1;
+}
+
 static void test_clean_of_read_only_cache_fails(void **state)
 {
     (void)state;
@@ -631,54 +692,24 @@ static void test_clean_of_read_only_cache_fails(void **state)
     make_key("read-only", &key);
     put_entry(c, &key);
     mg_cache_close(c);
-    assert_int_equal(chmod(dir, 0755), 0);   /* mkdtemp made it private */
     char fan[700], v1[600];
     snprintf(v1, sizeof v1, "%s/v1", dir);
     snprintf(fan, sizeof fan, "%s/%.2s", v1, key.hex);
+    assert_int_equal(chmod(dir, 0755), 0);   /* mkdtemp made it private */
     assert_int_equal(chmod(fan, 0555), 0);
     assert_int_equal(chmod(v1, 0555), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (geteuid() == 0 && setuid(65534) != 0) _exit(3);
-        if (access(dir, X_OK) != 0) _exit(5);   /* TMPDIR is private to its owner */
-        mg_cache *rc = NULL;
-        mg_diag rd;
-        if (mg_cache_open(dir, &rc, &rd) != MG_OK) _exit(4);
-        mg_cache_clean_stats cs;
-        mg_status st = mg_cache_clean(rc, &cs, NULL, NULL, &rd);
-        int ok = st == MG_E_CACHE && cs.failed == 1 && cs.removed == 0 &&
-                 strstr(rd.msg, "could not remove 1 of 1") && strstr(rd.msg, key.hex);
-        if (!ok) fprintf(stderr, "clean: status %d failed %d: %s\n", st, cs.failed, rd.msg);
-        /* Lookups still work, and a put says why it cannot. */
-        int found = 0;
-        mg_cache_entry e = {0};
-        ok = ok && mg_cache_get(rc, &key, &e, &found, NULL, &rd) == MG_OK && found;
-        mg_cache_entry_free(&e);
-        mg_cache_key other;
-        make_key("another", &other);
-        mg_cache_entry pe = {.cubin = (void *)cubin_bytes, .cubin_size = sizeof cubin_bytes};
-        ok = ok && mg_cache_put(rc, &other, &pe, &rd) == MG_E_CACHE;
-        mg_cache_close(rc);
-        _exit(ok ? 0 : 1);
-    }
-    int status = -1;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
+    int read_only = as_other_user(check_read_only, dir, &key);
+    assert_int_equal(chmod(dir, geteuid() == 0 ? 0700 : 0), 0);
+    int unreadable = as_other_user(check_unreadable, dir, &key);
+    chmod(dir, 0755);
     chmod(fan, 0755);
     chmod(v1, 0755);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 5) {
-        tu_rm_rf(dir);
-        skip();   /* no other user can reach the test directory */
-    }
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
     tu_rm_rf(dir);
+    if (read_only == 5) skip();   /* no other user can reach the test directory */
+    assert_int_equal(read_only, 0);
+    assert_int_equal(unreadable, 0);
 }
 
-/* Processes putting, reading, listing, cleaning and building through one cache at once, for a
- * bounded time: every put, lookup and build succeeds (a lookup may miss, never see damage; a
- * build may recompile), and clean never takes a running writer's temporary file. */
 static void fixture_variant(mg_template **t, mg_variant *v);
 
 /* A builder of the fixture through NVRTC: never fails, and the cache always keeps its kernel. */
@@ -698,6 +729,9 @@ static int stress_build(const char *dir, const mg_variant *v)
     return 0;
 }
 
+/* Processes putting, reading, listing, cleaning and building through one cache at once, for a
+ * bounded time: every put, lookup and build succeeds (a lookup may miss, never see damage; a
+ * build may recompile), and clean never takes a running writer's temporary file. */
 static int stress_worker(const char *dir, int role, const mg_variant *fixture, double until)
 {
     mg_cache *c = NULL;
