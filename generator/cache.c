@@ -310,9 +310,10 @@ static int is_temp_name(const char *fan, const char *name, long *pid)
     if (strncmp(name, TEMP_PREFIX, p) || strlen(name) < p + KEY_HEX + 1 + 1 + 1 + 16) return 0;
     const char *key = name + p, *rest = key + KEY_HEX;
     if (!is_lower_hex(key, KEY_HEX) || strncmp(key, fan, 2) || *rest++ != '.') return 0;
+    if (*rest < '1' || *rest > '9') return 0;   /* digits as written, no sign or blank */
     char *end;
     *pid = strtol(rest, &end, 10);
-    if (end == rest || *pid <= 0 || *end++ != '.') return 0;
+    if (end == rest || *pid <= 0 || *pid > INT_MAX || *end++ != '.') return 0;
     return strlen(end) == 16 && is_lower_hex(end, 16);
 }
 
