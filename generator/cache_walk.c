@@ -81,10 +81,11 @@ typedef struct walker {
     mg_cache *c;
     mg_cache_skip_fn skip;
     void *ctx;
-    /* Called for each name of the cache's own forms; may be NULL. */
+    /* Called for each name of the cache's own forms (entry and temp may be NULL). */
     void (*entry)(struct walker *w, int fan_fd, const char *fan, const char *name);
     void (*temp)(struct walker *w, int fan_fd, const char *fan, const char *name, long pid);
     void (*bad_fanout)(struct walker *w, const char *fan, const char *why);
+    void (*unreadable)(struct walker *w, const char *fan, int err);   /* a fan-out it cannot read */
     void *op;                   /* the operation's own state */
 } walker;
 
@@ -119,21 +120,20 @@ static mg_status walk(walker *w, mg_diag *diag)
             skipped(w, NULL, fan, "not a cache directory");
             continue;
         }
-        int fan_fd = mg_cache_open_fanout(c, fan);
+        int fan_fd = mg_cache_open_fanout(c, fan), err = errno;
         if (fan_fd < 0) {
             struct stat st;
-            if (errno == ENOENT) continue;
-            if ((errno == ENOTDIR || errno == ELOOP) &&
-                fstatat(c->layout_fd, fan, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-                if (w->bad_fanout) w->bad_fanout(w, fan, mg_cache_file_kind(st.st_mode));
-            } else {
-                skipped(w, NULL, fan, strerror(errno));
-            }
+            if (err == ENOENT) continue;
+            if ((err == ENOTDIR || err == ELOOP) &&
+                fstatat(c->layout_fd, fan, &st, AT_SYMLINK_NOFOLLOW) == 0)
+                w->bad_fanout(w, fan, mg_cache_file_kind(st.st_mode));
+            else
+                w->unreadable(w, fan, err);
             continue;
         }
         name_list files;
         if (read_names(fan_fd, &files) != 0) {
-            skipped(w, NULL, fan, strerror(errno));
+            w->unreadable(w, fan, errno);
             close(fan_fd);
             continue;
         }
@@ -197,12 +197,17 @@ static void list_bad_fanout(walker *w, const char *fan, const char *why)
     skipped(w, NULL, fan, text);
 }
 
+static void list_unreadable(walker *w, const char *fan, int err)
+{
+    skipped(w, NULL, fan, strerror(err));
+}
+
 mg_status mg_cache_list(mg_cache *c, void (*fn)(const mg_cache_item *, void *),
                         mg_cache_skip_fn skip, void *ctx, mg_diag *diag)
 {
     list_op op = {fn};
     walker w = {.c = c, .skip = skip, .ctx = ctx, .entry = list_entry,
-                .bad_fanout = list_bad_fanout, .op = &op};
+                .bad_fanout = list_bad_fanout, .unreadable = list_unreadable, .op = &op};
     return walk(&w, diag);
 }
 
@@ -252,6 +257,12 @@ static void clean_temp(walker *w, int fan_fd, const char *fan, const char *name,
     count_removal(w, mg_cache_remove_own_name(fan_fd, name, &st), fan, name);
 }
 
+static void clean_unreadable(walker *w, const char *fan, int err)
+{
+    errno = err;
+    count_removal(w, 0, fan, NULL);
+}
+
 static void clean_bad_fanout(walker *w, const char *fan, const char *why)
 {
     (void)why;
@@ -278,7 +289,8 @@ mg_status mg_cache_clean(mg_cache *c, mg_cache_clean_stats *stats, mg_cache_skip
     clean_op op = {stats, ""};
     skip_relay relay = {skip, ctx, stats};
     walker w = {.c = c, .skip = clean_skip_counter, .ctx = &relay, .entry = clean_entry,
-                .temp = clean_temp, .bad_fanout = clean_bad_fanout, .op = &op};
+                .temp = clean_temp, .bad_fanout = clean_bad_fanout,
+                .unreadable = clean_unreadable, .op = &op};
     mg_status st = walk(&w, diag);
     if (st == MG_OK && stats->failed)
         st = mg_fail(diag, MG_E_CACHE, "could not remove %d of %d cache files in %s (first: %s)",

@@ -59,7 +59,7 @@ static const char usage_text[] =
     "  gen SPEC      write the generated CUDA sources of every variant under out/\n"
     "  build SPEC    compile every valid variant into the kernel cache\n"
     "  list SPEC     print the variants a spec expands to\n"
-    "  cache ls      list cache entries;  cache clean: remove them all\n"
+    "  cache ls      list cache entries;  cache clean: remove them (other files stay)\n"
     "  doctor        NVRTC, CUDA driver, GPUs and cache location\n"
     "\n"
     "options (where they apply):\n"
