@@ -62,6 +62,17 @@ static int cpu_phases(const char *spec_path, const char *arch, int quiet)
     return st != MG_OK;
 }
 
+/* Whether this process has NVRTC mapped: a warm op creation must not load it. */
+static int nvrtc_mapped(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[1024];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f)) found = strstr(line, "libnvrtc") != NULL;
+    if (f) fclose(f);
+    return found;
+}
+
 /* One run in this process: creates the op (with a GPU), then times the CPU phases. */
 static int run(const char *spec_path, const char *arch, int quiet)
 {
@@ -76,8 +87,9 @@ static int run(const char *spec_path, const char *arch, int quiet)
         if (st != MG_OK)
             fprintf(stderr, "op_create: mobagen_op_create: %s\n", mobagen_ctx_errmsg(ctx));
         else if (!quiet)
-            printf("fresh process on %s (%s): mobagen_ctx_create %.2f ms, mobagen_op_create %.2f ms\n",
-                   mobagen_ctx_device_name(ctx), mobagen_ctx_arch(ctx), t1 - t0, t2 - t1);
+            printf("fresh process on %s (%s): mobagen_ctx_create %.2f ms, mobagen_op_create %.2f ms"
+                   " (NVRTC %s)\n", mobagen_ctx_device_name(ctx), mobagen_ctx_arch(ctx), t1 - t0,
+                   t2 - t1, nvrtc_mapped() ? "loaded: the cache was not warm" : "not loaded");
         mobagen_op_destroy(op);
         if (!arch) arch = mobagen_ctx_arch(ctx);
     } else if (!quiet) {
