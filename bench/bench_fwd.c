@@ -185,7 +185,12 @@ static void bench_one(gpu_env *env, mem_get_info_fn mem_info, const bench_case *
     cu_deviceptr ws = gpu_alloc(env, ws_bytes);
     size_t mem = used_bytes(mem_info) - base;   /* inputs, outputs and workspace */
 
-    /* What a user gets: the runtime's own choice, nothing selected by hand. */
+    /* What a user gets: the runtime's own choice (one mobagen_fwd lets dispatch decide, from the
+     * tuning database or the heuristic), nothing selected by hand. */
+    if (mobagen_fwd(op, &a, ws, ws_bytes, NULL) != MG_OK) {
+        fprintf(stderr, "%s L=%d: %s\n", c->spec, L, mobagen_op_errmsg(op));
+        exit(1);
+    }
     int def[3];
     current_choice(op, def);
     timing dflt = time_all_stages(env, op, &a, ws, ws_bytes);

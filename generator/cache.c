@@ -1,6 +1,6 @@
+/* The cache: where it lives, keys, lookups and atomic publication. */
 #include "cache.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,29 +13,11 @@
 
 #include <sodium.h>
 
+#include "cache_internal.h"
 #include "textbuf.h"
 
-#define ENTRY_MAGIC "MGCACHE1"
-#define ENTRY_SUFFIX ".mgc"
-#define LAYOUT_DIR "v1"
-
-/* On-disk header; all integers little-endian as written by this (x86-64/arm64) host. */
-typedef struct entry_header {
-    char magic[8];
-    uint64_t meta_len, log_len, cubin_len;
-    unsigned char digest[32];   /* BLAKE2b-256 of key hex, meta, log and cubin */
-} entry_header;
-
-struct mg_cache {
-    char dir[PATH_MAX];
-};
-
-static mg_status make_dirs(const char *path, mg_diag *diag)
-{
-    if (mg_mkdir_p(path) != 0)
-        return mg_fail(diag, MG_E_CACHE, "cannot create cache directory %s: %s", path, strerror(errno));
-    return MG_OK;
-}
+#define KEY_FORMAT "2"            /* changes whenever the key's inputs change */
+#define MAX_KEY_KERNELS 64
 
 mg_status mg_cache_default_dir(char *buf, size_t size, mg_diag *diag)
 {
@@ -54,115 +36,119 @@ mg_status mg_cache_default_dir(char *buf, size_t size, mg_diag *diag)
     return MG_OK;
 }
 
+static int is_permission_error(int err) { return err == EACCES || err == EPERM || err == EROFS; }
+
+/* Opens (creating it, or replacing a non-directory of that name) the layout directory. */
+static mg_status open_layout(mg_cache *c, mg_diag *diag)
+{
+    c->layout_fd = -1;
+    int err = 0;
+    int root = mg_mkdir_p(c->dir) == 0 ? open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (root < 0) err = errno;
+    for (int attempt = 0; root >= 0 && attempt < 3 && c->layout_fd < 0; attempt++) {
+        if (mkdirat(root, LAYOUT_DIR, 0755) != 0 && errno != EEXIST) {
+            err = errno;
+            break;
+        }
+        c->layout_fd = openat(root, LAYOUT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        err = c->layout_fd < 0 ? errno : 0;
+        /* The name is the cache's own; a file or link there is damage, replaced by the directory. */
+        if (c->layout_fd < 0 && (err == ENOTDIR || err == ELOOP) &&
+            unlinkat(root, LAYOUT_DIR, 0) != 0) {
+            err = errno;
+            break;
+        }
+    }
+    if (root >= 0) close(root);
+    if (c->layout_fd >= 0) return MG_OK;
+    if (is_permission_error(err)) {
+        snprintf(c->read_only_why, sizeof c->read_only_why, "%s", strerror(err));
+        return MG_OK;
+    }
+    return mg_fail(diag, MG_E_CACHE, "cannot create cache directory %s/%s: %s", c->dir, LAYOUT_DIR,
+                   strerror(err ? err : ENOTDIR));
+}
+
 mg_status mg_cache_open(const char *dir, mg_cache **out, mg_diag *diag)
 {
     *out = NULL;
     if (sodium_init() < 0) return mg_fail(diag, MG_E_CACHE, "libsodium failed to initialise");
     mg_cache *c = calloc(1, sizeof *c);
     if (!c) return mg_fail(diag, MG_E_NOMEM, "out of memory");
+    c->layout_fd = -1;
     mg_status st = MG_OK;
     if (dir)
         snprintf(c->dir, sizeof c->dir, "%s", dir);
     else
         st = mg_cache_default_dir(c->dir, sizeof c->dir, diag);
-    if (st == MG_OK) {
-        char layout[PATH_MAX + 8];
-        snprintf(layout, sizeof layout, "%s/%s", c->dir, LAYOUT_DIR);
-        st = make_dirs(layout, diag);
-    }
+    if (st == MG_OK) st = open_layout(c, diag);
     if (st != MG_OK) {
-        free(c);
+        mg_cache_close(c);
         return st;
     }
     *out = c;
     return MG_OK;
 }
 
-void mg_cache_close(mg_cache *c) { free(c); }
+void mg_cache_close(mg_cache *c)
+{
+    if (!c) return;
+    if (c->layout_fd >= 0) close(c->layout_fd);
+    free(c);
+}
+
 const char *mg_cache_dir(const mg_cache *c) { return c->dir; }
 
-/* Each part is length-prefixed so that no two different inputs hash the same bytes. */
-static void hash_part(crypto_generichash_state *h, const char *label, const void *p, size_t n)
+/* ---------- keys ---------- */
+
+static void hash_string(crypto_generichash_state *h, const char *label, const char *s)
 {
-    uint64_t len = n;
-    crypto_generichash_update(h, (const unsigned char *)label, strlen(label) + 1);
-    crypto_generichash_update(h, (const unsigned char *)&len, sizeof len);
-    if (n) crypto_generichash_update(h, p, n);
+    mg_cache_hash_part(h, label, s ? s : "", s ? strlen(s) : 0);
+}
+
+static int kernel_before(const mg_key_input *in, int a, int b)
+{
+    const char *ra = in->roles ? in->roles[a] : "", *rb = in->roles ? in->roles[b] : "";
+    int c = strcmp(ra, rb);
+    return c < 0 || (c == 0 && strcmp(in->name_exprs[a], in->name_exprs[b]) < 0);
 }
 
 void mg_cache_key_compute(const mg_key_input *in, mg_cache_key *key)
 {
+    /* Kernels reach here in whatever order the template's table gave them: sort them, so that
+     * the key is a function of the set. */
+    int n = in->n_names < MAX_KEY_KERNELS ? in->n_names : MAX_KEY_KERNELS;
+    int order[MAX_KEY_KERNELS];
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        for (; j > 0 && kernel_before(in, i, order[j - 1]); j--) order[j] = order[j - 1];
+        order[j] = i;
+    }
     crypto_generichash_state h;
     unsigned char digest[32];
-    char version[32];
     crypto_generichash_init(&h, NULL, 0, sizeof digest);
-    hash_part(&h, "mobagen-cache-layout", LAYOUT_DIR, strlen(LAYOUT_DIR));
-    snprintf(version, sizeof version, "%d.%d", in->nvrtc_major, in->nvrtc_minor);
-    hash_part(&h, "nvrtc", version, strlen(version));
-    hash_part(&h, "arch", in->arch, strlen(in->arch));
-    for (int i = 0; i < in->n_options; i++)
-        hash_part(&h, "option", in->options[i], strlen(in->options[i]));
-    for (int i = 0; i < in->n_names; i++)
-        hash_part(&h, "name", in->name_exprs[i], strlen(in->name_exprs[i]));
-    hash_part(&h, "headers", "", 0);
-    hash_part(&h, "source", in->source, strlen(in->source));
+    hash_string(&h, "mobagen-cache-key", KEY_FORMAT);
+    hash_string(&h, "arch", in->arch);
+    for (int i = 0; i < in->n_options; i++) hash_string(&h, "option", in->options[i]);
+    for (int i = 0; i < n; i++) {
+        hash_string(&h, "role", in->roles ? in->roles[order[i]] : "");
+        hash_string(&h, "name", in->name_exprs[order[i]]);
+    }
+    hash_string(&h, "headers", "");
+    hash_string(&h, "source", in->source);
     crypto_generichash_final(&h, digest, sizeof digest);
     sodium_bin2hex(key->hex, sizeof key->hex, digest, sizeof digest);
 }
 
-static void entry_digest(const mg_cache_key *key, const char *meta, size_t meta_len,
-                         const char *log, size_t log_len, const void *cubin, size_t cubin_len,
-                         unsigned char out[32])
+/* The fan-out directory of a key, without following links; -1 with errno (ENOTDIR/ELOOP for a
+ * non-directory there). */
+int mg_cache_open_fanout(const mg_cache *c, const char *fan)
 {
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, NULL, 0, 32);
-    hash_part(&h, "key", key->hex, 64);
-    hash_part(&h, "meta", meta, meta_len);
-    hash_part(&h, "log", log, log_len);
-    hash_part(&h, "cubin", cubin, cubin_len);
-    crypto_generichash_final(&h, out, 32);
-}
-
-static void entry_path(const mg_cache *c, const mg_cache_key *key, char *buf, size_t size,
-                       int dir_only)
-{
-    if (dir_only)
-        snprintf(buf, size, "%s/%s/%.2s", c->dir, LAYOUT_DIR, key->hex);
-    else
-        snprintf(buf, size, "%s/%s/%.2s/%s%s", c->dir, LAYOUT_DIR, key->hex, key->hex, ENTRY_SUFFIX);
-}
-
-/* Parses and verifies an entry file's bytes; 1 if sound (and fills e when non-NULL). */
-static int decode_entry(const mg_cache_key *key, const char *data, size_t len, mg_cache_entry *e)
-{
-    entry_header h;
-    if (len < sizeof h) return 0;
-    memcpy(&h, data, sizeof h);
-    if (memcmp(h.magic, ENTRY_MAGIC, 8) != 0) return 0;
-    uint64_t body = h.meta_len + h.log_len + h.cubin_len;
-    if (h.meta_len > len || h.log_len > len || h.cubin_len > len || body != len - sizeof h ||
-        h.cubin_len == 0)
-        return 0;
-    const char *meta = data + sizeof h, *log = meta + h.meta_len, *cubin = log + h.log_len;
-    unsigned char digest[32];
-    entry_digest(key, meta, h.meta_len, log, h.log_len, cubin, h.cubin_len, digest);
-    if (memcmp(digest, h.digest, 32) != 0) return 0;
-    if (!e) return 1;
-    memset(e, 0, sizeof *e);
-    e->meta = malloc(h.meta_len + 1);
-    e->log = malloc(h.log_len + 1);
-    e->cubin = malloc(h.cubin_len);
-    if (!e->meta || !e->log || !e->cubin) {
-        mg_cache_entry_free(e);
+    if (c->layout_fd < 0) {
+        errno = ENOENT;
         return -1;
     }
-    memcpy(e->meta, meta, h.meta_len);
-    e->meta[h.meta_len] = 0;
-    memcpy(e->log, log, h.log_len);
-    e->log[h.log_len] = 0;
-    memcpy(e->cubin, cubin, h.cubin_len);
-    e->cubin_size = h.cubin_len;
-    return 1;
+    return openat(c->layout_fd, fan, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
 mg_status mg_cache_get(mg_cache *c, const mg_cache_key *key, mg_cache_entry *out, int *found,
@@ -170,25 +156,42 @@ mg_status mg_cache_get(mg_cache *c, const mg_cache_key *key, mg_cache_entry *out
 {
     *found = 0;
     if (damaged) *damaged = 0;
-    char path[PATH_MAX + 128];
-    entry_path(c, key, path, sizeof path, 0);
-    size_t len;
-    char *data = mg_read_file(path, &len);
-    if (!data) {
+    char fan[3] = {key->hex[0], key->hex[1], 0}, name[KEY_HEX + 8], why[160] = "";
+    mg_cache_entry_name(key, name, sizeof name);
+    int fan_fd = mg_cache_open_fanout(c, fan);
+    if (fan_fd < 0) {
         if (errno == ENOENT) return MG_OK;
-        return mg_fail(diag, MG_E_CACHE, "cannot read cache entry %s: %s", path, strerror(errno));
-    }
-    int ok = decode_entry(key, data, len, out);
-    free(data);
-    if (ok < 0) return mg_fail(diag, MG_E_NOMEM, "out of memory reading %s", path);
-    if (!ok) {
-        /* A truncated or altered entry: drop it so that the caller rebuilds it. */
-        unlink(path);
         if (damaged) *damaged = 1;
+        mg_fail(diag, MG_OK, "cache fan-out %s/%s/%s is not a directory (%s); the next write repairs it",
+                c->dir, LAYOUT_DIR, fan, strerror(errno));
         return MG_OK;
     }
-    *found = 1;
-    return MG_OK;
+    char *data;
+    size_t len = 0;
+    struct stat st;
+    int r = mg_cache_read_entry_file(fan_fd, name, &data, &len, &st, why, sizeof why);
+    mg_status status = MG_OK;
+    if (r == READ_OK) {
+        int ok = mg_cache_decode_entry(key, data, len, out);
+        free(data);
+        if (ok > 0) *found = 1;
+        if (ok < 0) status = mg_fail(diag, MG_E_NOMEM, "out of memory reading a cache entry");
+        if (ok == 0) {
+            snprintf(why, sizeof why, "truncated or altered: it fails its checksum");
+            r = READ_DAMAGED;
+        }
+    } else if (r == READ_NOMEM) {
+        status = mg_fail(diag, MG_E_NOMEM, "out of memory reading a cache entry");
+    }
+    if (r == READ_DAMAGED || r == READ_UNREADABLE) {
+        if (damaged) *damaged = 1;
+        /* Only damage is removed: an unreadable file may be a permission choice. */
+        int removed = r == READ_DAMAGED && mg_cache_remove_own_name(fan_fd, name, &st);
+        mg_fail(diag, MG_OK, "cache entry %s/%s/%s/%s is %s; %s", c->dir, LAYOUT_DIR, fan, name,
+                why, removed ? "removed" : "left in place");
+    }
+    close(fan_fd);
+    return status;
 }
 
 static int write_all(int fd, const void *p, size_t n)
@@ -206,15 +209,59 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+/* The key's fan-out directory, created when missing and replaced when something else has its
+ * name; -1 with errno. */
+static int make_fanout(mg_cache *c, const char *fan)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int fd = mg_cache_open_fanout(c, fan);
+        if (fd >= 0 || c->layout_fd < 0) return fd;
+        if (errno == ENOENT) {
+            if (mkdirat(c->layout_fd, fan, 0755) != 0 && errno != EEXIST) return -1;
+        } else if (errno == ENOTDIR || errno == ELOOP) {
+            if (unlinkat(c->layout_fd, fan, 0) != 0 && errno != ENOENT) return -1;
+        } else {
+            return -1;
+        }
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* Writes the entry to a fresh temporary name in fan_fd and renames it into place; 0, or -1 with
+ * errno (ENOENT: the fan-out went away under us). */
+static int publish(int fan_fd, const mg_cache_key *key, const entry_header *h, const char *meta,
+                   const char *log, const void *cubin)
+{
+    char tmp[KEY_HEX + 64], name[KEY_HEX + 8];
+    mg_cache_temp_name(key, tmp, sizeof tmp);
+    mg_cache_entry_name(key, name, sizeof name);
+    int fd = openat(fan_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int bad = write_all(fd, h, sizeof *h) || write_all(fd, meta, h->meta_len) ||
+              write_all(fd, log, h->log_len) || write_all(fd, cubin, h->cubin_len) || fsync(fd) != 0;
+    int err = errno;
+    if (close(fd) != 0 && !bad) {
+        bad = 1;
+        err = errno;
+    }
+    if (!bad && renameat(fan_fd, tmp, fan_fd, name) != 0) {
+        bad = 1;
+        err = errno;
+    }
+    if (bad) {
+        unlinkat(fan_fd, tmp, 0);
+        errno = err == ENOENT ? EIO : err;   /* ENOENT is kept for "retry" */
+        return -1;
+    }
+    return 0;
+}
+
 mg_status mg_cache_put(mg_cache *c, const mg_cache_key *key, const mg_cache_entry *e,
                        mg_diag *diag)
 {
-    char dir[PATH_MAX + 16], path[PATH_MAX + 128], tmp[PATH_MAX + 192];
-    entry_path(c, key, dir, sizeof dir, 1);
-    entry_path(c, key, path, sizeof path, 0);
-    mg_status st = make_dirs(dir, diag);
-    if (st != MG_OK) return st;
-
+    if (c->layout_fd < 0)
+        return mg_fail(diag, MG_E_CACHE, "cache %s is read-only (%s)", c->dir, c->read_only_why);
     entry_header h;
     memset(&h, 0, sizeof h);
     memcpy(h.magic, ENTRY_MAGIC, 8);
@@ -222,31 +269,28 @@ mg_status mg_cache_put(mg_cache *c, const mg_cache_key *key, const mg_cache_entr
     h.meta_len = strlen(meta);
     h.log_len = strlen(log);
     h.cubin_len = e->cubin_size;
-    entry_digest(key, meta, h.meta_len, log, h.log_len, e->cubin, e->cubin_size, h.digest);
-
-    unsigned char rnd[8];
-    char rnd_hex[17];
-    randombytes_buf(rnd, sizeof rnd);
-    sodium_bin2hex(rnd_hex, sizeof rnd_hex, rnd, sizeof rnd);
-    snprintf(tmp, sizeof tmp, "%s/.tmp.%s.%ld.%s", dir, key->hex, (long)getpid(), rnd_hex);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return mg_fail(diag, MG_E_CACHE, "cannot create %s: %s", tmp, strerror(errno));
-    int bad = write_all(fd, &h, sizeof h) || write_all(fd, meta, h.meta_len) ||
-              write_all(fd, log, h.log_len) || write_all(fd, e->cubin, e->cubin_size) ||
-              fsync(fd) != 0;
-    int err = errno;
-    if (close(fd) != 0 && !bad) {
-        bad = 1;
-        err = errno;
+    if (sizeof h + h.meta_len + h.log_len + h.cubin_len > MG_CACHE_ENTRY_MAX)
+        return mg_fail(diag, MG_E_CACHE, "cache entry %s would exceed the %u MiB limit", key->hex,
+                       MG_CACHE_ENTRY_MAX >> 20);
+    mg_cache_entry_digest(key, meta, h.meta_len, log, h.log_len, e->cubin, e->cubin_size,
+                          h.digest);
+    char fan[3] = {key->hex[0], key->hex[1], 0};
+    int err = 0;
+    /* A fan-out removed between our open and our create (by someone's rm -rf) is made again. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int fan_fd = make_fanout(c, fan);
+        if (fan_fd < 0) {
+            err = errno;
+            break;
+        }
+        int rc = publish(fan_fd, key, &h, meta, log, e->cubin);
+        err = rc ? errno : 0;
+        close(fan_fd);
+        if (rc == 0 || err != ENOENT) break;
     }
-    if (!bad && rename(tmp, path) != 0) {
-        bad = 1;
-        err = errno;
-    }
-    if (bad) {
-        unlink(tmp);
-        return mg_fail(diag, MG_E_CACHE, "cannot write cache entry %s: %s", path, strerror(err));
-    }
+    if (err)
+        return mg_fail(diag, MG_E_CACHE, "cannot write cache entry %s/%s/%s/%s%s: %s", c->dir,
+                       LAYOUT_DIR, fan, key->hex, ENTRY_SUFFIX, strerror(err));
     return MG_OK;
 }
 
@@ -273,77 +317,3 @@ int mg_cache_meta_get(const char *meta, const char *name, char *buf, size_t size
     return 0;
 }
 
-/* Visits every file in the fan-out directories: fn(dir path, file name, ctx). */
-static mg_status walk(mg_cache *c, int (*fn)(const char *dir, const char *name, void *ctx),
-                      void *ctx, mg_diag *diag)
-{
-    char root[PATH_MAX + 8];
-    snprintf(root, sizeof root, "%s/%s", c->dir, LAYOUT_DIR);
-    DIR *d = opendir(root);
-    if (!d) return mg_fail(diag, MG_E_CACHE, "cannot open %s: %s", root, strerror(errno));
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (strlen(de->d_name) != 2) continue;
-        char sub[PATH_MAX + 16];
-        snprintf(sub, sizeof sub, "%s/%s", root, de->d_name);
-        DIR *s = opendir(sub);
-        if (!s) continue;
-        struct dirent *fe;
-        while ((fe = readdir(s)))
-            if (fe->d_name[0] != '.' || !strncmp(fe->d_name, ".tmp.", 5)) fn(sub, fe->d_name, ctx);
-        closedir(s);
-        rmdir(sub); /* succeeds only once emptied by clean */
-    }
-    closedir(d);
-    return MG_OK;
-}
-
-typedef struct list_ctx {
-    void (*fn)(const mg_cache_item *, void *);
-    void *ctx;
-} list_ctx;
-
-static int list_one(const char *dir, const char *name, void *p)
-{
-    list_ctx *lc = p;
-    size_t n = strlen(name);
-    if (n != 64 + strlen(ENTRY_SUFFIX) || strcmp(name + 64, ENTRY_SUFFIX)) return 0;
-    char path[PATH_MAX + 128];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    mg_cache_key key;
-    memcpy(key.hex, name, 64);
-    key.hex[64] = 0;
-    struct stat st;
-    if (stat(path, &st) != 0) return 0;
-    size_t len;
-    char *data = mg_read_file(path, &len);
-    mg_cache_entry e = {0};
-    int ok = data ? decode_entry(&key, data, len, &e) : 0;
-    free(data);
-    mg_cache_item item = {path, key.hex, (size_t)st.st_size, st.st_mtime, ok == 1,
-                          ok == 1 ? e.meta : NULL};
-    lc->fn(&item, lc->ctx);
-    mg_cache_entry_free(&e);
-    return 0;
-}
-
-mg_status mg_cache_list(mg_cache *c, void (*fn)(const mg_cache_item *, void *), void *ctx,
-                        mg_diag *diag)
-{
-    list_ctx lc = {fn, ctx};
-    return walk(c, list_one, &lc, diag);
-}
-
-static int clean_one(const char *dir, const char *name, void *p)
-{
-    char path[PATH_MAX + 128];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (unlink(path) == 0) ++*(int *)p;
-    return 0;
-}
-
-mg_status mg_cache_clean(mg_cache *c, int *removed, mg_diag *diag)
-{
-    *removed = 0;
-    return walk(c, clean_one, removed, diag);
-}

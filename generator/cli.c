@@ -60,7 +60,7 @@ static const char usage_text[] =
     "  gen SPEC      write the generated CUDA sources of every variant under out/\n"
     "  build SPEC    compile every valid variant into the kernel cache\n"
     "  list SPEC     print the variants a spec expands to\n"
-    "  cache ls      list cache entries;  cache clean: remove them all\n"
+    "  cache ls      list cache entries;  cache clean: remove them (other files stay)\n"
     "  doctor        NVRTC, CUDA driver, GPUs and cache location\n"
     "  tune SPEC     check and time every variant on this GPU, record the winners\n"
     "                (--seqlens L1,L2 --batch B --hkv H --reps N --db FILE --no-save)\n"
@@ -310,11 +310,6 @@ static int cmd_build(const cli_args *a)
     mg_builder *b = NULL;
     mg_status st = mg_builder_open(NULL, &b, &d);
     mg_build_result *results = NULL;
-    if (st == MG_OK) {
-        for (int i = 0; i < n && st == MG_OK; i++)
-            if (!mg_nvrtc_supports(mg_builder_nvrtc(b), vars[i].arch))
-                st = mg_fail(&d, MG_E_UNSUPPORTED, "this NVRTC cannot target %s", vars[i].arch);
-    }
     if (st == MG_OK && !(results = calloc((size_t)(n ? n : 1), sizeof *results)))
         st = mg_fail(&d, MG_E_NOMEM, "out of memory");
     mg_build_stats stats = {0};
@@ -322,14 +317,18 @@ static int cmd_build(const cli_args *a)
         mg_build_options opts = {.jobs = a->jobs, .progress = isatty(2)};
         st = mg_builder_build(b, vars, n, &opts, results, &stats, &d);
         for (int i = 0; i < n; i++)
+            if (results[i].warning)
+                fprintf(stderr, "mobagen: warning: %s: %s\n", vars[i].id, results[i].warning);
+        for (int i = 0; i < n; i++)
             if (results[i].status != MG_OK)
                 fprintf(stderr, "mobagen: error: %s: %s\n", vars[i].id, results[i].error);
             else if (results[i].entry.log && results[i].entry.log[0] && !results[i].hit)
                 fprintf(stderr, "mobagen: NVRTC log for %s:\n%s\n", vars[i].id, results[i].entry.log);
         fflush(stderr);
-        printf("spec %s: %d variants, %d cached, %d compiled, %d failed%s in %.2f s (cache %s)\n",
+        printf("spec %s: %d variants, %d cached, %d compiled, %d failed%s%s in %.2f s (cache %s)\n",
                spec->name, stats.total, stats.hits, stats.misses, stats.failed,
-               stats.damaged ? " (damaged entries rebuilt)" : "", stats.seconds,
+               stats.damaged ? " (damaged entries rebuilt)" : "",
+               stats.unsaved ? " (some not cached, see the warnings)" : "", stats.seconds,
                mg_cache_dir(mg_builder_cache(b)));
         if (st != MG_OK) rc = exit_code(st);
     } else {
@@ -344,18 +343,26 @@ static int cmd_build(const cli_args *a)
 static void print_item(const mg_cache_item *it, void *ctx)
 {
     int *count = ctx;
-    char tpl[64] = "?", arch[16] = "?", point[256] = "?", when[32];
+    char tpl[64] = "?", arch[16] = "?", point[256] = "?", nvrtc[16] = "?", when[32];
     if (it->meta) {
         mg_cache_meta_get(it->meta, "template", tpl, sizeof tpl);
         mg_cache_meta_get(it->meta, "arch", arch, sizeof arch);
         mg_cache_meta_get(it->meta, "point", point, sizeof point);
+        mg_cache_meta_get(it->meta, "nvrtc", nvrtc, sizeof nvrtc);
     }
     struct tm tm;
     localtime_r(&it->mtime, &tm);
     strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
-    printf("%.16s  %8zu  %s  %s/%s/%s%s\n", it->key_hex, it->bytes, when, tpl, arch, point,
-           it->valid ? "" : "  DAMAGED");
+    printf("%.16s  %8zu  %s  nvrtc %-5s  %s/%s/%s%s%s\n", it->key_hex, it->bytes, when, nvrtc, tpl,
+           arch, point, it->valid ? "" : "  DAMAGED: ", it->valid ? "" : it->damage);
     ++*count;
+}
+
+/* Names under the cache's directory that are not its own: said, never touched. */
+static void print_skipped(const char *path, const char *why, void *ctx)
+{
+    (void)ctx;
+    fprintf(stderr, "mobagen: left %s alone: %s\n", path, why);
 }
 
 static int cmd_cache(const cli_args *a)
@@ -366,13 +373,19 @@ static int cmd_cache(const cli_args *a)
     mg_cache *c;
     mg_status st = mg_cache_open(NULL, &c, &d);
     if (st != MG_OK) return fail(st, &d);
-    int count = 0;
     if (!strcmp(a->subcommand, "ls")) {
-        st = mg_cache_list(c, print_item, &count, &d);
+        int count = 0;
+        st = mg_cache_list(c, print_item, print_skipped, &count, &d);
         if (st == MG_OK) fprintf(stderr, "%d entries in %s\n", count, mg_cache_dir(c));
     } else {
-        st = mg_cache_clean(c, &count, &d);
-        if (st == MG_OK) printf("removed %d files from %s\n", count, mg_cache_dir(c));
+        mg_cache_clean_stats cs;
+        st = mg_cache_clean(c, &cs, print_skipped, NULL, &d);
+        if (st == MG_OK) {
+            printf("removed %d files from %s", cs.removed, mg_cache_dir(c));
+            if (cs.in_use) printf("; kept %d being written by running builds", cs.in_use);
+            if (cs.skipped) printf("; left %d names that are not the cache's alone", cs.skipped);
+            printf("\n");
+        }
     }
     mg_cache_close(c);
     return st == MG_OK ? EXIT_OK : fail(st, &d);

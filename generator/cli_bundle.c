@@ -73,9 +73,11 @@ int cli_bundle(const deploy_args *a)
     int n_specs = 0, n_kernels = 0, n_tuning = 0;
     char *tuning = NULL;
     memset(specs, 0, sizeof specs);
+    const mg_nvrtc *nv = NULL;
     mg_status st = mg_builder_open(NULL, &b, &d);
+    if (st == MG_OK) st = mg_builder_nvrtc(b, &nv, &d);
     for (int i = 0; i < n_archs && st == MG_OK; i++)
-        if (!mg_nvrtc_supports(mg_builder_nvrtc(b), archs[i]))
+        if (!mg_nvrtc_supports(nv, archs[i]))
             st = mg_fail(&d, MG_E_UNSUPPORTED, "this NVRTC cannot target %s", archs[i]);
     if (st == MG_OK) st = mg_template_set_open(a->templates, &set, &d);
     for (int s = 0; s < a->n_specs && st == MG_OK; s++) {
@@ -128,9 +130,9 @@ int cli_bundle(const deploy_args *a)
     }
     if (st == MG_OK && a->tuning) st = tuning_text(a->tuning, specs, n_specs, &tuning, &n_tuning, &d);
     char nvrtc[32] = "";
-    if (b) {
+    if (nv) {
         int major, minor;
-        mg_nvrtc_version(mg_builder_nvrtc(b), &major, &minor);
+        mg_nvrtc_version(nv, &major, &minor);
         snprintf(nvrtc, sizeof nvrtc, "%d.%d", major, minor);
     }
     if (st == MG_OK) st = mg_bundle_write(a->out, nvrtc, specs, n_specs, kernels, n_kernels, tuning, &d);

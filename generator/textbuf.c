@@ -70,7 +70,8 @@ char *mg_read_file(const char *path, size_t *len)
     mg_buf b = {0};
     char chunk[65536];
     size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) mg_buf_put(&b, chunk, n);
+    /* Stops at the first failed allocation: an endless source must not keep it reading. */
+    while (!b.oom && (n = fread(chunk, 1, sizeof chunk, f)) > 0) mg_buf_put(&b, chunk, n);
     int err = ferror(f) ? errno : 0;
     fclose(f);
     if (err || b.oom) {

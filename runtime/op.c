@@ -107,11 +107,10 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
             mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d cached, %d compiled, %d failed in %.1f s",
                        op->spec.name, stats.hits, stats.misses, stats.failed, stats.seconds);
         }
-        if (st == MG_OK) {
-            int major, minor;
-            mg_nvrtc_version(mg_builder_nvrtc(b), &major, &minor);
-            snprintf(nvrtc_version, sizeof nvrtc_version, "%d.%d", major, minor);
-        }
+        /* The NVRTC that compiled the kernels, as their cache entries recorded it: a warm start
+         * never loads NVRTC just to name it. */
+        if (st == MG_OK && n > 0)
+            mg_cache_meta_get(results[0].entry.meta, "nvrtc", nvrtc_version, sizeof nvrtc_version);
     }
     if (st == MG_OK) st = mg_ctx_push(ctx, diag);
     if (st == MG_OK) {

@@ -320,6 +320,85 @@ static void test_build_then_cache_commands(void **state)
     free(err);
 }
 
+/* The repro: a cache directory that holds someone's files. clean and ls leave them. */
+static void test_cache_commands_leave_foreign_files(void **state)
+{
+    (void)state;
+    char victim[700], env_dir[800], notes[800];
+    snprintf(victim, sizeof victim, "%s/victim", work);
+    tu_write_file(victim, "notes.txt", "keep\n", notes, sizeof notes);
+    char layout[800];
+    snprintf(layout, sizeof layout, "%s/v1", victim);
+    tu_write_file(layout, "notes.txt", "keep\n", NULL, 0);
+    snprintf(env_dir, sizeof env_dir, "MOBAGEN_CACHE_DIR=%s", victim);
+    const char *env[] = {env_dir, NULL};
+    char *out, *err;
+    int rc = run_env(env, &out, &err, "cache", "clean", (const char *)NULL);
+    expect_code(rc, 0, out, err);
+    assert_non_null(strstr(out, "removed 0 files"));
+    assert_non_null(strstr(out, "left 1 names that are not the cache's alone"));
+    assert_non_null(strstr(err, "v1/notes.txt alone: not a cache"));
+    free(out);
+    free(err);
+    rc = run_env(env, &out, &err, "cache", "ls", (const char *)NULL);
+    expect_code(rc, 0, out, err);
+    assert_non_null(strstr(err, "0 entries"));
+    free(out);
+    free(err);
+    char *text = tu_read_file(notes, NULL);
+    assert_non_null(text);
+    assert_string_equal(text, "keep\n");
+    free(text);
+    snprintf(notes, sizeof notes, "%s/v1/notes.txt", victim);
+    assert_int_equal(access(notes, F_OK), 0);
+}
+
+/* The shipped default spec (a multi-kernel attention variant among them) compiles once: later
+ * processes, however they spell the spec's path, and without any NVRTC, find every variant. A
+ * miss without NVRTC still says what is missing. */
+static void test_warm_cache_across_processes_needs_no_nvrtc(void **state)
+{
+    (void)state;
+    char spec[1024], spelled[1100], env_dir[800];
+    snprintf(spec, sizeof spec, "%s/specs/default.yaml", tu_repo_root());
+    snprintf(spelled, sizeof spelled, "%s/./specs//default.yaml", tu_repo_root());
+    snprintf(env_dir, sizeof env_dir, "MOBAGEN_CACHE_DIR=%s/cache-default", work);
+    const char *env[] = {env_dir, NULL};
+    const char *no_nvrtc[] = {env_dir, "MOBAGEN_NVRTC=/nonexistent", "CUDA_HOME=/nonexistent", NULL};
+    char *out, *err;
+    int rc = run_env(env, &out, &err, "build", spec, "--arch", "sm_80,sm_90a", (const char *)NULL);
+    expect_code(rc, 0, out, err);
+    assert_non_null(strstr(out, "16 variants, 0 cached, 16 compiled, 0 failed"));
+    free(out);
+    free(err);
+    const char *again[] = {spec, spelled, spec};
+    for (int i = 0; i < 3; i++) {
+        rc = run_env(i == 2 ? no_nvrtc : env, &out, &err, "build", again[i], "--arch",
+                     "sm_80,sm_90a", (const char *)NULL);
+        expect_code(rc, 0, out, err);
+        if (!strstr(out, "16 cached, 0 compiled")) print_error("run %d: %s%s", i, out, err);
+        assert_non_null(strstr(out, "16 cached, 0 compiled"));
+        free(out);
+        free(err);
+    }
+    /* Entries record the NVRTC that built them. */
+    rc = run_env(no_nvrtc, &out, &err, "cache", "ls", (const char *)NULL);
+    expect_code(rc, 0, out, err);
+    assert_int_equal(count_lines_with(out, "  nvrtc "), 16);
+    assert_int_equal(count_lines_with(out, "nvrtc ? "), 0);
+    free(out);
+    free(err);
+
+    /* A miss needs NVRTC. */
+    snprintf(env_dir, sizeof env_dir, "MOBAGEN_CACHE_DIR=%s/cache-cold", work);
+    rc = run_env(no_nvrtc, &out, &err, "build", spec, (const char *)NULL);
+    expect_code(rc, 6, out, err);
+    assert_non_null(strstr(err, "cannot load NVRTC"));
+    assert_non_null(strstr(err, "/nonexistent"));
+    free(out);
+    free(err);
+}
+
 static void test_doctor(void **state)
 {
     (void)state;
@@ -429,6 +508,8 @@ int main(void)
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_gen),
         cmocka_unit_test(test_build_then_cache_commands),
+        cmocka_unit_test(test_cache_commands_leave_foreign_files),
+        cmocka_unit_test(test_warm_cache_across_processes_needs_no_nvrtc),
         cmocka_unit_test(test_doctor),
         cmocka_unit_test(test_broken_templates),
         cmocka_unit_test(test_build_without_nvrtc),

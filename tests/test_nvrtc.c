@@ -91,8 +91,11 @@ static void test_shipped_specs_compile(void **state)
     mg_status st = mg_builder_open(cache_dir, &b, &d);
     if (st != MG_OK) print_error("%s\n", d.msg);
     assert_int_equal(st, MG_OK);
-    assert_true(mg_nvrtc_supports(mg_builder_nvrtc(b), "sm_80"));
-    assert_true(mg_nvrtc_supports(mg_builder_nvrtc(b), "sm_90a"));
+    const mg_nvrtc *nv = NULL;
+    assert_false(mg_builder_nvrtc_loaded(b));   /* loaded on the first miss only */
+    assert_int_equal(mg_builder_nvrtc(b, &nv, &d), MG_OK);
+    assert_true(mg_nvrtc_supports(nv, "sm_80"));
+    assert_true(mg_nvrtc_supports(nv, "sm_90a"));
     mg_build_result *res = calloc((size_t)n_all, sizeof *res);
     mg_build_stats stats;
     st = mg_builder_build(b, all, n_all, NULL, res, &stats, &d);
@@ -252,7 +255,17 @@ static void test_missing_nvrtc(void **state)
     mg_diag d2 = {{0}};
     char cache_dir[512];
     tu_mkdtemp(cache_dir, sizeof cache_dir, "nonvrtc");
+    /* A builder needs NVRTC only to compile: it opens, and a miss fails with the reason. */
     mg_status st2 = mg_builder_open(cache_dir, &b, &d2);
+    mg_template *t = NULL;
+    static const char tpl[] = "%! function kernels() return { main = 'k' } end\n__global__ void k() {}\n";
+    static const char spec_text[] = "name: t\nhead_dim: 128\nblock_size: 128\ntop_k: 8\n";
+    mg_spec spec;
+    assert_int_equal(mg_spec_parse(spec_text, strlen(spec_text), "t.yaml", &spec, &d), MG_OK);
+    assert_int_equal(mg_template_from_text("nv.cu.tpl", tpl, strlen(tpl), &t, &d), MG_OK);
+    mg_variant v = {.tpl = t, .arch = "sm_80", .id = "nv/sm_80/default"};
+    assert_int_equal(mg_template_render(t, &spec, "sm_80", &v.point, &v.rendered, &d), MG_OK);
+    mg_status st3 = st2 == MG_OK ? mg_builder_build(b, &v, 1, NULL, NULL, NULL, &d2) : st2;
     unsetenv("MOBAGEN_NVRTC");
     tu_rm_rf(cache_dir);
     assert_int_equal(st, MG_E_NO_NVRTC);
@@ -260,9 +273,13 @@ static void test_missing_nvrtc(void **state)
     assert_non_null(strstr(d.msg, bogus));
     /* An explicit choice is final: no fallback to the toolkit's copy. */
     assert_null(strstr(d.msg, "/usr/local/cuda"));
-    assert_int_equal(st2, MG_E_NO_NVRTC);
-    assert_null(b);
+    assert_int_equal(st2, MG_OK);
+    assert_int_equal(st3, MG_E_NO_NVRTC);
     assert_non_null(strstr(d2.msg, bogus));
+    assert_false(mg_builder_nvrtc_loaded(b));
+    mg_builder_close(b);
+    mg_rendered_free(&v.rendered);
+    mg_template_free(t);
 
     /* A file that exists but is no NVRTC. */
     setenv("MOBAGEN_NVRTC", "libm.so.6", 1);

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, over a tree that carries build/mobagen and build/gpu (make gpu-kit
 # here: the GPU machine has no Lua, libyaml or cmocka). Builds every shipped spec for the
-# device, runs the GPU tests and the benchmarks, writes logs under $OUT, prints a table last.
+# device, runs the GPU tests and the benchmarks, packs its logs into $OUT/logs.tgz, prints a table last.
 #   tools/device.sh [tests|bench|deploy|all]   (default all)
 set -u
 what=${1:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-OUT=${OUT:-/tmp/mobagen-out}
-mkdir -p "$OUT"
+# Only a few files come back from the device machine: every log goes into one folder that is
+# packed into $OUT/logs.tgz at the end, next to the summary and the benchmark CSVs.
+RESULTS=${OUT:-/tmp/mobagen-out}
+OUT=$(mktemp -d /tmp/mobagen-logs.XXXXXX)
+mkdir -p "$RESULTS"
 export LD_LIBRARY_PATH="$root/build/gpu/lib:${LD_LIBRARY_PATH:-}"
 export MOBAGEN_CACHE_DIR=${MOBAGEN_CACHE_DIR:-/tmp/mobagen-cache}
 export MOBAGEN_TEST_ROOT="$root"
@@ -77,7 +80,8 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     # bench_fwd covers every shipped configuration (BENCH_CASES="spec:L ..." narrows it); the
     # peers run on the same card in the same call; report.py joins the two CSVs.
     start=$(date +%s)
-    build/gpu/bench/bench_fwd --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 \
+    # No tuning database: the default choice timed is the documented heuristic.
+    MOBAGEN_TUNING_DB=/nonexistent/none.db build/gpu/bench/bench_fwd --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 \
         || note "bench_fwd FAILED"
     note "bench_fwd: $(( $(date +%s) - start )) s"
     grep -v '^    ' "$OUT/bench_fwd.log" | tail -n 30 >> "$summary"
@@ -87,5 +91,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
         tail -n 12 "$OUT/peers.log" >> "$summary"
     fi
 fi
+tar czf "$RESULTS/logs.tgz" -C "$OUT" .
+for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
 echo "================ summary ================"
 cat "$summary"
