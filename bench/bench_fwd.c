@@ -1,6 +1,8 @@
 /* Times mobagen's forward, stage by stage, on the FlashMoBA paper's shapes (batch 2, 16 heads,
  * d = 128, causal, bf16) for each shipped paper spec and sequence length, every variant, and
- * prints the best. Median of CUDA-event timings over several runs, on random inputs. */
+ * prints the best and the workspace bytes. Median of CUDA-event timings over several runs, on
+ * random inputs.  bench_fwd [--first] [L ...]: --first times only each template's default
+ * (first) variant; L overrides the sequence lengths. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,10 +44,16 @@ static float time_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a
     return t[REPS / 2];
 }
 
+/* Sum of two uniforms (mean 0, variance 1): at 128K a normal draw per element costs tens of
+ * seconds of the device machine's time; the selections stay as random. */
 static void fill_random(gpu_env *env, cu_deviceptr p, size_t n, rng *r)
 {
     uint16_t *h = malloc(2 * n);
-    for (size_t i = 0; i < n; i++) h[i] = float_to_bf16((float)rng_normal(r));
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = rng_next(r);
+        float u = (float)(x >> 40) * (1.0f / 16777216.0f), v = (float)(x & 0xffffff) * (1.0f / 16777216.0f);
+        h[i] = float_to_bf16((u + v - 1.0f) * 2.449f);
+    }
     gpu_upload(env, p, h, 2 * n);
     free(h);
 }
@@ -58,13 +66,17 @@ int main(int argc, char **argv)
         return 0;
     }
     const char *root = getenv("MOBAGEN_TEST_ROOT");
-    const char *specs[] = {"moba_d128_b128_k8", "moba_d128_b64_k16"};
-    int lengths[] = {8192, 32768, 65536};
+    const char *specs[] = {"moba_d128_b128_k8", "moba_d128_b64_k16", "moba_d128_b32_k32"};
+    int lengths[16] = {8192, 32768, 65536}, n_lengths = 3, first_only = 0;
+    for (int i = 1, n = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--first")) first_only = 1;
+        else if (n < 16) lengths[n++] = atoi(argv[i]), n_lengths = n;
+    }
     int batch = 2, heads = 16, d = 128;
     printf("device %s; batch %d, heads %d, d %d, causal, bf16; median of %d, ms\n",
            mobagen_ctx_device_name(env.ctx), batch, heads, d, REPS);
-    printf("%-20s %6s %9s %9s %9s %9s %8s  %s\n", "spec", "L", "centroid", "route", "attn",
-           "total", "TFLOP/s", "best variants");
+    printf("%-20s %6s %9s %9s %9s %9s %8s %9s  %s\n", "spec", "L", "centroid", "route", "attn",
+           "total", "TFLOP/s", "ws MiB", "best variants");
     for (size_t si = 0; si < sizeof specs / sizeof specs[0]; si++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/specs/%s.yaml", root ? root : ".", specs[si]);
@@ -74,7 +86,7 @@ int main(int argc, char **argv)
             return 1;
         }
         const mg_spec *s = mobagen_op_spec(op);
-        for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+        for (int li = 0; li < n_lengths; li++) {
             int L = lengths[li];
             size_t n = (size_t)batch * L * heads * d;
             rng r = {0xbe5c0000ull + L};
@@ -98,7 +110,7 @@ int main(int argc, char **argv)
             const char *tpl[3] = {"kconv_centroid", "route", "attn_fwd"};
             unsigned stage[3] = {MG_STAGE_CENTROIDS, MG_STAGE_ROUTE, MG_STAGE_ATTN};
             for (int t = 0; t < 3; t++)
-                for (int i = 0; i < mobagen_op_variant_count(op, tpl[t]); i++) {
+                for (int i = 0; i < (first_only ? 1 : mobagen_op_variant_count(op, tpl[t])); i++) {
                     mobagen_op_select(op, tpl[t], i);
                     float ms = time_stages(&env, op, &a, ws, ws_bytes, stage[t]);
                     if (ms < best[t]) {
@@ -110,8 +122,8 @@ int main(int argc, char **argv)
             float total = time_stages(&env, op, &a, ws, ws_bytes, MG_STAGE_ALL);
             /* Useful attention work: each query sees about k*B keys (moba.md, costs). */
             double flop = 4.0 * batch * heads * (double)L * s->top_k * s->block_size * d;
-            printf("%-20s %6d %9.3f %9.3f %9.3f %9.3f %8.1f  %s %s %s\n", s->name, L, best[0],
-                   best[1], best[2], total, flop / (total * 1e-3) / 1e12,
+            printf("%-20s %6d %9.3f %9.3f %9.3f %9.3f %8.1f %9.1f  %s %s %s\n", s->name, L, best[0],
+                   best[1], best[2], total, flop / (total * 1e-3) / 1e12, ws_bytes / 1048576.0,
                    mobagen_op_variant_id(op, tpl[0], best_i[0]), mobagen_op_variant_id(op, tpl[1], best_i[1]),
                    mobagen_op_variant_id(op, tpl[2], best_i[2]));
             fflush(stdout);

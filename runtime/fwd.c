@@ -9,10 +9,21 @@
 
 #define WORKSPACE_ALIGN 256
 
+/* Block-centric attention (attn_fwd impl 2): query rows per chunk, and the bytes of the ring of
+ * chunk accumulators (one fp32 row of head_dim + 2 per query of a live chunk). Larger chunks fill
+ * more of each 64-query tile; smaller ones keep the accumulators in L2 and re-read less of K/V. */
+#define ATTN_CHUNK_ROWS 16384
+#define ATTN_RING_BYTES (64u << 20)
+
+typedef struct attn_shape {
+    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists, max_tiles, n_sync;
+} attn_shape;
+
 typedef struct workspace_layout {
     /* byte offsets, and the size */
     size_t kprime, centroid, sel;
-    size_t block_count, block_offset, block_cursor, tile_offset, entries, partial_o, partial_lse;
+    size_t sync_words, list_cursor, tile_offset, scan_carry, tile_meta, entries, acc_o, acc_ml;
+    attn_shape attn;
     size_t total;
 } workspace_layout;
 
@@ -39,16 +50,31 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     w.sel = w.centroid + align_up(centroid);
     w.total = w.sel + align_up(sel);
     if (op->has_block_lists) {
-        size_t lists = (size_t)a->batch * (size_t)a->hq * (size_t)max_blocks_of(s, a);
-        size_t slots = (size_t)a->total_q * (size_t)a->hq * (size_t)s->top_k;
-        w.block_count = w.total;
-        w.block_offset = w.block_count + align_up(lists * 4);
-        w.block_cursor = w.block_offset + align_up((lists + 1) * 4);
-        w.tile_offset = w.block_cursor + align_up(lists * 4);
-        w.entries = w.tile_offset + align_up((lists + 1) * 4);
-        w.partial_o = w.entries + align_up(slots * 4);
-        w.partial_lse = w.partial_o + align_up(slots * (size_t)a->head_dim * elem);
-        w.total = w.partial_lse + align_up(slots * 4);
+        attn_shape *t = &w.attn;
+        long long rows = a->max_seqlen_q > 0 ? a->max_seqlen_q : 1;
+        long long row_bytes = (long long)a->head_dim * 4 + 8;
+        long long slots = (long long)a->total_q * a->hq * s->top_k;
+        long long chunk = op->attn_chunk_rows > 0 ? op->attn_chunk_rows : ATTN_CHUNK_ROWS;
+        long long ring_bytes = op->attn_ring_bytes > 0 ? op->attn_ring_bytes : ATTN_RING_BYTES;
+        t->chunk_rows = rows < chunk ? rows : chunk;
+        t->row_chunks = (rows + t->chunk_rows - 1) / t->chunk_rows;
+        t->n_chunks = (long long)a->batch * a->hq * t->row_chunks;
+        t->n_lists = t->n_chunks * max_blocks_of(s, a);
+        t->ring_chunks = ring_bytes / (t->chunk_rows * row_bytes);
+        if (t->ring_chunks < 2) t->ring_chunks = 2;
+        if (t->ring_chunks > t->n_chunks) t->ring_chunks = t->n_chunks;
+        /* Each list's tiles start 64-entry aligned: at most 63 unused entries per non-empty list. */
+        t->max_tiles = (slots + 63) / 64 + (t->n_lists < slots ? t->n_lists : slots);
+        t->n_sync = 1 + t->n_chunks + t->ring_chunks * t->chunk_rows + t->n_lists;
+        w.sync_words = w.total;   /* tile claims, chunks done, turns, then list counts: one memset */
+        w.list_cursor = w.sync_words + align_up((size_t)t->n_sync * 4);
+        w.tile_offset = w.list_cursor + align_up((size_t)t->n_lists * 4);
+        w.scan_carry = w.tile_offset + align_up((size_t)(t->n_lists + 1) * 4);
+        w.tile_meta = w.scan_carry + align_up((size_t)((t->n_lists + 4095) / 4096 + 1) * 4);
+        w.entries = w.tile_meta + align_up((size_t)t->max_tiles * 32);
+        w.acc_o = w.entries + align_up((size_t)t->max_tiles * 64 * 4);
+        w.acc_ml = w.acc_o + align_up((size_t)(t->ring_chunks * t->chunk_rows) * (size_t)a->head_dim * 4);
+        w.total = w.acc_ml + align_up((size_t)(t->ring_chunks * t->chunk_rows) * 8);
     }
     return w;
 }
@@ -126,6 +152,12 @@ mg_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *arg
     return MG_OK;
 }
 
+void mg_op_set_attn_chunking(mobagen_op *op, long long chunk_rows, long long ring_bytes)
+{
+    op->attn_chunk_rows = chunk_rows;
+    op->attn_ring_bytes = ring_bytes;
+}
+
 mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
                                      mobagen_devptr workspace)
 {
@@ -154,22 +186,23 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx,
     return launch_kernel(op, v, "main", gx, gy, gz, v->threads, v->smem, p, stream);
 }
 
-/* impl 2: transpose the selection into per-block query lists, run the tiles, merge. */
+/* impl 2: transpose the selection into per-(chunk, block) query lists, then run the tiles. */
 static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, const mobagen_fwd_args *a,
-                                 mg_fwd_params *p, size_t n_lists, mobagen_stream stream)
+                                 mg_fwd_params *p, const attn_shape *t, mobagen_stream stream)
 {
     mg_cuda *cu = &op->ctx->cu;
     unsigned list_tiles = (unsigned)((a->max_seqlen_q + v->list_rows - 1) / v->list_rows);
-    unsigned merge_tiles = (unsigned)((a->max_seqlen_q + v->rows - 1) / v->rows);
+    unsigned segments = (unsigned)((t->n_lists + 4095) / 4096);
     unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch;
-    mg_status st = mg_cuda_check(cu, cu->MemsetD32Async(p->block_count, 0, n_lists, (cu_stream)stream),
-                                 "cuMemsetD32Async(block counts)", &op->err);
+    mg_status st = mg_cuda_check(cu, cu->MemsetD32Async(p->sync_words, 0, (size_t)t->n_sync, (cu_stream)stream),
+                                 "cuMemsetD32Async(attention lists)", &op->err);
     if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scan", 1, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_reduce", segments, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_top", 1, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_down", segments, 1, 1, 1024, 0, p, stream);
     if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
     if (st == MG_OK)
         st = launch(op, v, (unsigned)(op->ctx->sm_count * v->ctas_per_sm), 1, 1, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "merge", merge_tiles, hq, batch, 32 * v->rows, 0, p, stream);
     return st;
 }
 
@@ -188,11 +221,13 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     workspace_layout w = layout_for(op, a);
     /* The kernels index selections, lists and rows with 32-bit integers. */
     long long slots = (long long)a->total_q * a->hq * s->top_k;
-    long long lists = (long long)a->batch * a->hq * max_blocks_of(s, a);
-    if (slots >= (1LL << 31) || lists >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
+    long long lists = (long long)a->batch * a->hq * w.attn.row_chunks * max_blocks_of(s, a);
+    long long entries = w.attn.max_tiles * 64, turns = w.attn.n_chunks * (s->top_k + 1);
+    if (slots >= (1LL << 31) || lists >= (1LL << 31) || entries >= (1LL << 31) ||
+        turns >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
         return mg_fail(&op->err, MG_E_UNSUPPORTED,
-                       "total_q x hq x top_k (%lld) and batch x hq x blocks (%lld) must stay under "
-                       "2^31, and max_seqlen_q under 2^25", slots, lists);
+                       "total_q x hq x top_k (%lld), the attention lists (%lld) and their entries "
+                       "(%lld) must stay under 2^31, and max_seqlen_q under 2^25", slots, lists, entries);
     if (workspace_bytes < w.total)
         return mg_fail(&op->err, MG_E_ARG, "workspace of %zu bytes is too small: %zu needed",
                        workspace_bytes, w.total);
@@ -215,10 +250,13 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .batch = a->batch, .hq = a->hq, .hkv = a->hkv,
         .max_seqlen_q = a->max_seqlen_q, .max_seqlen_k = a->max_seqlen_k, .max_blocks = max_blocks,
         .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
-        .block_count = workspace + w.block_count, .block_offset = workspace + w.block_offset,
-        .block_cursor = workspace + w.block_cursor, .tile_offset = workspace + w.tile_offset,
-        .entries = workspace + w.entries, .partial_o = workspace + w.partial_o,
-        .partial_lse = workspace + w.partial_lse,
+        .list_count = workspace + w.sync_words + (size_t)(w.attn.n_sync - w.attn.n_lists) * 4,
+        .list_cursor = workspace + w.list_cursor, .tile_offset = workspace + w.tile_offset,
+        .scan_carry = workspace + w.scan_carry, .tile_meta = workspace + w.tile_meta,
+        .entries = workspace + w.entries, .acc_o = workspace + w.acc_o, .acc_ml = workspace + w.acc_ml,
+        .sync_words = workspace + w.sync_words,
+        .chunk_rows = w.attn.chunk_rows, .row_chunks = w.attn.row_chunks,
+        .ring_chunks = w.attn.ring_chunks, .n_chunks = w.attn.n_chunks, .n_lists = w.attn.n_lists,
     };
     const mg_loaded_variant *kconv = &op->variants[op->selected_kconv];
     const mg_loaded_variant *route = &op->variants[op->selected_route];
@@ -232,8 +270,8 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     if (st == MG_OK && (stages & MG_STAGE_ROUTE))
         st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     if (st == MG_OK && (stages & MG_STAGE_ATTN)) {
-        if (mg_variant_kernel(attn, "merge"))
-            st = block_attention(op, attn, a, &p, (size_t)a->batch * a->hq * max_blocks, stream);
+        if (mg_variant_kernel(attn, "scatter"))
+            st = block_attention(op, attn, a, &p, &w.attn, stream);
         else
             st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     }

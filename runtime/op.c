@@ -55,7 +55,7 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
         snprintf(why, sizeof why, "%s", diag->msg);   /* mg_fail writes where it reads */
         return mg_fail(diag, st, "%s: %s", v->id, why);
     }
-    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "merge"))
+    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "scatter"))
         op->has_block_lists = 1;
     op->n_variants++;
     return MG_OK;
