@@ -10,19 +10,20 @@
 #define WORKSPACE_ALIGN 256
 
 /* Block-centric attention (attn_fwd impl 2): query rows per chunk, and the bytes of the ring of
- * chunk accumulators (one fp32 row of head_dim + 2 per query of a live chunk). Larger chunks fill
- * more of each 64-query tile; smaller ones keep the accumulators in L2 and re-read less of K/V. */
+ * chunk accumulators (one fp32 row of head_dim + 2 per query of a live chunk); the chunks run a
+ * ring at a time. Larger chunks fill more of each 64-query tile; smaller ones keep the
+ * accumulators in L2. */
 #define ATTN_CHUNK_ROWS 16384
 #define ATTN_RING_BYTES (64u << 20)
 
 typedef struct attn_shape {
-    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists, max_tiles, n_sync;
+    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists, max_tiles;
 } attn_shape;
 
 typedef struct workspace_layout {
     /* byte offsets, and the size */
     size_t kprime, centroid, sel;
-    size_t sync_words, list_cursor, tile_offset, scan_carry, tile_meta, entries, acc_o, acc_ml;
+    size_t list_count, list_cursor, tile_offset, scan_carry, tile_meta, entries, acc_o, acc_ml;
     attn_shape attn;
     size_t total;
 } workspace_layout;
@@ -61,13 +62,12 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
         t->n_chunks = (long long)a->batch * a->hq * t->row_chunks;
         t->n_lists = t->n_chunks * max_blocks_of(s, a);
         t->ring_chunks = ring_bytes / (t->chunk_rows * row_bytes);
-        if (t->ring_chunks < 2) t->ring_chunks = 2;
+        if (t->ring_chunks < 1) t->ring_chunks = 1;
         if (t->ring_chunks > t->n_chunks) t->ring_chunks = t->n_chunks;
         /* Each list's tiles start 64-entry aligned: at most 63 unused entries per non-empty list. */
         t->max_tiles = (slots + 63) / 64 + (t->n_lists < slots ? t->n_lists : slots);
-        t->n_sync = 1 + t->n_chunks + t->ring_chunks * t->chunk_rows + t->n_lists;
-        w.sync_words = w.total;   /* tile claims, chunks done, turns, then list counts: one memset */
-        w.list_cursor = w.sync_words + align_up((size_t)t->n_sync * 4);
+        w.list_count = w.total;
+        w.list_cursor = w.list_count + align_up((size_t)t->n_lists * 4);
         w.tile_offset = w.list_cursor + align_up((size_t)t->n_lists * 4);
         w.scan_carry = w.tile_offset + align_up((size_t)(t->n_lists + 1) * 4);
         w.tile_meta = w.scan_carry + align_up((size_t)((t->n_lists + 4095) / 4096 + 1) * 4);
@@ -186,23 +186,36 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx,
     return launch_kernel(op, v, "main", gx, gy, gz, v->threads, v->smem, p, stream);
 }
 
-/* impl 2: transpose the selection into per-(chunk, block) query lists, then run the tiles. */
+/* impl 2: transpose the selection into per-(chunk, block) query lists; then, a ring of chunks at
+ * a time: the row maxima, the sums, the outputs. */
 static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, const mobagen_fwd_args *a,
-                                 mg_fwd_params *p, const attn_shape *t, mobagen_stream stream)
+                                 mg_fwd_params *p, const attn_shape *t, size_t acc_bytes,
+                                 mobagen_stream stream)
 {
     mg_cuda *cu = &op->ctx->cu;
     unsigned list_tiles = (unsigned)((a->max_seqlen_q + v->list_rows - 1) / v->list_rows);
     unsigned segments = (unsigned)((t->n_lists + 4095) / 4096);
-    unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch;
-    mg_status st = mg_cuda_check(cu, cu->MemsetD32Async(p->sync_words, 0, (size_t)t->n_sync, (cu_stream)stream),
-                                 "cuMemsetD32Async(attention lists)", &op->err);
+    unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch, grid = (unsigned)(op->ctx->sm_count * v->ctas_per_sm);
+    mg_status st = MG_OK;
+    if (t->n_lists)
+        st = mg_cuda_check(cu, cu->MemsetD32Async(p->list_count, 0, (size_t)t->n_lists, (cu_stream)stream),
+                           "cuMemsetD32Async(attention lists)", &op->err);
+    if (st == MG_OK)
+        st = mg_cuda_check(cu, cu->MemsetD32Async(p->acc_o, 0, acc_bytes / 4, (cu_stream)stream),
+                           "cuMemsetD32Async(attention accumulators)", &op->err);
     if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
     if (st == MG_OK) st = launch_kernel(op, v, "scan_reduce", segments, 1, 1, 1024, 0, p, stream);
     if (st == MG_OK) st = launch_kernel(op, v, "scan_top", 1, 1, 1, 1024, 0, p, stream);
     if (st == MG_OK) st = launch_kernel(op, v, "scan_down", segments, 1, 1, 1024, 0, p, stream);
     if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
-    if (st == MG_OK)
-        st = launch(op, v, (unsigned)(op->ctx->sm_count * v->ctas_per_sm), 1, 1, p, stream);
+    for (long long c = 0; c < t->n_chunks && t->n_lists && st == MG_OK; c += t->ring_chunks) {
+        p->chunk_begin = c;
+        p->chunk_end = c + t->ring_chunks < t->n_chunks ? c + t->ring_chunks : t->n_chunks;
+        unsigned rows = (unsigned)(((p->chunk_end - c) * t->chunk_rows + 3) / 4);
+        st = launch_kernel(op, v, "tiles_max", grid, 1, 1, v->threads, v->smem, p, stream);
+        if (st == MG_OK) st = launch(op, v, grid, 1, 1, p, stream);
+        if (st == MG_OK) st = launch_kernel(op, v, "finalize", rows, 1, 1, 128, 0, p, stream);
+    }
     return st;
 }
 
@@ -222,9 +235,9 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     /* The kernels index selections, lists and rows with 32-bit integers. */
     long long slots = (long long)a->total_q * a->hq * s->top_k;
     long long lists = (long long)a->batch * a->hq * w.attn.row_chunks * max_blocks_of(s, a);
-    long long entries = w.attn.max_tiles * 64, turns = w.attn.n_chunks * (s->top_k + 1);
+    long long entries = w.attn.max_tiles * 64;
     if (slots >= (1LL << 31) || lists >= (1LL << 31) || entries >= (1LL << 31) ||
-        turns >= (1LL << 31) || a->max_seqlen_q >= (1 << 25))
+        a->max_seqlen_q >= (1 << 25))
         return mg_fail(&op->err, MG_E_UNSUPPORTED,
                        "total_q x hq x top_k (%lld), the attention lists (%lld) and their entries "
                        "(%lld) must stay under 2^31, and max_seqlen_q under 2^25", slots, lists, entries);
@@ -250,11 +263,10 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .batch = a->batch, .hq = a->hq, .hkv = a->hkv,
         .max_seqlen_q = a->max_seqlen_q, .max_seqlen_k = a->max_seqlen_k, .max_blocks = max_blocks,
         .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
-        .list_count = workspace + w.sync_words + (size_t)(w.attn.n_sync - w.attn.n_lists) * 4,
+        .list_count = workspace + w.list_count,
         .list_cursor = workspace + w.list_cursor, .tile_offset = workspace + w.tile_offset,
         .scan_carry = workspace + w.scan_carry, .tile_meta = workspace + w.tile_meta,
         .entries = workspace + w.entries, .acc_o = workspace + w.acc_o, .acc_ml = workspace + w.acc_ml,
-        .sync_words = workspace + w.sync_words,
         .chunk_rows = w.attn.chunk_rows, .row_chunks = w.attn.row_chunks,
         .ring_chunks = w.attn.ring_chunks, .n_chunks = w.attn.n_chunks, .n_lists = w.attn.n_lists,
     };
@@ -271,7 +283,7 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     if (st == MG_OK && (stages & MG_STAGE_ATTN)) {
         if (mg_variant_kernel(attn, "scatter"))
-            st = block_attention(op, attn, a, &p, &w.attn, stream);
+            st = block_attention(op, attn, a, &p, &w.attn, w.total - w.acc_o, stream);
         else
             st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     }

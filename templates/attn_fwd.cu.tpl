@@ -1,8 +1,8 @@
 %! -- Attention over each query's selected blocks with an online softmax; writes o and LSE.
 %! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into query lists per
 %! -- (chunk of query rows, key block); 64-query tiles of a list meet their block's keys on
-%! -- mma.sync and merge, slot by slot, into one fp32 accumulator row per query held in a bounded
-%! -- ring of chunks. impl 1 (CUDA cores): one warp per (query row, head) streams that query's
+%! -- mma.sync, twice: the exact row max first, then exp2(S - max) V added into one fp32 row per
+%! -- query, for a bounded ring of chunks at a time. impl 1 (CUDA cores): one warp per (query row, head) streams that query's
 %! -- own blocks; it reads each selected block once per query, with no reuse.
 %! knobs = { impl = {2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
@@ -30,9 +30,10 @@
 %! end
 %! function kernels(spec, p)
 %!   if p.impl == 2 then
-%!     return { main = "moba_attn_tiles", count = "moba_attn_count<128>", scan_reduce = "moba_attn_scan_reduce",
-%!              scan_top = "moba_attn_scan_top", scan_down = "moba_attn_scan_down",
-%!              scatter = "moba_attn_scatter<128>" }
+%!     return { main = "moba_attn_tiles<false>", tiles_max = "moba_attn_tiles<true>",
+%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<128>",
+%!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
+%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<128>" }
 %!   end
 %!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
 %! end

@@ -1,10 +1,11 @@
 %! -- Block-centric attention on tensor cores (attn_fwd impl 2), include()d by attn_fwd.cu.tpl.
 %! -- The selection is transposed into query lists per (chunk, key block), where a chunk is
-%! -- chunk_rows query rows of one (sequence, head). 64-query tiles of a list meet the block's keys
-%! -- on mma.sync; each tile merges its rows into one fp32 (o, m, l) row per query, slot after slot
-%! -- in ascending block order, and the tile holding a query's last slot writes o and LSE. The
-%! -- accumulator rows live in a ring of ring_chunks chunks, so the workspace does not grow with
-%! -- the sequence beyond the selection and the lists.
+%! -- chunk_rows query rows of one (sequence, head). For a group of ring_chunks chunks at a time,
+%! -- three launches: 64-query tiles of each list compute Q K^T on mma.sync and raise each query's
+%! -- exact row max (atomicMax); the tiles again, now P = exp2(S - max) and P V, added into one
+%! -- fp32 (o, l) row per query (reductions in L2, any order); a finalize pass writes o / l and
+%! -- the LSE and clears the rows for the next group. The workspace does not grow with the
+%! -- sequence beyond the selection and its lists.
 % local D = spec.head_dim
 % local BN = (spec.block_size % 64 == 0) and 64 or ((spec.block_size % 32 == 0) and 32 or 16)
 % include("mma.cuh.tpl")
@@ -33,16 +34,27 @@ __device__ __forceinline__ int list_of(const FwdParams &p, int b, int h, int row
     return chunk * (int)p.max_blocks + blk;
 }
 
-__device__ __forceinline__ int ld_acquire(const int *a)
+// Floats as unsigned integers in the same order, 0 below every float: atomicMax on the
+// encoding is a max on the floats, and a zeroed word means "no score yet".
+__device__ __forceinline__ unsigned order_enc(float f)
 {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(a) : "memory");
-    return v;
+    const unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float order_dec(unsigned e)
+{
+    return __uint_as_float((e & 0x80000000u) ? (e & 0x7fffffffu) : ~e);
 }
 
-__device__ __forceinline__ void st_release(int *a, int v)
+// Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
+__device__ __forceinline__ void red_add2(float *a, float x, float y)
 {
-    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(a), "r"(v) : "memory");
+% if arch.sm >= 90 then
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(a), "f"(x), "f"(y) : "memory");
+% else
+    atomicAdd(a, x);
+    atomicAdd(a + 1, y);
+% end
 }
 
 // 1. Queries per list (one thread per (row, head)); rows that selected nothing get o = 0 and
@@ -179,8 +191,8 @@ __global__ void __launch_bounds__(1024) moba_attn_scan_down(const FwdParams p)
     }
 }
 
-// 3. Scatter (row, slot, last) into the lists. Order within a list varies run to run; the
-// result does not: a query's slots are merged in slot order whatever tile holds them.
+// 3. Scatter (row, slot, last) into the lists. Order within a list varies run to run, and so
+// does the order of the fp32 additions into a query's row (results agree to rounding).
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
 {
@@ -199,34 +211,11 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
             ((unsigned)row << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
 }
 
-// Waits (whole warp) until every chunk up to `upto` has finished all its tiles. A finished
-// chunk with tiles vouches for every chunk up to its own index - ring (each of its tiles waited
-// for them), so the walk back stops there; an empty chunk vouches for nothing and is skipped.
-__device__ __forceinline__ void wait_chunks_done(const int *tile_offset, const int *chunk_done, int upto,
-                                                 int ring, int max_blocks)
-{
-    const int lane = threadIdx.x % 32;
-    int covered = -1;   // chunks <= covered are known finished
-    for (int top = upto; top > covered; top -= 32) {
-        const int c = top - lane;
-        bool has_tiles = false;
-        if (c > covered) {
-            const int need = tile_offset[(c + 1) * max_blocks] - tile_offset[c * max_blocks];
-            has_tiles = need > 0;
-            if (has_tiles)
-                while (ld_acquire(&chunk_done[c]) < need) __nanosleep(64);
-        }
-        const unsigned with_tiles = __ballot_sync(0xffffffffu, has_tiles);
-        if (with_tiles) covered = max(covered, top - (__ffs(with_tiles) - 1) - ring);
-    }
-    __syncwarp();
-}
-
-// 4. The tiles. A persistent grid claims tiles in increasing order from a counter: every tile a
-// CTA waits for (a query's earlier slot, or the previous user of a ring chunk) has a lower index
-// and is held by a running CTA, so the waits always end. Pipeline per CTA: tile ids are claimed
-// three tiles ahead, their descriptions and entries fetched two ahead, the next tile's queries
-// and keys loaded (cp.async) while the current one computes.
+// 4. The tiles of the chunks [chunk_begin, chunk_end): a persistent grid walks them in a static
+// order; each CTA fetches the next tiles' descriptions and entries two tiles ahead and loads the
+// next tile's queries and keys (cp.async) while the current one computes. MAX_PASS: Q K^T only,
+// then each row's max goes to its query (atomicMax). Else: P = exp2(S - max), O = P V, and O and
+// rowsum(P) are added into the query's fp32 row.
 struct TilesSmem {
     uint4 q[2][TILE_M * (MOBA_HEAD_DIM / 8)];
     uint4 k[2][TILE_N * (MOBA_HEAD_DIM / 8)];
@@ -237,6 +226,7 @@ struct TilesSmem {
 };
 static_assert(sizeof(TilesSmem) == $(tiles_smem(spec)), "launch()'s shared memory size is TilesSmem's");
 
+template <bool MAX_PASS>
 __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, NT = TILE_N / 8, DT = D / 8;
@@ -245,14 +235,13 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
     extern __shared__ __align__(128) unsigned char smem_raw[];
     TilesSmem &sm = *reinterpret_cast<TilesSmem *>(smem_raw);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    int *claim = reinterpret_cast<int *>(p.sync_words);
-    int *chunk_done = claim + 1;
-    int *turn = chunk_done + p.n_chunks;
-    const int *tile_offset = reinterpret_cast<const int *>(p.tile_offset);
-    const int total_tiles = tile_offset[p.n_lists];
-    const float scale = (float)p.softmax_scale * LOG2E;
     const int max_blocks = (int)p.max_blocks, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
     const int chunk_rows = (int)p.chunk_rows, ring = (int)p.ring_chunks;
+    const int *tile_offset = reinterpret_cast<const int *>(p.tile_offset);
+    const int first_tile = tile_offset[p.chunk_begin * max_blocks], end_tile = tile_offset[p.chunk_end * max_blocks];
+    const float scale = (float)p.softmax_scale * LOG2E;
+    float *acc_o = reinterpret_cast<float *>(p.acc_o);
+    float2 *acc_ml = reinterpret_cast<float2 *>(p.acc_ml);   // (max as order_enc bits, sum)
 % if spec.conv_width > 0 then
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
     const long long k_row_stride = p.hkv * D, k_head_stride = D;
@@ -262,10 +251,11 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
 % end
     const elem_t *vbase = reinterpret_cast<const elem_t *>(p.v);
     const elem_t *qbase = reinterpret_cast<const elem_t *>(p.q);
+    auto tile_of = [&](int j) { return first_tile + (int)blockIdx.x + j * (int)gridDim.x; };
 
-    // Description and entries of a claimed tile into ring slot `slot` (18 cp.async chunks).
+    // Description and entries of tile `tile` into ring slot `slot` (18 cp.async chunks).
     auto fetch_meta = [&](int tile, int slot) {
-        if (tile >= total_tiles || tid >= 2 + TILE_M / 4) return;
+        if (tile >= end_tile || tid >= 2 + TILE_M / 4) return;
         if (tid < 2)
             cp_async16(reinterpret_cast<uint4 *>(&sm.meta[slot]) + tid,
                        reinterpret_cast<const uint4 *>(p.tile_meta) + (long long)tile * 2 + tid, true);
@@ -273,7 +263,7 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
             cp_async16(reinterpret_cast<uint4 *>(sm.entry[slot]) + (tid - 2),
                        reinterpret_cast<const uint4 *>(p.entries) + (long long)tile * (TILE_M / 4) + (tid - 2), true);
     };
-    // Keys and values of step `step` of the tile in meta slot `slot`, into buffer `buf`.
+    // Keys (and values) of step `step` of the tile in meta slot `slot`, into buffer `buf`.
     auto load_kv = [&](int slot, int step, int buf) {
         const TileMeta &m = sm.meta[slot];
         const int blk = m.list % max_blocks, h = (m.list / (max_blocks * row_chunks)) % hq, kvh = h / MOBA_GQA;
@@ -284,7 +274,8 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
             const bool ok = key < key_end;
             const long long krow = (long long)(m.k0 + (ok ? key : key_begin));
             cp_async16(&sm.k[buf][swizzle(r, c)], kbase + krow * k_row_stride + kvh * k_head_stride + c * 8, ok);
-            cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+            if (!MAX_PASS)
+                cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
         }
     };
     auto load_q = [&](int slot, int buf) {
@@ -298,30 +289,20 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
         }
     };
 
-    // Prologue: claim three tiles, fetch two descriptions, load the first tile's step 0.
-    if (tid == 0) {
-        const int first = atomicAdd(claim, 3);
-        sm.id[0] = first;
-        sm.id[1] = first + 1;
-        sm.id[2] = first + 2;
-    }
-    __syncthreads();
-    fetch_meta(sm.id[0], 0);
-    fetch_meta(sm.id[1], 1);
+    fetch_meta(tile_of(0), 0);
+    fetch_meta(tile_of(1), 1);
     cp_async_wait_all();
     __syncthreads();
-    if (sm.id[0] < total_tiles) {
+    if (tile_of(0) < end_tile) {
         load_q(0, 0);
         load_kv(0, 0, 0);
     }
 
-    int item = 0, ring_checked = -1;
-    for (int j = 0;; j++) {
+    int item = 0;
+    for (int j = 0; tile_of(j) < end_tile; j++) {
         const int slot = j & 3;
         cp_async_wait_all();
         __syncthreads();   // this tile's step 0 has landed; the previous tile is done with smem
-        const int tile = sm.id[slot];
-        if (tile >= total_tiles) break;
         const TileMeta m = sm.meta[slot];
         const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
         const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
@@ -329,105 +310,87 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
         const int r_lo = warp * 16 + lane / 4;   // this thread's two rows of the tile
         const bool warp_busy = warp * 16 < m.n_rows;
         const unsigned e_lo = sm.entry[slot][r_lo], e_hi = sm.entry[slot][r_lo + 8];
+        const bool valid[2] = {r_lo < m.n_rows, r_lo + 8 < m.n_rows};
         // Key position of each row; rows past the tile's queries see every key (they are dropped).
-        const int t_lo = r_lo < m.n_rows ? (int)(e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
-        const int t_hi = r_lo + 8 < m.n_rows ? (int)(e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
-
-        float o[DT][4];
-#pragma unroll
-        for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+        const int t_lo = valid[0] ? (int)(e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
+        const int t_hi = valid[1] ? (int)(e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
+        // This thread's two accumulator rows (ring slot of the chunk, row within the chunk).
+        auto acc_row = [&](int r) {
+            return (chunk % ring) * chunk_rows + ((int)((r ? e_hi : e_lo) >> 7) - row_chunk * chunk_rows);
+        };
         float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+        if (!MAX_PASS) {
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                mx[r] = valid[r] ? order_dec(__float_as_uint(__ldcg(&acc_ml[acc_row(r)].x))) : 0.f;
+        }
+        float o[MAX_PASS ? 1 : DT][4];
+#pragma unroll
+        for (int i = 0; i < (MAX_PASS ? 1 : DT); i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
         unsigned qa[KSTEPS][4];
-        int claimed = 0;
 
         for (int step = 0; step < NSTEP; step++, item++) {
             if (step > 0) {
                 cp_async_wait_all();
                 __syncthreads();
             }
-            if (step == 0) {
-                if (tid == 0) claimed = atomicAdd(claim, 1);   // used after this step's math
-                fetch_meta(sm.id[(j + 2) & 3], (j + 2) & 3);
-            }
+            if (step == 0) fetch_meta(tile_of(j + 2), (j + 2) & 3);
             if (step + 1 < NSTEP) {
                 load_kv(slot, step + 1, (item + 1) & 1);
-            } else if (sm.id[(j + 1) & 3] < total_tiles) {
+            } else if (tile_of(j + 1) < end_tile) {
                 load_q((j + 1) & 3, (j + 1) & 1);
                 load_kv((j + 1) & 3, 0, (item + 1) & 1);
             }
             const int n0 = key_begin + step * TILE_N;
-            if (warp_busy && n0 < key_end) {
-                const uint4 *q_s = sm.q[j & 1], *k_s = sm.k[item & 1], *v_s = sm.v[item & 1];
-                if (step == 0) {
+            if (!warp_busy || n0 >= key_end) continue;
+            const uint4 *q_s = sm.q[j & 1], *k_s = sm.k[item & 1], *v_s = sm.v[item & 1];
+            if (step == 0) {
 #pragma unroll
-                    for (int kk = 0; kk < KSTEPS; kk++)
-                        ldsm_x4(smem_addr(&q_s[swizzle(warp * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[kk]);
+                for (int kk = 0; kk < KSTEPS; kk++)
+                    ldsm_x4(smem_addr(&q_s[swizzle(warp * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[kk]);
+            }
+            float s[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt += 2) {
+                    const int mat = lane >> 3;
+                    unsigned kb[4];
+                    ldsm_x4(smem_addr(&k_s[swizzle((nt + (mat >> 1)) * 8 + (lane & 7), 2 * kk + (mat & 1))]), kb);
+                    mma_16816(s[nt], qa[kk], kb[0], kb[1]);
+                    mma_16816(s[nt + 1], qa[kk], kb[2], kb[3]);
                 }
-                float s[NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < KSTEPS; kk++) {
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt += 2) {
-                        const int mat = lane >> 3;
-                        unsigned kb[4];
-                        ldsm_x4(smem_addr(&k_s[swizzle((nt + (mat >> 1)) * 8 + (lane & 7), 2 * kk + (mat & 1))]), kb);
-                        mma_16816(s[nt], qa[kk], kb[0], kb[1]);
-                        mma_16816(s[nt + 1], qa[kk], kb[2], kb[3]);
-                    }
-                }
-
-                // Scale; mask keys past the block or the sequence, and (causal) after t. Only a
-                // step that reaches past some row's t or past the keys needs the mask.
+            }
+            // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
+            // that reaches past some row's t or past the keys needs the mask.
 % if spec.causal then
-                const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
+            const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
 % else
-                const bool need_mask = n0 + TILE_N > key_end;
+            const bool need_mask = n0 + TILE_N > key_end;
 % end
-                float row_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float v = s[nt][e] * scale;
-                        if (need_mask) {
-                            const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+                for (int e = 0; e < 4; e++) {
+                    float v = s[nt][e] * scale;
+                    if (need_mask) {
+                        const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
 % if spec.causal then
-                            if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
+                        if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
 % else
-                            if (key >= key_end) v = -INFINITY;
+                        if (key >= key_end) v = -INFINITY;
 % end
-                        }
-                        s[nt][e] = v;
-                        row_max[e >> 1] = fmaxf(row_max[e >> 1], v);
                     }
-                float rescale[2], m_use[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
-                    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
-                    const float m_new = fmaxf(mx[r], row_max[r]);
-                    m_use[r] = m_new == -INFINITY ? 0.f : m_new;   // a row with nothing visible yet
-                    rescale[r] = exp2f(mx[r] - m_use[r]);
-                    mx[r] = m_new;
-                    l[r] *= rescale[r];
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const float pr = exp2f(s[nt][e] - m_use[e >> 1]);
+                    if (MAX_PASS) mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                    else {
+                        const float pr = exp2f(v - mx[e >> 1]);   // the exact max: pr <= 1
                         s[nt][e] = pr;
                         l[e >> 1] += pr;
                     }
-#pragma unroll
-                for (int i = 0; i < DT; i++) {
-                    o[i][0] *= rescale[0];
-                    o[i][1] *= rescale[0];
-                    o[i][2] *= rescale[1];
-                    o[i][3] *= rescale[1];
                 }
+            if (!MAX_PASS) {
                 // O += P V: the score accumulators become the A fragments of the next product.
 #pragma unroll
                 for (int kk = 0; kk < TILE_N / 16; kk++) {
@@ -435,7 +398,7 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
                                             pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                             pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-                    for (int dt = 0; dt < DT; dt += 2) {
+                    for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt += 2) {
                         const int mat = lane >> 3;
                         unsigned vb[4];
                         ldsm_x4_trans(smem_addr(&v_s[swizzle(kk * 16 + (mat & 1) * 8 + (lane & 7), dt + (mat >> 1))]), vb);
@@ -444,88 +407,66 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
                     }
                 }
             }
-            if (step == 0 && tid == 0) sm.id[(j + 3) & 3] = claimed;
         }
+        if (!warp_busy) continue;
 
-        // Merge into the query's accumulator row. The chunk's ring slot must be free: every chunk
-        // up to chunk - ring has finished (chunks only grow along a CTA's tiles).
-        if (chunk >= ring && chunk > ring_checked) {
-            wait_chunks_done(tile_offset, chunk_done, chunk - ring, ring, max_blocks);
-            ring_checked = chunk;
-        }
-        float *acc_o = reinterpret_cast<float *>(p.acc_o);
-        float2 *acc_ml = reinterpret_cast<float2 *>(p.acc_ml);
-        const int turn_base = chunk * (MOBA_TOP_K + 1);
-        long long acc_row[2];
-        int slot_of[2];
-        bool valid[2], last[2];
+        // Into the queries' rows: the max (first launch), or O and the sum (second).
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-            const unsigned e = r ? e_hi : e_lo;
-            valid[r] = r_lo + 8 * r < m.n_rows;
-            slot_of[r] = (int)(e >> 1) & 63;
-            last[r] = e & 1;
-            acc_row[r] = (long long)(chunk % ring) * chunk_rows + ((int)(e >> 7) - row_chunk * chunk_rows);
-        }
-        // Slots 0..s-1 of the row must be merged already (lower tiles, other CTAs).
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            if (valid[r] && slot_of[r] > 0)
-                while (ld_acquire(&turn[acc_row[r]]) != turn_base + slot_of[r]) __nanosleep(32);
-        float l_fin[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            l_fin[r] = l[r];
-            if (!valid[r] || slot_of[r] == 0) continue;
-            const float2 prev = __ldcg(&acc_ml[acc_row[r]]);
-            const float m_fin = fmaxf(prev.x, mx[r]);
-            const float w_prev = exp2f(prev.x - m_fin), w_this = exp2f(mx[r] - m_fin);
-            l_fin[r] = prev.y * w_prev + l[r] * w_this;
-            mx[r] = m_fin;
-            const float *ao = acc_o + acc_row[r] * D + (lane & 3) * 2;
-#pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                const float2 po = __ldcg(reinterpret_cast<const float2 *>(ao + dt * 8));
-                o[dt][2 * r] = po.x * w_prev + o[dt][2 * r] * w_this;
-                o[dt][2 * r + 1] = po.y * w_prev + o[dt][2 * r + 1] * w_this;
-            }
-        }
-        bool publish = false;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            if (!valid[r]) continue;
-            if (last[r]) {                                     // the query's output, final
-                const long long qrow = m.q0 + ((r ? e_hi : e_lo) >> 7);
-                elem_t *dst = reinterpret_cast<elem_t *>(p.out) + qrow * p.o_row_stride + h * p.o_head_stride + (lane & 3) * 2;
-                const float inv = 1.f / l_fin[r];              // every selected block has a visible key
-#pragma unroll
-                for (int dt = 0; dt < DT; dt++)
-                    *reinterpret_cast<unsigned *>(dst + dt * 8) = pack_pair(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-                if ((lane & 3) == 0)
-                    reinterpret_cast<float *>(p.lse)[qrow * hq + h] = (mx[r] + __log2f(l_fin[r])) * 0.6931471805599453f;
+            if (MAX_PASS) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                if (valid[r] && (lane & 3) == 0)
+                    atomicMax(reinterpret_cast<unsigned *>(&acc_ml[acc_row(r)].x), order_enc(mx[r]));
             } else {
-                float *ao = acc_o + acc_row[r] * D + (lane & 3) * 2;
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                if (!valid[r]) continue;
+                float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
 #pragma unroll
-                for (int dt = 0; dt < DT; dt++)
-                    __stcg(reinterpret_cast<float2 *>(ao + dt * 8), make_float2(o[dt][2 * r], o[dt][2 * r + 1]));
-                if ((lane & 3) == 0) __stcg(&acc_ml[acc_row[r]], make_float2(mx[r], l_fin[r]));
-                publish = true;
+                for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
+                if ((lane & 3) == 0) atomicAdd(&acc_ml[acc_row(r)].y, l[r]);
             }
         }
-        // Publish: every lane of the quad fences its stores, then one lane moves the turn on.
-        if (publish) __threadfence();
-        __syncwarp();
-        if ((lane & 3) == 0)
+    }
+}
+
+// 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = max + log l,
+// and clear the rows for the next group (one warp per row). Rows that selected nothing (l = 0)
+// were written by the count kernel.
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) moba_attn_finalize(const FwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM, DPL = D / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int chunk_rows = (int)p.chunk_rows, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
+    const long long i = (long long)blockIdx.x * WARPS + warp;   // row of the group
+    const int chunk = (int)p.chunk_begin + (int)(i / chunk_rows);
+    if (chunk >= (int)p.chunk_end) return;
+    const int h = (chunk / row_chunks) % hq, b = chunk / (row_chunks * hq);
+    const int row = (chunk % row_chunks) * chunk_rows + (int)(i % chunk_rows);
+    int q0, len_q, k0, len_k;
+    seq_bounds(p, b, q0, len_q, k0, len_k);
+    if (row >= len_q) return;
+    const long long a = (long long)(chunk % (int)p.ring_chunks) * chunk_rows + (int)(i % chunk_rows);
+    float2 *ml = reinterpret_cast<float2 *>(p.acc_ml) + a;
+    const float2 mlv = __ldcg(ml);
+    if (mlv.y <= 0.f) return;
+    float *ao = reinterpret_cast<float *>(p.acc_o) + a * D + lane * DPL;
+    float acc[DPL];
 #pragma unroll
-            for (int r = 0; r < 2; r++)
-                if (valid[r] && !last[r]) st_release(&turn[acc_row[r]], turn_base + slot_of[r] + 1);
-        // This tile no longer touches its ring chunk.
-        __syncthreads();
-        if (tid == 0) {
-            __threadfence();
-            atomicAdd(&chunk_done[chunk], 1);
-        }
+    for (int c = 0; c < DPL; c++) acc[c] = __ldcg(ao + c);
+    const float inv = 1.f / mlv.y;
+    elem_t *out = reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride + lane * DPL;
+#pragma unroll
+    for (int c = 0; c < DPL; c++) {
+        out[c] = float_to_elem(acc[c] * inv);
+        ao[c] = 0.f;
+    }
+    __syncwarp();
+    if (lane == 0) {
+        const float mx = order_dec(__float_as_uint(mlv.x));
+        reinterpret_cast<float *>(p.lse)[(long long)(q0 + row) * hq + h] = (mx + __log2f(mlv.y)) * 0.6931471805599453f;
+        *ml = make_float2(0.f, 0.f);
     }
 }

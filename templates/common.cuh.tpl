@@ -69,11 +69,10 @@ struct FwdParams {
     u64 scan_carry;            // int32 [ceil(n_lists / 4096)]: tiles per segment of lists, scanned
     u64 tile_meta;             // int32 [max tiles][8]: list, rows, q0, k0, len_q, len_k
     u64 entries;               // uint32 [max tiles][64]: row << 7 | slot << 1 | last, per tile
-    u64 acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: a query's running o
-    u64 acc_ml;                // fp32 [ring_chunks * chunk_rows][2]: its running max (log2) and sum
-    u64 sync_words;            // int32 [1 + n_chunks + ring_chunks * chunk_rows]: tile claims,
-                               // finished tiles per chunk, slots merged per accumulator row
+    u64 acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: sum of exp2(s - max) v
+    u64 acc_ml;                // [ring_chunks * chunk_rows][2]: row max (order-encoded), sum
     long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists;
+    long long chunk_begin, chunk_end;   // the chunks of this launch (tiles and finalize)
 };
 
 #define MOBA_HEAD_DIM $(spec.head_dim)

@@ -381,8 +381,8 @@ static void test_grid(void **state)
     }
 }
 
-/* The grid again with 48-row chunks and a ring of two: many chunks per sequence, each ring
- * slot reused many times while other chunks' tiles still run. */
+/* The grid again with 48-row chunks and the shortest ring (one chunk): many chunks per
+ * sequence, each accumulator row reused by every chunk, partial and empty chunks. */
 static void test_small_chunks(void **state)
 {
     if (!have_device) skip();

@@ -32,7 +32,7 @@ for step in $steps; do
         grep -E '^  [a-z0-9_]+ +runs|seed|FAILED|PASSED|rror' "$OUT/test_gpu_fwd.log" | head -60 >> "$summary" ;;
     race)
         for tool in racecheck memcheck; do
-            MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_ONLY=paper_b64_k16_kconv3 timeout 240 compute-sanitizer \
+            MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_ONLY=${RACE_CASE:-d64_b128_k4_lq_ne_lk} timeout 150 compute-sanitizer \
                 --tool $tool --error-exitcode 9 build/gpu/tests/test_gpu_fwd > "$OUT/$tool.log" 2>&1
             note "$tool: exit $?, $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1), $(( $(date +%s) - start )) s"
         done ;;
