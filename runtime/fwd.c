@@ -11,10 +11,22 @@
 
 #define WORKSPACE_ALIGN 256
 
+/* Block-centric attention (attn_fwd impl 2): query rows per chunk, and the bytes of the ring of
+ * chunk accumulators (one fp32 row of head_dim + 2 per query of a live chunk); the chunks run a
+ * ring at a time. Larger chunks fill more of each 64-query tile; smaller ones keep the
+ * accumulators in L2. */
+#define ATTN_CHUNK_ROWS 16384
+#define ATTN_RING_BYTES (64u << 20)
+
+typedef struct attn_shape {
+    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists, max_tiles;
+} attn_shape;
+
 typedef struct workspace_layout {
     /* byte offsets, and the size */
     size_t kprime, centroid, sel;
-    size_t block_count, block_offset, block_cursor, tile_offset, entries, partial_o, partial_lse;
+    size_t list_count, list_cursor, tile_offset, scan_carry, tile_meta, entries, acc_o, acc_ml;
+    attn_shape attn;
     size_t total;
     const char *overflow;   /* the region whose size does not fit in size_t, or NULL */
 } workspace_layout;
@@ -31,7 +43,6 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     workspace_layout w;
     memset(&w, 0, sizeof w);
     const long long elem = 2, blocks = max_blocks_of(s, a);
-    const long long lists = (long long)a->batch * a->hq * blocks;
     const long long slots = (long long)a->total_q * a->hq * s->top_k;
     mg_layout l = {.align = WORKSPACE_ALIGN};
     w.kprime = mg_layout_add(&l, "k' (total_k x hkv x head_dim)", s->conv_width > 0 ? a->total_k : 0,
@@ -40,14 +51,30 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
                                a->hkv, a->head_dim, sizeof(float));
     w.sel = mg_layout_add(&l, "selection (total_q x hq x top_k)", slots, sizeof(int32_t), 1, 1, 1);
     if (op->has_block_lists) {
-        w.block_count = mg_layout_add(&l, "block counts (batch x hq x blocks)", lists, 4, 1, 1, 1);
-        w.block_offset = mg_layout_add(&l, "block offsets (batch x hq x blocks)", lists + 1, 4, 1, 1, 1);
-        w.block_cursor = mg_layout_add(&l, "block cursors (batch x hq x blocks)", lists, 4, 1, 1, 1);
-        w.tile_offset = mg_layout_add(&l, "tile offsets (batch x hq x blocks)", lists + 1, 4, 1, 1, 1);
-        w.entries = mg_layout_add(&l, "entries (total_q x hq x top_k)", slots, 4, 1, 1, 1);
-        w.partial_o = mg_layout_add(&l, "partial outputs (total_q x hq x top_k x head_dim)", slots,
-                                    a->head_dim, elem, 1, 1);
-        w.partial_lse = mg_layout_add(&l, "partial lse (total_q x hq x top_k)", slots, 4, 1, 1, 1);
+        attn_shape *t = &w.attn;
+        long long rows = a->max_seqlen_q > 0 ? a->max_seqlen_q : 1;
+        long long row_bytes = (long long)a->head_dim * 4 + 8;
+        long long chunk = op->attn_chunk_rows > 0 ? op->attn_chunk_rows : ATTN_CHUNK_ROWS;
+        long long ring_bytes = op->attn_ring_bytes > 0 ? op->attn_ring_bytes : ATTN_RING_BYTES;
+        t->chunk_rows = rows < chunk ? rows : chunk;
+        t->row_chunks = mg_ceil_div(rows, t->chunk_rows);
+        t->n_chunks = (long long)a->batch * a->hq * t->row_chunks;
+        t->n_lists = t->n_chunks * blocks;
+        t->ring_chunks = ring_bytes / (t->chunk_rows * row_bytes);
+        if (t->ring_chunks < 1) t->ring_chunks = 1;
+        if (t->ring_chunks > t->n_chunks) t->ring_chunks = t->n_chunks;
+        /* Each list's tiles start 64-entry aligned: at most 63 unused entries per non-empty list. */
+        t->max_tiles = mg_ceil_div(slots, 64) + (t->n_lists < slots ? t->n_lists : slots);
+        w.list_count = mg_layout_add(&l, "list counts (chunks x blocks)", t->n_lists, 4, 1, 1, 1);
+        w.list_cursor = mg_layout_add(&l, "list cursors (chunks x blocks)", t->n_lists, 4, 1, 1, 1);
+        w.tile_offset = mg_layout_add(&l, "tile offsets (chunks x blocks)", t->n_lists + 1, 4, 1, 1, 1);
+        w.scan_carry = mg_layout_add(&l, "scan carries", mg_ceil_div(t->n_lists, 4096) + 1, 4, 1, 1, 1);
+        w.tile_meta = mg_layout_add(&l, "tile descriptions", t->max_tiles, 32, 1, 1, 1);
+        w.entries = mg_layout_add(&l, "list entries (tiles x 64)", t->max_tiles, 64, 4, 1, 1);
+        w.acc_o = mg_layout_add(&l, "fp32 accumulator rows (ring x chunk rows x head_dim)", t->ring_chunks,
+                                t->chunk_rows, a->head_dim, 4, 1);
+        w.acc_ml = mg_layout_add(&l, "row max and sum (ring x chunk rows)", t->ring_chunks, t->chunk_rows,
+                                 8, 1, 1);
     }
     w.total = l.total;
     w.overflow = l.overflow;
@@ -193,6 +220,12 @@ static mg_status checked_layout(mobagen_op *op, const mobagen_fwd_args *a, works
                        "the workspace for %s does not fit in size_t (batch=%d hq=%d hkv=%d "
                        "total_q=%d total_k=%d max_seqlen_k=%d)",
                        w->overflow, a->batch, a->hq, a->hkv, a->total_q, a->total_k, a->max_seqlen_k);
+    /* The attention kernels index their lists and entries with 32-bit integers. */
+    long long lists = w->attn.n_lists, entries = w->attn.max_tiles * 64;
+    if (lists >= (1LL << 31) || entries >= (1LL << 31))
+        return mg_fail(&op->err, MG_E_UNSUPPORTED,
+                       "the attention lists (%lld) and their entries (%lld) must stay under 2^31",
+                       lists, entries);
     return MG_OK;
 }
 
@@ -204,6 +237,12 @@ mg_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *arg
     if (st != MG_OK) return st;
     *bytes = w.total;
     return MG_OK;
+}
+
+void mg_op_set_attn_chunking(mobagen_op *op, long long chunk_rows, long long ring_bytes)
+{
+    op->attn_chunk_rows = chunk_rows;
+    op->attn_ring_bytes = ring_bytes;
 }
 
 mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
@@ -236,22 +275,36 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx,
     return launch_kernel(op, v, "main", gx, gy, gz, v->threads, v->smem, p, stream);
 }
 
-/* impl 2: transpose the selection into per-block query lists, run the tiles, merge. */
+/* impl 2: transpose the selection into per-(chunk, block) query lists; then, a ring of chunks at
+ * a time: the row maxima, the sums, the outputs. */
 static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, const mobagen_fwd_args *a,
-                                 mg_fwd_params *p, size_t n_lists, mobagen_stream stream)
+                                 mg_fwd_params *p, const attn_shape *t, size_t acc_bytes,
+                                 mobagen_stream stream)
 {
     mg_cuda *cu = &op->ctx->cu;
     unsigned list_tiles = (unsigned)((a->max_seqlen_q + v->list_rows - 1) / v->list_rows);
-    unsigned merge_tiles = (unsigned)((a->max_seqlen_q + v->rows - 1) / v->rows);
-    unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch;
-    mg_status st = mg_cuda_check(cu, cu->MemsetD32Async(p->block_count, 0, n_lists, (cu_stream)stream),
-                                 "cuMemsetD32Async(block counts)", &op->err);
-    if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scan", 1, 1, 1, 1024, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    unsigned segments = (unsigned)((t->n_lists + 4095) / 4096);
+    unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch, grid = (unsigned)(op->ctx->sm_count * v->ctas_per_sm);
+    mg_status st = MG_OK;
+    if (t->n_lists)
+        st = mg_cuda_check(cu, cu->MemsetD32Async(p->list_count, 0, (size_t)t->n_lists, (cu_stream)stream),
+                           "cuMemsetD32Async(attention lists)", &op->err);
     if (st == MG_OK)
-        st = launch(op, v, (unsigned)(op->ctx->sm_count * v->ctas_per_sm), 1, 1, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "merge", merge_tiles, hq, batch, 32 * v->rows, 0, p, stream);
+        st = mg_cuda_check(cu, cu->MemsetD32Async(p->acc_o, 0, acc_bytes / 4, (cu_stream)stream),
+                           "cuMemsetD32Async(attention accumulators)", &op->err);
+    if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_reduce", segments, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_top", 1, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scan_down", segments, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    for (long long c = 0; c < t->n_chunks && t->n_lists && st == MG_OK; c += t->ring_chunks) {
+        p->chunk_begin = c;
+        p->chunk_end = c + t->ring_chunks < t->n_chunks ? c + t->ring_chunks : t->n_chunks;
+        unsigned rows = (unsigned)(((p->chunk_end - c) * t->chunk_rows + 3) / 4);
+        st = launch_kernel(op, v, "tiles_max", grid, 1, 1, v->threads, v->smem, p, stream);
+        if (st == MG_OK) st = launch(op, v, grid, 1, 1, p, stream);
+        if (st == MG_OK) st = launch_kernel(op, v, "finalize", rows, 1, 1, 128, 0, p, stream);
+    }
     return st;
 }
 
@@ -295,11 +348,13 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .o_row_stride = strides[6], .o_head_stride = strides[7],
         .batch = a->batch, .hq = a->hq, .hkv = a->hkv,
         .max_seqlen_q = a->max_seqlen_q, .max_seqlen_k = a->max_seqlen_k, .max_blocks = max_blocks,
-        .softmax_scale = a->softmax_scale != 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
-        .block_count = workspace + w.block_count, .block_offset = workspace + w.block_offset,
-        .block_cursor = workspace + w.block_cursor, .tile_offset = workspace + w.tile_offset,
-        .entries = workspace + w.entries, .partial_o = workspace + w.partial_o,
-        .partial_lse = workspace + w.partial_lse,
+        .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)a->head_dim),
+        .list_count = workspace + w.list_count,
+        .list_cursor = workspace + w.list_cursor, .tile_offset = workspace + w.tile_offset,
+        .scan_carry = workspace + w.scan_carry, .tile_meta = workspace + w.tile_meta,
+        .entries = workspace + w.entries, .acc_o = workspace + w.acc_o, .acc_ml = workspace + w.acc_ml,
+        .chunk_rows = w.attn.chunk_rows, .row_chunks = w.attn.row_chunks,
+        .ring_chunks = w.attn.ring_chunks, .n_chunks = w.attn.n_chunks, .n_lists = w.attn.n_lists,
     };
     const mg_loaded_variant *kconv = &op->variants[op->selected_kconv];
     const mg_loaded_variant *route = &op->variants[op->selected_route];
@@ -313,8 +368,8 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     if (st == MG_OK && (stages & MG_STAGE_ROUTE))
         st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     if (st == MG_OK && (stages & MG_STAGE_ATTN)) {
-        if (mg_variant_kernel(attn, "merge"))
-            st = block_attention(op, attn, a, &p, (size_t)a->batch * a->hq * max_blocks, stream);
+        if (mg_variant_kernel(attn, "scatter"))
+            st = block_attention(op, attn, a, &p, &w.attn, w.total - w.acc_o, stream);
         else
             st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     }

@@ -21,8 +21,10 @@ typedef struct mg_fwd_params {
     long long batch, hq, hkv;
     long long max_seqlen_q, max_seqlen_k, max_blocks;
     double softmax_scale;
-    uint64_t block_count, block_offset, block_cursor, tile_offset;
-    uint64_t entries, partial_o, partial_lse;
+    uint64_t list_count, list_cursor, tile_offset, scan_carry;
+    uint64_t tile_meta, entries, acc_o, acc_ml;
+    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists;
+    long long chunk_begin, chunk_end;
 } mg_fwd_params;
 
 #endif

@@ -173,7 +173,15 @@ typedef struct mobagen_fwd_args {
     float softmax_scale;         /* 0: 1/sqrt(head_dim); else finite and > 0 */
 } mobagen_fwd_args;
 
-/* Bytes of device workspace mobagen_fwd needs for these arguments (256-byte aligned). */
+/* Bytes of device workspace mobagen_fwd needs for these arguments (256-byte aligned). With
+ * S = total_q*hq*top_k selection slots, n = ceil(max_seqlen_k/block_size) blocks,
+ * R = min(16384, max_seqlen_q) rows per chunk, C = batch*hq*ceil(max_seqlen_q/R) chunks and
+ * N = C*n lists, it is about: 4S (selection) + 4*(S + 63*min(N, S)) (lists, tile-aligned)
+ * + 32*(S/64 + min(N, S)) (tile descriptions) + 16N (list counters and offsets)
+ * + ring*R*(4*head_dim + 8) with ring = min(C, max(1, 64 MiB / (R*(4*head_dim + 8))))
+ * (fp32 accumulator rows of the chunks in flight) + centroids (batch*n*hkv*head_dim*4) + k after
+ * the key convolution when conv_width > 0 (total_k*hkv*head_dim*2). It does not grow with the
+ * sequence beyond the selection and its lists: no per-(query, slot) partial results. */
 MOBAGEN_API mobagen_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *args,
                                                       size_t *bytes);
 

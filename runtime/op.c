@@ -47,8 +47,10 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
         lv->n_kernels = k + 1;
     }
     if (st == MG_OK) lv->fn = mg_variant_kernel(lv, "main");
-    if (st == MG_OK && lv->smem > 48 * 1024)
-        st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fn, CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
+    /* Every kernel of the variant may be launched with launch()'s shared memory (impl 2 runs
+     * two passes of its tile kernel). */
+    for (int k = 0; k < lv->n_kernels && st == MG_OK && lv->smem > 48 * 1024; k++)
+        st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fns[k], CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
                            "cuFuncSetAttribute(max dynamic shared memory)", diag);
     if (st != MG_OK) {
         if (lv->module) cu->ModuleUnload(lv->module);
@@ -56,7 +58,7 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
         snprintf(why, sizeof why, "%s", diag->msg);   /* mg_fail writes where it reads */
         return mg_fail(diag, st, "%s: %s", v->id, why);
     }
-    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "merge"))
+    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "scatter"))
         op->has_block_lists = 1;
     op->n_variants++;
     return MG_OK;

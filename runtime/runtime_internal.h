@@ -67,6 +67,8 @@ struct mobagen_op {
     mg_loaded_variant variants[MG_MAX_LOADED];
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
+    long long attn_chunk_rows;   /* impl 2's query rows per chunk and ring bytes; 0: defaults */
+    long long attn_ring_bytes;
     mg_diag err;
     struct mg_op_deploy *deploy;  /* deploy.c: dispatch by tuning records */
 };
@@ -82,6 +84,8 @@ mg_status mg_op_create_detached(const mg_spec *spec, mobagen_op **out);
 mg_status mg_spec_from_params(const mobagen_spec_params *p, mg_spec *out, mg_diag *d);
 /* Every field but tuning; name points into s. */
 void mg_spec_to_params(const mg_spec *s, mobagen_spec_params *out);
+/* Tests: small chunks and a short ring, so that short sequences exercise the ring's reuse. */
+void mg_op_set_attn_chunking(mobagen_op *op, long long chunk_rows, long long ring_bytes);
 
 /* Runs fn with the ctx's context current on this thread, then restores the caller's. */
 mg_status mg_ctx_push(mobagen_ctx *ctx, mg_diag *diag);

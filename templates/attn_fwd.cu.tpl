@@ -1,8 +1,9 @@
 %! -- Attention over each query's selected blocks with an online softmax; writes o and LSE.
-%! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into per-block query
-%! -- lists and 64-query tiles meet their block's keys on mma.sync; a merge combines the top_k
-%! -- partials of each query. impl 1 (CUDA cores): one warp per (query row, head) streams that
-%! -- query's own blocks; it reads each selected block once per query, with no reuse.
+%! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into query lists per
+%! -- (chunk of query rows, key block); 64-query tiles of a list meet their block's keys on
+%! -- mma.sync, twice: the exact row max first, then exp2(S - max) V added into one fp32 row per
+%! -- query, for a bounded ring of chunks at a time. impl 1 (CUDA cores): one warp per (query row, head) streams that query's
+%! -- own blocks; it reads each selected block once per query, with no reuse.
 %! knobs = { impl = {2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
 %!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
@@ -22,18 +23,24 @@
 %!   if spec.block_size % 64 == 0 then return 64 elseif spec.block_size % 32 == 0 then return 32 end
 %!   return 16
 %! end
-%! function tiles_smem(spec) return (64 + 2 * tile_n(spec)) * spec.head_dim * 2 + 64 * 4 end
+%! -- TilesSmem: double-buffered q (64 rows) and k, v (tile_n rows), four tile descriptions
+%! -- (32 bytes), four entry lists (64 x 4 bytes) and four tile ids.
+%! function tiles_smem(spec)
+%!   return 2 * (64 + 2 * tile_n(spec)) * spec.head_dim * 2 + 4 * 32 + 4 * 64 * 4 + 4 * 4
+%! end
 %! function kernels(spec, p)
 %!   if p.impl == 2 then
-%!     return { main = "moba_attn_tiles", count = "moba_attn_count<128>", scan = "moba_attn_scan",
-%!              scatter = "moba_attn_scatter<128>", merge = "moba_attn_merge<4>" }
+%!     return { main = "moba_attn_tiles<false>", tiles_max = "moba_attn_tiles<true>",
+%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<128>",
+%!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
+%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<128>" }
 %!   end
 %!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
 %! end
 %! function launch(spec, p)
 %!   if p.impl == 2 then
-%!     -- main: a persistent grid of ctas_per_sm per multiprocessor; rows: merge rows per CTA
-%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = 2, rows = 4, list_rows = 128 }
+%!     -- main: a persistent grid of ctas_per_sm per multiprocessor
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = 2, rows = 64, list_rows = 128 }
 %!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end

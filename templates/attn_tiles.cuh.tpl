@@ -1,12 +1,20 @@
 %! -- Block-centric attention on tensor cores (attn_fwd impl 2), include()d by attn_fwd.cu.tpl.
-%! -- The selection is transposed into one query list per (sequence, head, key block); each
-%! -- 64-query tile of a list meets its block's keys in mma.sync tiles, and writes one partial
-%! -- (o, lse) per (query, slot); a merge kernel combines a query's top_k partials.
+%! -- The selection is transposed into query lists per (chunk, key block), where a chunk is
+%! -- chunk_rows query rows of one (sequence, head). For a group of ring_chunks chunks at a time,
+%! -- three launches: 64-query tiles of each list compute Q K^T on mma.sync and raise each query's
+%! -- exact row max (atomicMax); the tiles again, now P = exp2(S - max) and P V, added into one
+%! -- fp32 (o, l) row per query (reductions in L2, any order); a finalize pass writes o / l and
+%! -- the LSE and clears the rows for the next group. The workspace does not grow with the
+%! -- sequence beyond the selection and its lists.
 % local D = spec.head_dim
 % local BN = (spec.block_size % 64 == 0) and 64 or ((spec.block_size % 32 == 0) and 32 or 16)
 % include("mma.cuh.tpl")
 #define TILE_M 64          // queries per tile: 4 warps x 16 rows
 #define TILE_N $(BN)       // keys per step: the largest of 64, 32, 16 dividing the block size
+#define SCAN_SEG 4096      // lists per CTA of the tile-count scan: 1024 threads x 4
+
+// Per-tile description written by the scan (8 ints, 32 bytes: two cp.async chunks).
+struct TileMeta { int list, n_rows, q0, k0, len_q, len_k, pad0, pad1; };
 
 __device__ __forceinline__ void seq_bounds(const FwdParams &p, int b, int &q0, int &len_q, int &k0, int &len_k)
 {
@@ -18,7 +26,39 @@ __device__ __forceinline__ void seq_bounds(const FwdParams &p, int b, int &q0, i
     len_k = cu_k[b + 1] - k0;
 }
 
-// 1. Queries per (sequence, head, block): one thread per (row, head), grid like the router's.
+// List of (sequence b, head h, query row, key block): chunk-major, so that the tiles of one
+// chunk are contiguous and its accumulator rows are live only while they run.
+__device__ __forceinline__ int list_of(const FwdParams &p, int b, int h, int row, int blk)
+{
+    const int chunk = (b * (int)p.hq + h) * (int)p.row_chunks + row / (int)p.chunk_rows;
+    return chunk * (int)p.max_blocks + blk;
+}
+
+// Floats as unsigned integers in the same order, 0 below every float: atomicMax on the
+// encoding is a max on the floats, and a zeroed word means "no score yet".
+__device__ __forceinline__ unsigned order_enc(float f)
+{
+    const unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float order_dec(unsigned e)
+{
+    return __uint_as_float((e & 0x80000000u) ? (e & 0x7fffffffu) : ~e);
+}
+
+// Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
+__device__ __forceinline__ void red_add2(float *a, float x, float y)
+{
+% if arch.sm >= 90 then
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(a), "f"(x), "f"(y) : "memory");
+% else
+    atomicAdd(a, x);
+    atomicAdd(a + 1, y);
+% end
+}
+
+// 1. Queries per list (one thread per (row, head)); rows that selected nothing get o = 0 and
+// LSE = -inf here, since no tile will visit them.
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_count(const FwdParams p)
 {
@@ -27,51 +67,132 @@ __global__ void __launch_bounds__(ROWS) moba_attn_count(const FwdParams p)
     seq_bounds(p, b, q0, len_q, k0, len_k);
     const int row = blockIdx.x * ROWS + threadIdx.x;
     if (row >= len_q) return;
-    const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
-    int *count = reinterpret_cast<int *>(p.block_count) + ((long long)b * p.hq + h) * p.max_blocks;
-    for (int s = 0; s < MOBA_TOP_K && sel[s] >= 0; s++) atomicAdd(&count[sel[s]], 1);
+    const long long qh = (long long)(q0 + row) * p.hq + h;
+    const int *sel = reinterpret_cast<const int *>(p.sel) + qh * MOBA_TOP_K;
+    int *count = reinterpret_cast<int *>(p.list_count);
+    int s = 0;
+    for (; s < MOBA_TOP_K && sel[s] >= 0; s++) atomicAdd(&count[list_of(p, b, h, row, sel[s])], 1);
+    if (s == 0) {
+        uint4 *o = reinterpret_cast<uint4 *>(reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride);
+        for (int c = 0; c < MOBA_HEAD_DIM / 8; c++) o[c] = make_uint4(0, 0, 0, 0);
+        reinterpret_cast<float *>(p.lse)[qh] = -INFINITY;
+    }
 }
 
-// 2. Exclusive scans of the counts and of their 64-query tiles, in one CTA: the lists number
-// batch * hq * max_blocks (tens of thousands), a few microseconds of work.
-__global__ void __launch_bounds__(1024) moba_attn_scan(const FwdParams p)
+// Exclusive scan of a CTA's 4 values per thread; returns the CTA total.
+__device__ __forceinline__ int cta_scan4(int v[4], int *warp_sums)
 {
-    __shared__ int count_sum[1024], tile_sum[1024];
-    const int n = (int)(p.batch * p.hq * p.max_blocks), tid = threadIdx.x;
-    const int per = (n + 1023) / 1024, begin = min(n, tid * per), end = min(n, begin + per);
-    const int *count = reinterpret_cast<const int *>(p.block_count);
-    int c_total = 0, t_total = 0;
-    for (int i = begin; i < end; i++) {
-        c_total += count[i];
-        t_total += (count[i] + TILE_M - 1) / TILE_M;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int own = v[0] + v[1] + v[2] + v[3];
+    int incl = own;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+        const int x = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += x;
     }
-    count_sum[tid] = c_total;
-    tile_sum[tid] = t_total;
+    if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
-    for (int step = 1; step < 1024; step *= 2) {        // inclusive Hillis-Steele scan
-        const int c = tid >= step ? count_sum[tid - step] : 0, t = tid >= step ? tile_sum[tid - step] : 0;
-        __syncthreads();
-        count_sum[tid] += c;
-        tile_sum[tid] += t;
-        __syncthreads();
+    if (warp == 0) {
+        int w = warp_sums[lane], wi = w;
+#pragma unroll
+        for (int o = 1; o < 32; o *= 2) {
+            const int x = __shfl_up_sync(0xffffffffu, wi, o);
+            if (lane >= o) wi += x;
+        }
+        warp_sums[lane] = wi - w;   // exclusive
+        if (lane == 31) warp_sums[32] = wi;
     }
-    int c_run = count_sum[tid] - c_total, t_run = tile_sum[tid] - t_total;
-    int *offset = reinterpret_cast<int *>(p.block_offset), *cursor = reinterpret_cast<int *>(p.block_cursor);
-    int *tile_offset = reinterpret_cast<int *>(p.tile_offset);
-    for (int i = begin; i < end; i++) {
-        offset[i] = cursor[i] = c_run;
-        tile_offset[i] = t_run;
-        c_run += count[i];
-        t_run += (count[i] + TILE_M - 1) / TILE_M;
+    __syncthreads();
+    int run = warp_sums[warp] + incl - own;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int x = v[i];
+        v[i] = run;
+        run += x;
     }
-    if (tid == 1023) {
-        offset[n] = count_sum[1023];
-        tile_offset[n] = tile_sum[1023];
+    const int total = warp_sums[32];
+    __syncthreads();   // warp_sums may be reused
+    return total;
+}
+
+__device__ __forceinline__ void segment_tiles(const FwdParams &p, int seg, int v[4])
+{
+    const int *count = reinterpret_cast<const int *>(p.list_count);
+    const int base = seg * SCAN_SEG + threadIdx.x * 4;
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = base + i < (int)p.n_lists ? (count[base + i] + TILE_M - 1) / TILE_M : 0;
+}
+
+// 2a. Tiles per segment of lists.
+__global__ void __launch_bounds__(1024) moba_attn_scan_reduce(const FwdParams p)
+{
+    __shared__ int warp_sums[33];
+    int v[4];
+    segment_tiles(p, blockIdx.x, v);
+    const int total = cta_scan4(v, warp_sums);
+    if (threadIdx.x == 0) reinterpret_cast<int *>(p.scan_carry)[blockIdx.x] = total;
+}
+
+// 2b. Exclusive scan of the segment sums (one CTA, any count) and the total tile count.
+__global__ void __launch_bounds__(1024) moba_attn_scan_top(const FwdParams p)
+{
+    __shared__ int warp_sums[33];
+    const int n = (int)((p.n_lists + SCAN_SEG - 1) / SCAN_SEG);
+    int *carry = reinterpret_cast<int *>(p.scan_carry);
+    int run = 0;
+    for (int base = 0; base < n; base += 4096) {
+        int v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int at = base + threadIdx.x * 4 + i;
+            v[i] = at < n ? carry[at] : 0;
+        }
+        const int total = cta_scan4(v, warp_sums);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int at = base + threadIdx.x * 4 + i;
+            if (at < n) carry[at] = run + v[i];
+        }
+        run += total;
+    }
+    if (threadIdx.x == 0) reinterpret_cast<int *>(p.tile_offset)[p.n_lists] = run;
+}
+
+// 2c. Each list's first tile, its scatter cursor (tiles are 64-entry aligned in `entries`),
+// and the description of each of its tiles.
+__global__ void __launch_bounds__(1024) moba_attn_scan_down(const FwdParams p)
+{
+    __shared__ int warp_sums[33];
+    int v[4];
+    segment_tiles(p, blockIdx.x, v);
+    cta_scan4(v, warp_sums);
+    const int seg_base = reinterpret_cast<const int *>(p.scan_carry)[blockIdx.x];
+    const int *count = reinterpret_cast<const int *>(p.list_count);
+    int *tile_offset = reinterpret_cast<int *>(p.tile_offset), *cursor = reinterpret_cast<int *>(p.list_cursor);
+    TileMeta *meta = reinterpret_cast<TileMeta *>(p.tile_meta);
+    const int per_bh = (int)(p.row_chunks * p.max_blocks);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int list = blockIdx.x * SCAN_SEG + threadIdx.x * 4 + i;
+        if (list >= (int)p.n_lists) break;
+        const int first = seg_base + v[i], n = count[list];
+        tile_offset[list] = first;
+        cursor[list] = first * TILE_M;
+        if (n == 0) continue;
+        const int bh = list / per_bh, b = bh / (int)p.hq;
+        TileMeta m;
+        seq_bounds(p, b, m.q0, m.len_q, m.k0, m.len_k);
+        m.list = list;
+        m.pad0 = m.pad1 = 0;
+        for (int t = 0; t * TILE_M < n; t++) {
+            m.n_rows = min(TILE_M, n - t * TILE_M);
+            meta[first + t] = m;
+        }
     }
 }
 
-// 3. Scatter (row, slot) into the lists. Order within a list varies run to run, the result
-// does not: each (row, slot) owns its partial, and the merge reads slots in order.
+// 3. Scatter (row, slot, last) into the lists. Order within a list varies run to run, and so
+// does the order of the fp32 additions into a query's row (results agree to rounding).
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
 {
@@ -81,28 +202,46 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
     const int row = blockIdx.x * ROWS + threadIdx.x;
     if (row >= len_q) return;
     const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
-    int *cursor = reinterpret_cast<int *>(p.block_cursor) + ((long long)b * p.hq + h) * p.max_blocks;
-    int *entries = reinterpret_cast<int *>(p.entries);
-    for (int s = 0; s < MOBA_TOP_K && sel[s] >= 0; s++) entries[atomicAdd(&cursor[sel[s]], 1)] = row * 64 + s;
+    int *cursor = reinterpret_cast<int *>(p.list_cursor);
+    unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
+    int n = 0;
+    while (n < MOBA_TOP_K && sel[n] >= 0) n++;
+    for (int s = 0; s < n; s++)
+        entries[atomicAdd(&cursor[list_of(p, b, h, row, sel[s])], 1)] =
+            ((unsigned)row << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
 }
 
-// 4. The tiles: a persistent grid walks tile indices; a tile is up to 64 queries of one list.
-__global__ void __launch_bounds__(128) moba_attn_tiles(const FwdParams p)
+// 4. The tiles of the chunks [chunk_begin, chunk_end): a persistent grid walks them in a static
+// order; each CTA fetches the next tiles' descriptions and entries two tiles ahead and loads the
+// next tile's queries and keys (cp.async) while the current one computes. MAX_PASS: Q K^T only,
+// then each row's max goes to its query (atomicMax). Else: P = exp2(S - max), O = P V, and O and
+// rowsum(P) are added into the query's fp32 row.
+struct TilesSmem {
+    uint4 q[2][TILE_M * (MOBA_HEAD_DIM / 8)];
+    uint4 k[2][TILE_N * (MOBA_HEAD_DIM / 8)];
+    uint4 v[2][TILE_N * (MOBA_HEAD_DIM / 8)];
+    TileMeta meta[4];
+    unsigned entry[4][TILE_M];
+    int id[4];
+};
+static_assert(sizeof(TilesSmem) == $(tiles_smem(spec)), "launch()'s shared memory size is TilesSmem's");
+
+template <bool MAX_PASS>
+__global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, NT = TILE_N / 8, DT = D / 8;
+    constexpr int NSTEP = (MOBA_BLOCK + TILE_N - 1) / TILE_N;
     constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    uint4 *q_s = reinterpret_cast<uint4 *>(smem_raw);
-    uint4 *k_s = q_s + TILE_M * CH;
-    uint4 *v_s = k_s + TILE_N * CH;
-    int *entry_s = reinterpret_cast<int *>(v_s + TILE_N * CH);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_lists = (int)(p.batch * p.hq * p.max_blocks);
+    TilesSmem &sm = *reinterpret_cast<TilesSmem *>(smem_raw);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int max_blocks = (int)p.max_blocks, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
+    const int chunk_rows = (int)p.chunk_rows, ring = (int)p.ring_chunks;
     const int *tile_offset = reinterpret_cast<const int *>(p.tile_offset);
-    const int *block_offset = reinterpret_cast<const int *>(p.block_offset);
-    const int *entries = reinterpret_cast<const int *>(p.entries);
-    const int total_tiles = tile_offset[n_lists];
+    const int first_tile = tile_offset[p.chunk_begin * max_blocks], end_tile = tile_offset[p.chunk_end * max_blocks];
     const float scale = (float)p.softmax_scale * LOG2E;
+    float *acc_o = reinterpret_cast<float *>(p.acc_o);
+    float2 *acc_ml = reinterpret_cast<float2 *>(p.acc_ml);   // (max as order_enc bits, sum)
 % if spec.conv_width > 0 then
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
     const long long k_row_stride = p.hkv * D, k_head_stride = D;
@@ -112,57 +251,104 @@ __global__ void __launch_bounds__(128) moba_attn_tiles(const FwdParams p)
 % end
     const elem_t *vbase = reinterpret_cast<const elem_t *>(p.v);
     const elem_t *qbase = reinterpret_cast<const elem_t *>(p.q);
+    auto tile_of = [&](int j) { return first_tile + (int)blockIdx.x + j * (int)gridDim.x; };
 
-    for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
-        int lo = 0, hi = n_lists - 1;                 // the list holding this tile
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) / 2;
-            if (tile_offset[mid] <= tile) lo = mid; else hi = mid - 1;
+    // Description and entries of tile `tile` into ring slot `slot` (18 cp.async chunks).
+    auto fetch_meta = [&](int tile, int slot) {
+        if (tile >= end_tile || tid >= 2 + TILE_M / 4) return;
+        if (tid < 2)
+            cp_async16(reinterpret_cast<uint4 *>(&sm.meta[slot]) + tid,
+                       reinterpret_cast<const uint4 *>(p.tile_meta) + (long long)tile * 2 + tid, true);
+        else
+            cp_async16(reinterpret_cast<uint4 *>(sm.entry[slot]) + (tid - 2),
+                       reinterpret_cast<const uint4 *>(p.entries) + (long long)tile * (TILE_M / 4) + (tid - 2), true);
+    };
+    // Keys (and values) of step `step` of the tile in meta slot `slot`, into buffer `buf`.
+    auto load_kv = [&](int slot, int step, int buf) {
+        const TileMeta &m = sm.meta[slot];
+        const int blk = m.list % max_blocks, h = (m.list / (max_blocks * row_chunks)) % hq, kvh = h / MOBA_GQA;
+        const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
+        const int n0 = key_begin + step * TILE_N;
+        for (int i = tid; i < TILE_N * CH; i += 128) {
+            const int r = i / CH, c = i % CH, key = n0 + r;
+            const bool ok = key < key_end;
+            const long long krow = (long long)(m.k0 + (ok ? key : key_begin));
+            cp_async16(&sm.k[buf][swizzle(r, c)], kbase + krow * k_row_stride + kvh * k_head_stride + c * 8, ok);
+            if (!MAX_PASS)
+                cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
         }
-        const int list = lo;
-        const int blk = list % (int)p.max_blocks, h = (list / (int)p.max_blocks) % (int)p.hq;
-        const int b = list / (int)(p.max_blocks * p.hq), kvh = h / MOBA_GQA;
-        const int e0 = block_offset[list] + (tile - tile_offset[list]) * TILE_M;
-        const int n_rows = min(TILE_M, block_offset[list + 1] - e0);
-        int q0, len_q, k0, len_k;
-        seq_bounds(p, b, q0, len_q, k0, len_k);
-
-        __syncthreads();                              // the previous tile is done with smem
-        if (threadIdx.x < TILE_M) entry_s[threadIdx.x] = threadIdx.x < n_rows ? entries[e0 + threadIdx.x] : -1;
-        __syncthreads();
-        for (int i = threadIdx.x; i < TILE_M * CH; i += 128) {
-            const int r = i / CH, c = i % CH, e = entry_s[r];
-            const elem_t *src = e >= 0 ? qbase + (long long)(q0 + (e >> 6)) * p.q_row_stride + h * p.q_head_stride + c * 8 : qbase;
-            cp_async16(&q_s[swizzle(r, c)], src, e >= 0);
+    };
+    auto load_q = [&](int slot, int buf) {
+        const TileMeta &m = sm.meta[slot];
+        const int h = (m.list / (max_blocks * row_chunks)) % hq;
+        for (int i = tid; i < TILE_M * CH; i += 128) {
+            const int r = i / CH, c = i % CH;
+            const bool ok = r < m.n_rows;
+            const long long row = ok ? (long long)(sm.entry[slot][r] >> 7) : 0;
+            cp_async16(&sm.q[buf][swizzle(r, c)], qbase + (m.q0 + row) * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
         }
+    };
 
-        const int r_lo = warp * 16 + lane / 4;        // this thread's two rows of the tile
-        const int e_lo = entry_s[r_lo], e_hi = entry_s[r_lo + 8];
-        const int t_lo = (e_lo >> 6) + len_k - len_q, t_hi = (e_hi >> 6) + len_k - len_q;
-        const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, len_k);
-        float o[DT][4];
+    fetch_meta(tile_of(0), 0);
+    fetch_meta(tile_of(1), 1);
+    cp_async_wait_all();
+    __syncthreads();
+    if (tile_of(0) < end_tile) {
+        load_q(0, 0);
+        load_kv(0, 0, 0);
+    }
+
+    int item = 0;
+    for (int j = 0; tile_of(j) < end_tile; j++) {
+        const int slot = j & 3;
+        cp_async_wait_all();
+        __syncthreads();   // this tile's step 0 has landed; the previous tile is done with smem
+        const TileMeta m = sm.meta[slot];
+        const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
+        const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
+        const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
+        const int r_lo = warp * 16 + lane / 4;   // this thread's two rows of the tile
+        const bool warp_busy = warp * 16 < m.n_rows;
+        const unsigned e_lo = sm.entry[slot][r_lo], e_hi = sm.entry[slot][r_lo + 8];
+        const bool valid[2] = {r_lo < m.n_rows, r_lo + 8 < m.n_rows};
+        // Key position of each row; rows past the tile's queries see every key (they are dropped).
+        const int t_lo = valid[0] ? (int)(e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
+        const int t_hi = valid[1] ? (int)(e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
+        // This thread's two accumulator rows (ring slot of the chunk, row within the chunk).
+        auto acc_row = [&](int r) {
+            return (chunk % ring) * chunk_rows + ((int)((r ? e_hi : e_lo) >> 7) - row_chunk * chunk_rows);
+        };
+        float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+        if (!MAX_PASS) {
 #pragma unroll
-        for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+            for (int r = 0; r < 2; r++)
+                mx[r] = valid[r] ? order_dec(__float_as_uint(__ldcg(&acc_ml[acc_row(r)].x))) : 0.f;
+        }
+        float o[MAX_PASS ? 1 : DT][4];
+#pragma unroll
+        for (int i = 0; i < (MAX_PASS ? 1 : DT); i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
         unsigned qa[KSTEPS][4];
 
-        for (int n0 = key_begin; n0 < key_end; n0 += TILE_N) {
-            if (n0 != key_begin) __syncthreads();     // everyone is done with k_s and v_s
-            for (int i = threadIdx.x; i < TILE_N * CH; i += 128) {
-                const int r = i / CH, c = i % CH, key = n0 + r;
-                const bool ok = key < key_end;
-                const long long krow = (long long)(k0 + (ok ? key : key_begin));
-                cp_async16(&k_s[swizzle(r, c)], kbase + krow * k_row_stride + kvh * k_head_stride + c * 8, ok);
-                cp_async16(&v_s[swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+        for (int step = 0; step < NSTEP; step++, item++) {
+            if (step > 0) {
+                cp_async_wait_all();
+                __syncthreads();
             }
-            cp_async_wait_all();
-            __syncthreads();
-            if (n0 == key_begin) {
+            if (step == 0) fetch_meta(tile_of(j + 2), (j + 2) & 3);
+            if (step + 1 < NSTEP) {
+                load_kv(slot, step + 1, (item + 1) & 1);
+            } else if (tile_of(j + 1) < end_tile) {
+                load_q((j + 1) & 3, (j + 1) & 1);
+                load_kv((j + 1) & 3, 0, (item + 1) & 1);
+            }
+            const int n0 = key_begin + step * TILE_N;
+            if (!warp_busy || n0 >= key_end) continue;
+            const uint4 *q_s = sm.q[j & 1], *k_s = sm.k[item & 1], *v_s = sm.v[item & 1];
+            if (step == 0) {
 #pragma unroll
                 for (int kk = 0; kk < KSTEPS; kk++)
                     ldsm_x4(smem_addr(&q_s[swizzle(warp * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[kk]);
             }
-
             float s[NT][4];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
@@ -177,125 +363,110 @@ __global__ void __launch_bounds__(128) moba_attn_tiles(const FwdParams p)
                     mma_16816(s[nt + 1], qa[kk], kb[2], kb[3]);
                 }
             }
-
-            // Scale, mask (past the block or the sequence; after t when causal), online softmax.
-            float row_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-                    float v = s[nt][e] * scale;
+            // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
+            // that reaches past some row's t or past the keys needs the mask.
 % if spec.causal then
-                    if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
+            const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
 % else
-                    if (key >= key_end) v = -INFINITY;
+            const bool need_mask = n0 + TILE_N > key_end;
 % end
-                    s[nt][e] = v;
-                    row_max[e >> 1] = fmaxf(row_max[e >> 1], v);
-                }
-            float rescale[2], m_use[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
-                row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
-                const float m_new = fmaxf(m[r], row_max[r]);
-                m_use[r] = m_new == -INFINITY ? 0.f : m_new;   // a row with nothing visible yet
-                rescale[r] = exp2f(m[r] - m_use[r]);
-                m[r] = m_new;
-                l[r] *= rescale[r];
-            }
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const float pr = exp2f(s[nt][e] - m_use[e >> 1]);
-                    s[nt][e] = pr;
-                    l[e >> 1] += pr;
+                    float v = s[nt][e] * scale;
+                    if (need_mask) {
+                        const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+% if spec.causal then
+                        if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
+% else
+                        if (key >= key_end) v = -INFINITY;
+% end
+                    }
+                    if (MAX_PASS) mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                    else {
+                        const float pr = exp2f(v - mx[e >> 1]);   // the exact max: pr <= 1
+                        s[nt][e] = pr;
+                        l[e >> 1] += pr;
+                    }
                 }
+            if (!MAX_PASS) {
+                // O += P V: the score accumulators become the A fragments of the next product.
 #pragma unroll
-            for (int i = 0; i < DT; i++) {
-                o[i][0] *= rescale[0];
-                o[i][1] *= rescale[0];
-                o[i][2] *= rescale[1];
-                o[i][3] *= rescale[1];
-            }
-
-            // O += P V: the score accumulators become the A fragments of the next product.
+                for (int kk = 0; kk < TILE_N / 16; kk++) {
+                    const unsigned pa[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1]), pack_pair(s[2 * kk][2], s[2 * kk][3]),
+                                            pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                            pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-            for (int kk = 0; kk < TILE_N / 16; kk++) {
-                const unsigned pa[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1]), pack_pair(s[2 * kk][2], s[2 * kk][3]),
-                                        pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                        pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-                for (int dt = 0; dt < DT; dt += 2) {
-                    const int mat = lane >> 3;
-                    unsigned vb[4];
-                    ldsm_x4_trans(smem_addr(&v_s[swizzle(kk * 16 + (mat & 1) * 8 + (lane & 7), dt + (mat >> 1))]), vb);
-                    mma_16816(o[dt], pa, vb[0], vb[1]);
-                    mma_16816(o[dt + 1], pa, vb[2], vb[3]);
+                    for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt += 2) {
+                        const int mat = lane >> 3;
+                        unsigned vb[4];
+                        ldsm_x4_trans(smem_addr(&v_s[swizzle(kk * 16 + (mat & 1) * 8 + (lane & 7), dt + (mat >> 1))]), vb);
+                        mma_16816(o[dt], pa, vb[0], vb[1]);
+                        mma_16816(o[dt + 1], pa, vb[2], vb[3]);
+                    }
                 }
             }
         }
+        if (!warp_busy) continue;
 
-        // One partial per (row, slot): o normalised in the element type, and its LSE.
-        elem_t *partial_o = reinterpret_cast<elem_t *>(p.partial_o);
-        float *partial_lse = reinterpret_cast<float *>(p.partial_lse);
+        // Into the queries' rows: the max (first launch), or O and the sum (second).
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-            const int e = r ? e_hi : e_lo;
-            if (e < 0) continue;
-            const long long slot = ((long long)(q0 + (e >> 6)) * p.hq + h) * MOBA_TOP_K + (e & 63);
-            const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-            elem_t *dst = partial_o + slot * D + (lane & 3) * 2;
+            if (MAX_PASS) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                if (valid[r] && (lane & 3) == 0)
+                    atomicMax(reinterpret_cast<unsigned *>(&acc_ml[acc_row(r)].x), order_enc(mx[r]));
+            } else {
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                if (!valid[r]) continue;
+                float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                const unsigned pair = pack_pair(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-                *reinterpret_cast<unsigned *>(dst + dt * 8) = pair;
+                for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
+                if ((lane & 3) == 0) atomicAdd(&acc_ml[acc_row(r)].y, l[r]);
             }
-            if ((lane & 3) == 0)
-                partial_lse[slot] = l[r] > 0.f ? (m[r] + __log2f(l[r])) * 0.6931471805599453f : -INFINITY;
         }
     }
 }
 
-// 5. Merge a query's partials: lse = log sum exp(lse_s), o = sum exp(lse_s - lse) o_s.
+// 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = max + log l,
+// and clear the rows for the next group (one warp per row). Rows that selected nothing (l = 0)
+// were written by the count kernel.
 template <int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) moba_attn_merge(const FwdParams p)
+__global__ void __launch_bounds__(WARPS * 32) moba_attn_finalize(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, DPL = D / 32;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int chunk_rows = (int)p.chunk_rows, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
+    const long long i = (long long)blockIdx.x * WARPS + warp;   // row of the group
+    const int chunk = (int)p.chunk_begin + (int)(i / chunk_rows);
+    if (chunk >= (int)p.chunk_end) return;
+    const int h = (chunk / row_chunks) % hq, b = chunk / (row_chunks * hq);
+    const int row = (chunk % row_chunks) * chunk_rows + (int)(i % chunk_rows);
     int q0, len_q, k0, len_k;
     seq_bounds(p, b, q0, len_q, k0, len_k);
-    const int row = blockIdx.x * WARPS + warp;
     if (row >= len_q) return;
-    const long long qh = (long long)(q0 + row) * p.hq + h;
-    const int *sel = reinterpret_cast<const int *>(p.sel) + qh * MOBA_TOP_K;
-    const float *lse_s = reinterpret_cast<const float *>(p.partial_lse) + qh * MOBA_TOP_K;
-    int n = 0;
-    while (n < MOBA_TOP_K && sel[n] >= 0) n++;
-    float mx = -INFINITY;
-    for (int s = lane; s < n; s += 32) mx = fmaxf(mx, lse_s[s]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.f;
-    for (int s = lane; s < n; s += 32) sum += mx == -INFINITY ? 0.f : exp2f((lse_s[s] - mx) * 1.4426950408889634f);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const long long a = (long long)(chunk % (int)p.ring_chunks) * chunk_rows + (int)(i % chunk_rows);
+    float2 *ml = reinterpret_cast<float2 *>(p.acc_ml) + a;
+    const float2 mlv = __ldcg(ml);
+    if (mlv.y <= 0.f) return;
+    float *ao = reinterpret_cast<float *>(p.acc_o) + a * D + lane * DPL;
     float acc[DPL];
 #pragma unroll
-    for (int i = 0; i < DPL; i++) acc[i] = 0.f;
-    const elem_t *po = reinterpret_cast<const elem_t *>(p.partial_o) + qh * MOBA_TOP_K * D + lane * DPL;
-    for (int s = 0; s < n && sum > 0.f; s++) {
-        const float w = exp2f((lse_s[s] - mx) * 1.4426950408889634f) / sum;
+    for (int c = 0; c < DPL; c++) acc[c] = __ldcg(ao + c);
+    const float inv = 1.f / mlv.y;
+    elem_t *out = reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride + lane * DPL;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] = fmaf(w, elem_to_float(po[s * D + i]), acc[i]);
+    for (int c = 0; c < DPL; c++) {
+        out[c] = float_to_elem(acc[c] * inv);
+        ao[c] = 0.f;
     }
-    elem_t *out = reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride;
-#pragma unroll
-    for (int i = 0; i < DPL; i++) out[lane * DPL + i] = float_to_elem(acc[i]);
-    if (lane == 0)
-        reinterpret_cast<float *>(p.lse)[qh] = sum > 0.f ? mx + logf(sum) : -INFINITY;
+    __syncwarp();
+    if (lane == 0) {
+        const float mx = order_dec(__float_as_uint(mlv.x));
+        reinterpret_cast<float *>(p.lse)[(long long)(q0 + row) * hq + h] = (mx + __log2f(mlv.y)) * 0.6931471805599453f;
+        *ml = make_float2(0.f, 0.f);
+    }
 }

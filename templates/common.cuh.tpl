@@ -61,15 +61,18 @@ struct FwdParams {
     long long batch, hq, hkv;
     long long max_seqlen_q, max_seqlen_k, max_blocks;
     double softmax_scale;
-    // Block-centric attention (attn_fwd impl 2) only: the selection transposed into per-block
-    // query lists, and each (query, slot)'s partial result before the merge.
-    u64 block_count;           // int32 [batch][hq][max_blocks]: queries that chose the block
-    u64 block_offset;          // int32 [batch * hq * max_blocks + 1]: exclusive scan of counts
-    u64 block_cursor;          // int32 [batch * hq * max_blocks]: scatter positions
-    u64 tile_offset;           // int32 [batch * hq * max_blocks + 1]: scan of query tiles
-    u64 entries;               // int32 [total_q * hq * top_k]: row_in_seq * 64 + slot
-    u64 partial_o;             // elements [total_q][hq][top_k][d]: o of one block, normalised
-    u64 partial_lse;           // fp32 [total_q][hq][top_k]: natural-log LSE of one block
+    // Block-centric attention (attn_fwd impl 2) only; sizes in runtime/fwd.c (layout_for).
+    // A chunk is chunk_rows query rows of one (sequence, head); a list is (chunk, key block).
+    u64 list_count;            // int32 [n_lists]: queries of the chunk that chose the block
+    u64 list_cursor;           // int32 [n_lists]: scatter positions
+    u64 tile_offset;           // int32 [n_lists + 1]: exclusive scan of 64-query tiles per list
+    u64 scan_carry;            // int32 [ceil(n_lists / 4096)]: tiles per segment of lists, scanned
+    u64 tile_meta;             // int32 [max tiles][8]: list, rows, q0, k0, len_q, len_k
+    u64 entries;               // uint32 [max tiles][64]: row << 7 | slot << 1 | last, per tile
+    u64 acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: sum of exp2(s - max) v
+    u64 acc_ml;                // [ring_chunks * chunk_rows][2]: row max (order-encoded), sum
+    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists;
+    long long chunk_begin, chunk_end;   // the chunks of this launch (tiles and finalize)
 };
 
 #define MOBA_HEAD_DIM $(spec.head_dim)

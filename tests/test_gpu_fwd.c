@@ -145,8 +145,9 @@ static int compare_selection(const moba_ref_cfg *cfg, const double *q, const dou
     return swaps;
 }
 
-/* One case, every variant: returns stats; fails the test on any mismatch. */
-static void run_case(const fwd_case *c, uint64_t seed, case_stats *stats)
+/* One case, every variant: returns stats; fails the test on any mismatch. chunk_rows > 0 sets
+ * the block-centric attention's query rows per chunk and the shortest ring of chunks. */
+static void run_case(const fwd_case *c, uint64_t seed, long long chunk_rows, case_stats *stats)
 {
     memset(stats, 0, sizeof *stats);
     mg_spec spec;
@@ -154,6 +155,7 @@ static void run_case(const fwd_case *c, uint64_t seed, case_stats *stats)
     mobagen_op *op;
     if (mg_op_create_from_spec(env.ctx, &spec, &op) != MG_OK)
         fail_msg("%s: mobagen_op_create: %s", c->label, mobagen_ctx_errmsg(env.ctx));
+    if (chunk_rows > 0) mg_op_set_attn_chunking(op, chunk_rows, 1);
 
     int d = c->head_dim, hq = c->hkv * c->gqa_group, hkv = c->hkv, k = c->top_k;
     int cu_q[MAX_SEQS + 1] = {0}, cu_k[MAX_SEQS + 1] = {0}, max_q = 0, max_k = 0;
@@ -358,14 +360,37 @@ static const fwd_case long_cases[] = {
     {"long40k_b64_k16_kconv3", 128, 64, 16, 1, 3, 2, MG_BF16, 1, 1, {40000}, {40000}, 13, 0},
 };
 
+/* MOBAGEN_TEST_ONLY=label runs just that grid case (compute-sanitizer's racecheck is slow). */
+static int skip_case(const fwd_case *c)
+{
+    const char *only = getenv("MOBAGEN_TEST_ONLY");
+    return only && strcmp(only, c->label) != 0;
+}
+
 static void test_grid(void **state)
 {
     if (!have_device) skip();
     uint64_t seed = test_seed();
     printf("seed 0x%llx\n", (unsigned long long)seed);
     for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
+        if (skip_case(&grid[i])) continue;
         case_stats s;
-        run_case(&grid[i], seed + i, &s);
+        run_case(&grid[i], seed + i, 0, &s);
+        assert_true(s.runs > 0 && s.rows_checked > 0);
+    }
+}
+
+/* The grid again with 48-row chunks and the shortest ring (one chunk): many chunks per
+ * sequence, each accumulator row reused by every chunk, partial and empty chunks. */
+static void test_small_chunks(void **state)
+{
+    if (!have_device) skip();
+    uint64_t seed = test_seed() ^ 0x2000;
+    printf("seed 0x%llx, 48-row chunks\n", (unsigned long long)seed);
+    for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
+        if (skip_case(&grid[i])) continue;
+        case_stats s;
+        run_case(&grid[i], seed + i, 48, &s);
         assert_true(s.runs > 0 && s.rows_checked > 0);
     }
 }
@@ -380,7 +405,7 @@ static void test_long(void **state)
     uint64_t seed = test_seed() ^ 0x1000;
     for (size_t i = 0; i < sizeof long_cases / sizeof long_cases[0]; i++) {
         case_stats s;
-        run_case(&long_cases[i], seed + i, &s);
+        run_case(&long_cases[i], seed + i, 0, &s);
         assert_true(s.rows_checked > 0);
     }
 }
@@ -427,6 +452,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_argument_errors),
         cmocka_unit_test(test_grid),
+        cmocka_unit_test(test_small_chunks),
         cmocka_unit_test(test_long),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
