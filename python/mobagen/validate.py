@@ -73,9 +73,7 @@ def _check_cu_seqlens(name, info, entries=None):
 
 
 def _check_device(name, info, device):
-    if not str(info.device).startswith("cuda"):
-        raise ArgumentError("%s must be on a CUDA device, got %s" % (name, info.device))
-    if device is not None and str(info.device) != str(device):
+    if str(info.device) != str(device):
         raise ArgumentError("%s is on %s but q is on %s: every tensor must be on q's device"
                             % (name, info.device, device))
 
@@ -134,7 +132,9 @@ def validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     spec = SpecParams(head_dim, block_size, top_k, causal, conv_width, q.dtype, hq // hkv)
 
     device = q.device
-    named = [("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
+    if not str(device).startswith("cuda"):
+        raise ArgumentError("q must be on a CUDA device, got %s" % device)
+    named = [("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
              ("cu_seqlens_k", cu_seqlens_k)]
     if conv_weight is not None:
         named.append(("conv_weight", conv_weight))

@@ -22,19 +22,27 @@ def needs_torch(thing):
 
 
 @functools.lru_cache(maxsize=None)
-def real_library():
-    """The libmobagen the package finds, or None."""
+def _find_library():
     import mobagen
     try:
-        return mobagen.library()
-    except mobagen.LibraryNotFoundError:
-        return None
+        return mobagen.library(), None
+    except mobagen.LibraryNotFoundError as e:
+        return None, str(e).splitlines()[0]
+
+
+def real_library():
+    """The libmobagen the package finds, or None."""
+    return _find_library()[0]
+
+
+def library_skip_reason():
+    return "no usable libmobagen.so (%s)" % _find_library()[1]
 
 
 def needs_library(thing):
     if real_library() is not None:
         return thing
-    return unittest.skip("libmobagen.so not built (make build/libmobagen.so, or set MOBAGEN_LIBRARY)")(thing)
+    return unittest.skip(library_skip_reason())(thing)
 
 
 def gpu_skip_reason():
@@ -43,7 +51,7 @@ def gpu_skip_reason():
     if not torch.cuda.is_available():
         return "no CUDA device"
     if real_library() is None:
-        return "libmobagen.so not found (set MOBAGEN_LIBRARY)"
+        return library_skip_reason()
     return None
 
 
