@@ -136,8 +136,8 @@ def candidate_paths(environ=None, package_dir=None):
     """Where the library is looked for, in order: [(how, path or soname)].
 
     MOBAGEN_LIBRARY when set (and then nothing else: an explicit choice must not be silently
-    replaced by another copy), else next to this package, then the build/ folder of the source
-    tree this package sits in (python/mobagen -> ../../build), then the system loader."""
+    replaced by another copy), else next to this package, then, when this package is the source
+    tree's python/mobagen, the repository's build/ folder, then the system loader."""
     environ = os.environ if environ is None else environ
     package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
     explicit = environ.get(LIBRARY_ENV)
@@ -146,9 +146,11 @@ def candidate_paths(environ=None, package_dir=None):
     found = []
     for soname in _SONAMES:
         found.append(("next to the package", os.path.join(package_dir, soname)))
-    repo_build = os.path.join(os.path.dirname(os.path.dirname(package_dir)), "build")
-    for soname in _SONAMES:
-        found.append(("source tree build", os.path.join(repo_build, soname)))
+    source_dir = os.path.dirname(package_dir)
+    if os.path.exists(os.path.join(source_dir, "pyproject.toml")):   # not an installed copy
+        repo_build = os.path.join(os.path.dirname(source_dir), "build")
+        for soname in _SONAMES:
+            found.append(("source tree build", os.path.join(repo_build, soname)))
     for soname in _SONAMES:
         found.append(("system loader", soname))
     by_ldconfig = ctypes.util.find_library("mobagen")

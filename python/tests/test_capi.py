@@ -79,12 +79,18 @@ class SearchOrder(unittest.TestCase):
         self.assertEqual(found, [("MOBAGEN_LIBRARY", "/opt/x/libmobagen.so")])
 
     def test_package_then_source_tree_then_system(self):
-        found = _capi.candidate_paths({}, "/p/python/mobagen")
+        package = os.path.join(support.REPO, "python", "mobagen")
+        found = [(how, path.replace(support.REPO, "/p")) for how, path in _capi.candidate_paths({}, package)]
         hows = [how for how, _ in found]
         self.assertEqual(found[0], ("next to the package", "/p/python/mobagen/libmobagen.so.0"))
         self.assertEqual(found[2], ("source tree build", "/p/build/libmobagen.so.0"))
         self.assertEqual(found[4], ("system loader", "libmobagen.so.0"))
         self.assertEqual(hows[:6], ["next to the package"] * 2 + ["source tree build"] * 2 + ["system loader"] * 2)
+
+    def test_installed_copy_skips_the_source_tree(self):
+        found = _capi.candidate_paths({}, "/nonexistent/site-packages/mobagen")
+        self.assertNotIn("source tree build", [how for how, _ in found])
+        self.assertEqual(found[0][0], "next to the package")
 
     def test_missing_library_names_what_was_tried(self):
         with self.assertRaises(LibraryNotFoundError) as cm:
