@@ -119,13 +119,15 @@ def attention(q, kprime, v, chosen, block_size, causal, scale):
 
 def moba_attn_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size, top_k, causal=True,
                                conv_weight=None, softmax_scale=None, selection=None,
-                               dtype=torch.float64):
+                               dtype=torch.float64, kprime_dtype=None):
     """The MoBA forward over a packed batch, in `dtype`: Reference(out, lse, selection).
 
     Layouts as mobagen.torch.moba_attn_varlen. selection, when given ([total_q, hq, top_k]
     block indices, -1 padded, e.g. the GPU's), replaces routing: the attention then runs over
-    those blocks, which separates routing near-ties from attention errors in tests. out and lse
-    are differentiable in q, k, v and conv_weight."""
+    those blocks, which separates routing near-ties from attention errors in tests.
+    kprime_dtype (e.g. q.dtype) rounds k' to that dtype when there is a key convolution, as the
+    kernels store it, before routing and attention. out and lse are differentiable in q, k, v
+    and conv_weight."""
     cu_q = [int(x) for x in cu_seqlens_q.tolist()]
     cu_k = [int(x) for x in cu_seqlens_k.tolist()]
     hq, d = q.shape[1], q.shape[2]
@@ -136,6 +138,8 @@ def moba_attn_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size, 
     for b in range(len(cu_q) - 1):
         qs, ks, vs = qf[cu_q[b]:cu_q[b + 1]], kf[cu_k[b]:cu_k[b + 1]], vf[cu_k[b]:cu_k[b + 1]]
         kprime = key_conv(ks, wf)
+        if wf is not None and kprime_dtype is not None:
+            kprime = kprime.to(kprime_dtype).to(dtype)
         n = -(-ks.shape[0] // block_size)
         if selection is None:
             with torch.no_grad():

@@ -1,5 +1,6 @@
 """The PyTorch binding without a GPU: validation with CPU tensors, the fake implementation on
 meta tensors, the backward's refusal, the padded wrapper, the module, torch.compile tracing."""
+import os
 import unittest
 
 import support
@@ -7,8 +8,9 @@ from support import torch
 
 if torch is not None:
     import mobagen.torch as mt
-    from mobagen import ArgumentError
+    from mobagen import ArgumentError, MobagenError
     from mobagen.torch import _runtime
+    from mobagen.validate import validate_varlen as mt_validate
 
 
 def tensors(device="cpu", dtype=None, total_q=10, total_k=12, hq=4, hkv=2, d=64):
@@ -61,6 +63,64 @@ class CpuValidation(unittest.TestCase):
     def test_deterministic_is_a_bool(self):
         with self.assertRaises(ArgumentError):
             self.call(*tensors(), deterministic="yes")
+
+
+@support.needs_torch
+@support.needs_library
+class Marshalling(unittest.TestCase):
+    """What reaches mobagen_fwd_args: pointers, strides in elements (0 = packed for dims that
+    are never stepped over), null pointers exactly for empty tensors."""
+
+    def problem(self, q, k, v, cu_q, cu_k, w=None, scale=None):
+        on_gpu = lambda t: _runtime.describe(t)._replace(device="cuda:0")  # noqa: E731
+        return mt_validate(on_gpu(q), on_gpu(k), on_gpu(v), on_gpu(cu_q), on_gpu(cu_k), 6, 7, 16, 2,
+                           True, None if w is None else on_gpu(w), scale)
+
+    def test_strided_and_packed(self):
+        _, k, v, cu_q, cu_k = tensors(hkv=1)
+        fused = torch.zeros(10, 3, 4, 64, dtype=torch.bfloat16)
+        q = fused[:, 1]
+        w = torch.zeros(1, 3, 64, dtype=torch.bfloat16)
+        p = self.problem(q, k, v, cu_q, cu_k, w, 0.25)
+        out, lse = torch.empty(10, 4, 64, dtype=torch.bfloat16), torch.empty(10, 4)
+        a = _runtime._fwd_args(p, q, k, v, out, lse, cu_q, cu_k, w)
+        self.assertEqual((a.batch, a.hq, a.hkv, a.head_dim, a.total_q, a.total_k), (2, 4, 1, 64, 10, 12))
+        self.assertEqual((a.max_seqlen_q, a.max_seqlen_k, a.dtype), (6, 7, 0))
+        self.assertEqual((a.q, a.k, a.v, a.out, a.lse), (q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                                        out.data_ptr(), lse.data_ptr()))
+        self.assertEqual((a.q_row_stride, a.q_head_stride), (3 * 4 * 64, 64))
+        self.assertEqual((a.k_row_stride, a.k_head_stride), (64, 0))   # one kv head: packed
+        self.assertEqual((a.out_row_stride, a.out_head_stride), (256, 64))
+        self.assertEqual((a.cu_seqlens_q, a.cu_seqlens_k, a.conv_weight),
+                         (cu_q.data_ptr(), cu_k.data_ptr(), w.data_ptr()))
+        self.assertEqual(a.softmax_scale, 0.25)
+
+    def test_empty_tensors_get_null_pointers(self):
+        q, _, _, cu_q, _ = tensors()
+        k = torch.empty(0, 2, 64, dtype=torch.bfloat16)
+        cu_k = torch.zeros(3, dtype=torch.int32)
+        p = self.problem(q, k, k, cu_q, cu_k)
+        a = _runtime._fwd_args(p, q, k, k, torch.empty_like(q), torch.empty(10, 4), cu_q, cu_k, None)
+        self.assertEqual((a.k, a.v, a.conv_weight, a.k_row_stride, a.k_head_stride), (0, 0, 0, 0, 0))
+        self.assertAlmostEqual(a.softmax_scale, 0.125)
+
+    def test_context_failure_is_reported_and_not_cached(self):
+        saved = os.environ.get("MOBAGEN_LIBCUDA")
+        os.environ["MOBAGEN_LIBCUDA"] = "/nonexistent/mobagen-pytest/libcuda.so.1"
+        index = 4321   # never a real device: no cached context can answer for it
+        try:
+            for _ in range(2):
+                with self.assertRaises(MobagenError) as cm:
+                    _runtime.runtime(index)
+                self.assertEqual(cm.exception.status_name, "MOBAGEN_E_NO_DRIVER")
+                self.assertIn("mobagen_ctx_create(device 4321)", str(cm.exception))
+                self.assertIn("/nonexistent/mobagen-pytest/libcuda.so.1", str(cm.exception))
+                self.assertNotIn(index, _runtime._runtimes)
+        finally:
+            if saved is None:
+                del os.environ["MOBAGEN_LIBCUDA"]
+            else:
+                os.environ["MOBAGEN_LIBCUDA"] = saved
 
 
 @support.needs_torch
