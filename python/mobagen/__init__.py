@@ -3,7 +3,7 @@
 The top-level package is pure Python and needs neither torch nor a GPU: it holds the spec
 parameters, the argument checks and the C library binding. mobagen.torch is the PyTorch API;
 mobagen.reference a plain PyTorch implementation of the same math."""
-from .errors import ArgumentError, LibraryNotFoundError, MobagenError
+from .errors import ArgumentError, LibraryArgumentError, LibraryNotFoundError, MobagenError
 from .spec import SpecParams
 from .validate import Problem, TensorInfo, validate_varlen
 
@@ -17,5 +17,5 @@ def library():
     return _capi.library()
 
 
-__all__ = ["ArgumentError", "LibraryNotFoundError", "MobagenError", "Problem", "SpecParams",
+__all__ = ["ArgumentError", "LibraryArgumentError", "LibraryNotFoundError", "MobagenError", "Problem", "SpecParams",
            "TensorInfo", "library", "validate_varlen", "__version__"]

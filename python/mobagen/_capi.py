@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import threading
 
-from .errors import LibraryNotFoundError, MobagenError
+from .errors import LibraryArgumentError, LibraryNotFoundError, MobagenError
 
 # The API this module declares: mobagen_version()'s major must equal it.
 API_MAJOR = 0
@@ -204,9 +204,11 @@ class Library:
         return name.decode() if name else "status %d" % status
 
     def check(self, status, message_fn, what):
-        """Raises MobagenError for a non-OK status, with the library's own message."""
+        """Raises MobagenError for a non-OK status, with the library's own message
+        (LibraryArgumentError, also a ValueError, for MOBAGEN_E_ARG)."""
         if status != OK:
-            raise MobagenError(status, self.status_text(status),
+            kind = LibraryArgumentError if status == E_ARG else MobagenError
+            raise kind(status, self.status_text(status),
                                "%s failed: %s" % (what, message_fn().decode(errors="replace")))
 
 

@@ -18,6 +18,10 @@ class ArgumentError(ValueError):
     """An argument of a mobagen call has the wrong shape, dtype, device, layout or value."""
 
 
+class LibraryArgumentError(MobagenError, ArgumentError):
+    """The library refused an argument (MOBAGEN_E_ARG): both a MobagenError and a ValueError."""
+
+
 BACKWARD_UNAVAILABLE = (
     "mobagen: the MoBA backward is not available in this version (forward only). For inference, "
     "call it under torch.no_grad() or torch.inference_mode(), or pass tensors that do not require "

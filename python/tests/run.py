@@ -76,7 +76,9 @@ def main():
     opts = parser.parse_args()
     loader = unittest.TestLoader()
     suite = loader.discover(HERE, pattern="test_*.py", top_level_dir=HERE)
-    tests = [t for t in _flatten(suite) if not opts.pattern or opts.pattern in t.id()]
+    # A module that fails to import is always reported, whatever the filter.
+    tests = [t for t in _flatten(suite) if not opts.pattern or opts.pattern in t.id()
+             or isinstance(t, unittest.loader._FailedTest)]
     result = Result(sys.stdout, opts.verbose)
     unittest.TestSuite(tests).run(result)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)

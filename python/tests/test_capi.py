@@ -186,6 +186,15 @@ class RealLibraryWithoutDriver(unittest.TestCase):
         self.assertEqual(cm.exception.status_name, "MOBAGEN_E_NO_DRIVER")
         self.assertIn("libcuda.so.1", str(cm.exception))
 
+    def test_argument_errors_are_value_errors(self):
+        with self.assertRaises(ValueError) as cm:
+            self.lib.check(_capi.E_ARG, lambda: b"q is a null device pointer", "mobagen_fwd")
+        self.assertIsInstance(cm.exception, MobagenError)
+        self.assertEqual(str(cm.exception), "mobagen_fwd failed: q is a null device pointer (MOBAGEN_E_ARG)")
+        with self.assertRaises(MobagenError) as cm:
+            self.lib.check(_capi.E_SPEC, lambda: b"bad", "x")
+        self.assertNotIsInstance(cm.exception, ValueError)
+
     def _create(self, params):
         op = ctypes.c_void_p(1)
         status = self.lib.op_create_from_params(self.ctx, ctypes.byref(params), ctypes.byref(op))

@@ -203,6 +203,13 @@ class Forward(unittest.TestCase, Checks):
             mt.moba_attn_varlen(**dict(args, k=k.cpu()))
         self.assertIn("k is on cpu but q is on cuda", str(cm.exception))
 
+    def test_library_checks_reach_the_caller(self):
+        args = make_case(CASES["bf16_causal"], self.gen)
+        with self.assertRaises(ValueError) as cm:   # max_seqlen_q x batch < total_q
+            mt.moba_attn_varlen(**dict(args, max_seqlen_q=10))
+        self.assertIn("max_seqlen", str(cm.exception))
+        self.assertIn("MOBAGEN_E_ARG", str(cm.exception))
+
     def test_padded_wrapper_and_module(self):
         b, sq, sk, hq, hkv, d = 2, 96, 160, 4, 2, 64
         q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16)
