@@ -34,8 +34,7 @@ def random_case(case, generator):
 
 def brute_force(q, k, v, w, cu_q, cu_k, block, top_k, causal, scale):
     """One (row, head) at a time, straight from moba.md's text."""
-    hq, d = q.shape[1], q.shape[2]
-    hkv = k.shape[1]
+    hq, hkv = q.shape[1], k.shape[1]
     out = torch.zeros_like(q)
     lse = torch.full(q.shape[:2], -math.inf, dtype=q.dtype)
     sel = torch.full(q.shape[:2] + (top_k,), -1, dtype=torch.int32)
