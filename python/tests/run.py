@@ -25,7 +25,9 @@ class Result(unittest.TestResult):
         self.started = 0.0
 
     def _line(self, test, text):
-        self.stream.write("%-72s %s\n" % (test.id().split(".", 1)[-1], text))
+        # A class whose setUpClass failed reports as "setUpClass (module.Class)".
+        name = test.id().split(".", 1)[-1] if hasattr(test, "_testMethodName") else str(test)
+        self.stream.write("%-72s %s\n" % (name, text))
         self.stream.flush()
 
     def startTest(self, test):
