@@ -2,7 +2,7 @@
 # Runs on the GPU machine, over a tree that carries build/mobagen and build/gpu (make gpu-kit
 # here: the GPU machine has no Lua, libyaml or cmocka). Builds every shipped spec for the
 # device, runs the GPU tests and the benchmarks, packs its logs into $OUT/logs.tgz, prints a table last.
-#   tools/device.sh [tests|bench|deploy|all]   (default all)
+#   tools/device.sh [tests|python|deploy|bench|all]   (default all)
 set -u
 what=${1:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +53,15 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
     fi
     build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
     note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
+fi
+
+if [ "$what" = all ] || [ "$what" = python ]; then
+    # The PyTorch binding over build/libmobagen.so; here a missing torch, GPU or library fails.
+    start=$(date +%s)
+    MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TEST_REQUIRE_GPU=1 \
+        python3 python/tests/run.py -v > "$OUT/python.log" 2>&1
+    note "python: exit $?, $(tail -1 "$OUT/python.log"), $(( $(date +%s) - start )) s"
+    grep -E 'FAILED|ERROR|Error:' "$OUT/python.log" | head -20 | tee -a "$summary"
 fi
 
 # Deployment: tune the default spec, bundle it with its records, then bench from the bundle

@@ -30,6 +30,24 @@ for t in "$root/$build"/tests/test_*; do
     fi
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
+# The Python package (python/tests/run.py, unittest): tests that need torch, a GPU or a built
+# libmobagen.so skip with the reason where those are missing.
+echo "== python"
+if command -v python3 >/dev/null; then
+    python3 "$root/python/tests/run.py" >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    counts=$(sed -n 's/^python tests: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$log" | tail -1)
+    if [ -z "$counts" ]; then
+        echo "python tests: exited $rc without a summary"; counts="0 1 0"
+    elif [ $rc -ne 0 ] && [ "$(echo "$counts" | cut -d' ' -f2)" -eq 0 ]; then
+        echo "python tests: exited $rc"; counts="${counts% * *} 1 ${counts##* }"
+    fi
+    read -r p f s <<<"$counts"
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+else
+    echo "python tests: skipped: python3 not installed"; skipped=$((skipped + 1))
+fi
 rm -f "$log"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

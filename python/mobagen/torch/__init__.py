@@ -1,0 +1,17 @@
+"""mobagen for PyTorch: MoBA attention on CUDA tensors through libmobagen.
+
+    from mobagen.torch import moba_attn_varlen, moba_attn_func, MobaAttention
+
+Importing this module registers the custom op mobagen::moba_attn_varlen_fwd (torch.library);
+libmobagen.so is loaded at the first call, not at import."""
+import torch as _torch
+
+if not hasattr(_torch.library, "custom_op"):
+    raise ImportError("mobagen.torch needs torch >= 2.4 (torch.library.custom_op); this is torch %s"
+                      % _torch.__version__)
+
+from ._ops import OP_NAME, moba_attn_varlen_fwd  # noqa: E402
+from .functional import moba_attn_func, moba_attn_varlen  # noqa: E402
+from .module import MobaAttention  # noqa: E402
+
+__all__ = ["OP_NAME", "MobaAttention", "moba_attn_func", "moba_attn_varlen", "moba_attn_varlen_fwd"]
