@@ -93,6 +93,10 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     MOBAGEN_TUNING_DB=/nonexistent/none.db build/gpu/bench/bench_fwd --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 \
         || note "bench_fwd FAILED"
     note "bench_fwd: $(( $(date +%s) - start )) s"
+    # Op creation in a fresh process: cold (an empty cache: every kernel compiled), then warm.
+    MOBAGEN_CACHE_DIR=$(mktemp -d /tmp/mobagen-cold.XXXXXX) build/gpu/bench/op_create specs/default.yaml \
+        > "$OUT/op_create.log" 2>&1 || note "op_create FAILED"
+    grep -E 'process|cpu side|cached' "$OUT/op_create.log" | tee -a "$summary"
     grep -v '^    ' "$OUT/bench_fwd.log" | tail -n 30 >> "$summary"
     if [ -f bench/peers.py ]; then
         python3 bench/peers.py --csv "$OUT/peers.csv" ${PEER_CASES:-} > "$OUT/peers.log" 2>&1 \
