@@ -1,5 +1,7 @@
 /* The sandboxed Lua state a template runs in: base (without file and code loading), string,
- * table and math; a memory cap, an instruction budget and a cap on the rendered text. */
+ * table and math (bounded where they loop in C: template_bounded.c); a memory cap, an
+ * instruction budget, a wall-clock deadline and a cap on the rendered text. A limit that trips
+ * stays tripped, and every error leaves with a template file and line. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>

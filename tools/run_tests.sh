@@ -31,5 +31,15 @@ for t in "$root/$build"/tests/test_*; do
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
 rm -f "$log"
+# libFuzzer targets (FUZZ_BUILD, built by `make test`), FUZZ_SECONDS each: one test apiece.
+for t in "$root/${FUZZ_BUILD:-build/fuzz}"/fuzz_*; do
+    [ -n "${FUZZ_BUILD:-}" ] && [ -x "$t" ] || continue
+    echo "== $(basename "$t") (${FUZZ_SECONDS:-45} s)"
+    if "$root/tools/run_fuzz.sh" "${FUZZ_SECONDS:-45}" "$t"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
