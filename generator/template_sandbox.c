@@ -66,14 +66,14 @@ static void raise_fatal(lua_State *L)
 }
 
 #if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
+__attribute__((format(printf, 2, 3)))
 #endif
-static void trip(lua_State *L, int level, const char *fmt, ...)
+static void trip(lua_State *L, const char *fmt, ...)
 {
     mg_sandbox *sb = mg_sandbox_of(L);
     if (!sb->fatal[0]) {
         char where[300], what[200];
-        template_location(L, level, where, sizeof where);
+        template_location(L, 0, where, sizeof where);
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(what, sizeof what, fmt, ap);
@@ -84,15 +84,17 @@ static void trip(lua_State *L, int level, const char *fmt, ...)
     raise_fatal(L);
 }
 
-static void check_limits(lua_State *L, int level, double now)
+#define TIME_LIMIT_MESSAGE "template ran past its time limit of %.1f s"
+
+static void check_limits(lua_State *L, double now)
 {
     mg_sandbox *sb = mg_sandbox_of(L);
     if (sb->fatal[0]) raise_fatal(L);
     if (sb->instructions > MG_LUA_INSTRUCTION_CAP)
-        trip(L, level, "template exceeded its budget of %lld Lua instructions",
+        trip(L, "template exceeded its budget of %lld Lua instructions",
              (long long)MG_LUA_INSTRUCTION_CAP);
     if (now > sb->deadline)
-        trip(L, level, "template ran past its time limit of %.1f s", MG_LUA_TIME_LIMIT_MS / 1000.0);
+        trip(L, TIME_LIMIT_MESSAGE, MG_LUA_TIME_LIMIT_MS / 1000.0);
 }
 
 void mg_sandbox_charge(lua_State *L, long long work)
@@ -100,7 +102,20 @@ void mg_sandbox_charge(lua_State *L, long long work)
     mg_sandbox *sb = mg_sandbox_of(L);
     sb->instructions += work;
     if (sb->fatal[0]) raise_fatal(L);
-    if (sb->instructions > MG_LUA_INSTRUCTION_CAP) check_limits(L, 0, monotonic_seconds());
+    if (sb->instructions > MG_LUA_INSTRUCTION_CAP) check_limits(L, monotonic_seconds());
+}
+
+/* The allocator cannot walk Lua's stack (it may be halfway through moving it): the message
+ * names the line where the hook last saw the template running. */
+static void *refuse_for_good(mg_sandbox *sb, const char *what)
+{
+    if (sb->seen_line > 0)
+        snprintf(sb->fatal, sizeof sb->fatal, "%s:%d: %s (the line it was last seen running)",
+                 sb->seen_source, sb->seen_line, what);
+    else
+        snprintf(sb->fatal, sizeof sb->fatal, "%s: %s", sb->tpl->path, what);
+    arm_fatal(sb);
+    return NULL;
 }
 
 /* Lua refuses to grow past the cap; a refusal is fatal (see arm_fatal), and so is the deadline,
@@ -125,25 +140,23 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
                 sb->refused_nsize = nsize;
                 return NULL;
             }
-            snprintf(sb->fatal, sizeof sb->fatal, "%s:%d: template exceeded its memory cap of %u MiB "
-                     "(the line it was last seen running)", sb->seen_line > 0 ? sb->seen_source
-                     : sb->tpl->path, sb->seen_line > 0 ? sb->seen_line : 1,
+            char what[100];
+            snprintf(what, sizeof what, "template exceeded its memory cap of %u MiB",
                      (unsigned)(MG_LUA_MEMORY_CAP >> 20));
-            arm_fatal(sb);
-            return NULL;
+            return refuse_for_good(sb, what);
         }
         if ((++sb->allocations % 32 == 0 || nsize - old > 65536) && sb->L &&
             monotonic_seconds() > sb->deadline) {
-            snprintf(sb->fatal, sizeof sb->fatal, "%s:%d: template ran past its time limit of "
-                     "%.1f s (the line it was last seen running)", sb->seen_line > 0 ?
-                     sb->seen_source : sb->tpl->path, sb->seen_line > 0 ? sb->seen_line : 1,
-                     MG_LUA_TIME_LIMIT_MS / 1000.0);
-            arm_fatal(sb);
-            return NULL;
+            char what[100];
+            snprintf(what, sizeof what, TIME_LIMIT_MESSAGE, MG_LUA_TIME_LIMIT_MS / 1000.0);
+            return refuse_for_good(sb, what);
         }
     }
     void *p = realloc(ptr, nsize);
-    if (p) sb->used = sb->used - old + nsize;
+    if (p) {
+        sb->used = sb->used - old + nsize;
+        if (nsize > old) sb->refused_nsize = 0;  /* a later refusal starts afresh */
+    }
     return p;
 }
 
@@ -162,7 +175,7 @@ static void instruction_hook(lua_State *L, lua_Debug *ar)
         sb->seen_line = ar->currentline;
     }
     double now = monotonic_seconds();
-    check_limits(L, 0, now);
+    check_limits(L, now);
     double spent = now - sb->last_hook;
     int count = sb->hook_count;
     if (spent < 0.0005 && count < HOOK_COUNT_MAX)
