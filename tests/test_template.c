@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -720,6 +721,46 @@ static void test_hostile_templates_end_with_located_errors(void **state)
     assert_int_equal(failures, 0);
 }
 
+/* include() reads regular files of at most 1 MiB: a FIFO (whose open would wait for a writer
+ * for ever) and an oversized file are refused at once. */
+static void test_include_refuses_fifos_and_big_files(void **state)
+{
+    (void)state;
+    char dir[512], path[800];
+    tu_mkdtemp(dir, sizeof dir, "inc");
+    snprintf(path, sizeof path, "%s/fifo.cuh.tpl", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    char *big = malloc((1u << 20) + 2);
+    assert_non_null(big);
+    memset(big, '/', (1u << 20) + 1);
+    big[(1u << 20) + 1] = 0;
+    tu_write_file(dir, "big.cuh.tpl", big, NULL, 0);
+    free(big);
+    tu_write_file(dir, "fifo.cu.tpl", "%! -- expect line 3: not a regular file\n" MANIFEST_OK
+                  "% include('fifo.cuh.tpl')\n", NULL, 0);
+    tu_write_file(dir, "big.cu.tpl", "%! -- expect line 3: larger than the 1 MiB\n" MANIFEST_OK
+                  "% include('big.cuh.tpl')\n", NULL, 0);
+    assert_int_equal(check_hostile(dir, "fifo.cu.tpl"), 0);
+    assert_int_equal(check_hostile(dir, "big.cu.tpl"), 0);
+    tu_rm_rf(dir);
+}
+
+/* Near the memory cap, Lua collects garbage and asks again before giving up: a template whose
+ * live data fits must not be stopped for the garbage it makes. */
+static void test_memory_cap_leaves_room_for_collection(void **state)
+{
+    (void)state;
+    mg_rendered r;
+    mg_diag d;
+    mg_status st = render_text("fix.cu.tpl", MANIFEST_OK
+                               "% local keep = string.rep('x', 20000000)\n"
+                               "% for i = 1, 20 do local t = keep .. i end\n"
+                               "done\n", NULL, &r, &d);
+    if (st != MG_OK) print_error("%s\n", d.msg);
+    assert_int_equal(st, MG_OK);
+    mg_rendered_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -737,6 +778,8 @@ int main(void)
         cmocka_unit_test(test_error_locations),
         cmocka_unit_test(test_manifest_errors),
         cmocka_unit_test(test_hostile_templates_end_with_located_errors),
+        cmocka_unit_test(test_include_refuses_fifos_and_big_files),
+        cmocka_unit_test(test_memory_cap_leaves_room_for_collection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
