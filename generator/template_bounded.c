@@ -97,9 +97,10 @@ static int bounded_pattern(lua_State *L, enum pattern_fn fn)
     double steps = pattern_steps(p, m, n, plain, anchored);
     if (steps > MG_LUA_PATTERN_STEP_CAP) {
         char msg[300];  /* lua_pushfstring knows neither precisions nor %e */
-        snprintf(msg, sizeof msg, "%s: pattern '%.40s' could backtrack for about %.0e steps on a "
-                 "subject of %zu bytes (the cap is %.0e); use a shorter subject or fewer "
-                 "repetitions", pattern_fn_names[fn], p, steps, n, (double)MG_LUA_PATTERN_STEP_CAP);
+        snprintf(msg, sizeof msg, "%s: pattern '%.40s' could take about %.0e steps on a subject "
+                 "of %zu bytes (the cap is %.0e; Lua's matcher backtracks): use a shorter subject "
+                 "or fewer repetitions", pattern_fn_names[fn], p, steps, n,
+                 (double)MG_LUA_PATTERN_STEP_CAP);
         return luaL_error(L, "%s", msg);
     }
     return call_original(L);

@@ -421,10 +421,18 @@ static int message_handler(lua_State *L)
         return 1;
     }
     const char *msg = lua_tostring(L, 1);
-    const char *colon = strchr(where, ':');
+    const char *colon = strrchr(where, ':');
     size_t file_len = colon ? (size_t)(colon - where) : strlen(where);
-    if (strncmp(msg, where, file_len) || msg[file_len] != ':')
+    /* Lua shortens a long chunk name to "...tail" in its messages: put the whole path back. */
+    const char *msg_colon = strncmp(msg, "...", 3) ? NULL : strchr(msg, ':');  /* after the dots */
+    size_t tail = msg_colon ? (size_t)(msg_colon - msg - 3) : 0;
+    if (msg_colon && tail <= file_len && !strncmp(where + file_len - tail, msg + 3, tail)) {
+        lua_pushlstring(L, where, file_len);
+        lua_pushstring(L, msg_colon);
+        lua_concat(L, 2);
+    } else if (strncmp(msg, where, file_len) || msg[file_len] != ':') {
         lua_pushfstring(L, "%s: %s", where, msg);
+    }
     return 1;
 }
 
