@@ -51,7 +51,19 @@ G_AUX_OBJ := $(REF_SRC:%.c=$(GBUILD)/obj/%.o) $(TESTUTIL:%.c=$(GBUILD)/obj/%.o)
 GPU_TESTS := $(patsubst tests/%.c,$(GBUILD)/tests/%,$(wildcard tests/test_gpu_*.c))
 BENCHES   := $(patsubst bench/%.c,$(GBUILD)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all setup run test test-build gpu-kit install clean
+# libFuzzer targets: every tests/fuzz/fuzz_NAME.c, seeded from tests/fuzz/corpus/NAME/. The
+# library is built again with clang, instrumented, and with the sandbox's instruction and time
+# budgets lowered so that a looping template costs the fuzzer milliseconds, not seconds.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TEST_SECONDS ?= 45
+FBUILD       := $(BUILD)/fuzz
+FUZZ_FLAGS   := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                -DMG_LUA_INSTRUCTION_CAP=5000000LL -DMG_LUA_TIME_LIMIT_MS=1000
+F_LIB_OBJ    := $(LIB_SRC:%.c=$(FBUILD)/obj/%.o)
+FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FBUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+.PHONY: all setup run test test-build fuzz fuzz-build gpu-kit install clean
 all: $(BUILD)/mobagen $(BUILD)/libmobagen.a $(BUILD)/libmobagen.so
 
 setup:
@@ -123,8 +135,22 @@ gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES) $(GBUILD)/example_fwd $(BUILD)
 test-build: $(TEST_BIN) $(TBUILD)/mobagen $(BUILD)/libmobagen.so
 
 test: setup
-	@$(MAKE) --no-print-directory test-build
-	@tools/run_tests.sh $(TBUILD)
+	@$(MAKE) --no-print-directory test-build fuzz-build
+	@FUZZ_BUILD=$(FBUILD) FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) tools/run_tests.sh $(TBUILD)
+
+$(FBUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FBUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(F_LIB_OBJ)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(F_LIB_OBJ) $(LDLIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+# Each target for FUZZ_SECONDS (default 60); a crash keeps its reproducer in build/fuzz/crashes/.
+fuzz: setup
+	@$(MAKE) --no-print-directory fuzz-build
+	@tools/run_fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 
 # The main job on the default spec: compile its variants (and, with a GPU, test and time them).
 run: setup

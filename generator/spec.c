@@ -18,6 +18,9 @@
 
 /* A spec is a few dozen lines; anything bigger is not a spec. */
 #define MG_SPEC_MAX_BYTES (1u << 20)
+/* A spec nests four levels (root, tuning, template, knob values). libyaml 0.2.5 takes time
+ * quadratic in the nesting depth, so deeper input is refused while it is being read. */
+#define MG_SPEC_MAX_DEPTH 32
 
 /* ---- diagnostics ----------------------------------------------------------------------------- */
 
@@ -574,9 +577,17 @@ static mg_status yaml_failure(const parse_ctx *c, const yaml_parser_t *p)
 
 /* What a single event may not carry: anchors (and so aliases) make one value stand for
  * another, which hides where a setting came from; tags change a value's type silently. */
-static mg_status check_event(const parse_ctx *c, const yaml_event_t *e, int *documents)
+static mg_status check_event(const parse_ctx *c, const yaml_event_t *e, int *documents,
+                             int *depth)
 {
     const yaml_char_t *anchor = NULL, *tag = NULL;
+    if (e->type == YAML_SEQUENCE_START_EVENT || e->type == YAML_MAPPING_START_EVENT) {
+        if (++*depth > MG_SPEC_MAX_DEPTH)
+            return fail_at(c, e->start_mark, "YAML nested deeper than %d levels; a spec needs "
+                           "four (top level, tuning, template, knob values)", MG_SPEC_MAX_DEPTH);
+    } else if (e->type == YAML_SEQUENCE_END_EVENT || e->type == YAML_MAPPING_END_EVENT) {
+        --*depth;
+    }
     switch (e->type) {
     case YAML_DOCUMENT_START_EVENT:
         if (++*documents > 1)
@@ -619,7 +630,7 @@ static mg_status check_events(const parse_ctx *c)
         return mg_fail(c->diag, MG_E_NOMEM, "%s: out of memory while parsing YAML", c->file);
     yaml_parser_set_input_string(&parser, (const unsigned char *)c->text, c->len);
     mg_status st = MG_OK;
-    int documents = 0;
+    int documents = 0, depth = 0;
     bool done = false;
     while (st == MG_OK && !done) {
         yaml_event_t event;
@@ -627,7 +638,7 @@ static mg_status check_events(const parse_ctx *c)
             st = yaml_failure(c, &parser);
             break;
         }
-        st = check_event(c, &event, &documents);
+        st = check_event(c, &event, &documents, &depth);
         done = event.type == YAML_STREAM_END_EVENT;
         yaml_event_delete(&event);
     }
@@ -685,32 +696,18 @@ mg_status mg_spec_parse(const char *text, size_t len, const char *name, mg_spec 
     return st;
 }
 
-/* Reads a whole file, refusing anything over the spec size limit. */
+/* Reads a whole file, refusing anything over the spec size limit: one byte past it is read at
+ * most, whatever the file is (a pipe, /dev/zero). */
 static mg_status read_file(const char *path, char **text, size_t *len, mg_diag *diag)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return mg_fail(diag, MG_E_IO, "cannot read %s: %s", path, strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
+    char *buf = malloc(MG_SPEC_MAX_BYTES + 1);
+    size_t n = 0;
     mg_status st = buf ? MG_OK : mg_fail(diag, MG_E_NOMEM, "%s: out of memory", path);
-    while (st == MG_OK) {
-        if (n == cap) {
-            if (cap > MG_SPEC_MAX_BYTES) {
-                st = mg_fail(diag, MG_E_SPEC, "%s:1:1: file is larger than %u bytes; a spec "
-                             "may be at most %u bytes", path, MG_SPEC_MAX_BYTES,
-                             MG_SPEC_MAX_BYTES);
-                break;
-            }
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) {
-                st = mg_fail(diag, MG_E_NOMEM, "%s: out of memory", path);
-                break;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
+    while (st == MG_OK && n <= MG_SPEC_MAX_BYTES) {
+        size_t got = fread(buf + n, 1, MG_SPEC_MAX_BYTES + 1 - n, f);
         n += got;
         if (got == 0) {
             if (ferror(f))
@@ -719,6 +716,9 @@ static mg_status read_file(const char *path, char **text, size_t *len, mg_diag *
         }
     }
     fclose(f);
+    if (st == MG_OK && n > MG_SPEC_MAX_BYTES)
+        st = mg_fail(diag, MG_E_SPEC, "%s:1:1: file is larger than %u bytes; a spec may be at "
+                     "most %u bytes", path, MG_SPEC_MAX_BYTES, MG_SPEC_MAX_BYTES);
     if (st != MG_OK) {
         free(buf);
         return st;

@@ -3,9 +3,12 @@
 #include "template.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -52,13 +55,52 @@ mg_status mg_template_from_text(const char *path, const char *text, size_t len,
     return MG_OK;
 }
 
+char *mg_template_read(const char *path, size_t *len)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    int err = 0;
+    if (fstat(fd, &st) != 0) err = errno;
+    else if (!S_ISREG(st.st_mode)) err = EINVAL;
+    else if (st.st_size > (off_t)MG_TEMPLATE_MAX_BYTES) err = EFBIG;
+    char *text = err ? NULL : malloc(MG_TEMPLATE_MAX_BYTES + 1);
+    if (!err && !text) err = ENOMEM;
+    size_t n = 0;
+    while (!err) {  /* up to one byte past the limit: the file may have grown since fstat */
+        ssize_t got = read(fd, text + n, MG_TEMPLATE_MAX_BYTES + 1 - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) err = errno;
+        else if (got == 0) break;
+        else if ((n += (size_t)got) > MG_TEMPLATE_MAX_BYTES) err = EFBIG;
+    }
+    close(fd);
+    if (err) {
+        free(text);
+        errno = err;
+        return NULL;
+    }
+    text[n] = 0;
+    *len = n;
+    return text;
+}
+
+const char *mg_template_read_error(int err)
+{
+    if (err == EFBIG) return "larger than the 1 MiB a template may have";
+    if (err == EINVAL) return "not a regular file";
+    return strerror(err);
+}
+
 mg_status mg_template_load(const char *path, mg_template **out, mg_diag *diag)
 {
     size_t len;
-    char *text = mg_read_file(path, &len);
+    char *text = mg_template_read(path, &len);
     if (!text) {
         *out = NULL;
-        return mg_fail(diag, MG_E_IO, "cannot read template %s: %s", path, strerror(errno));
+        return mg_fail(diag, MG_E_IO, "cannot read template %s: %s", path,
+                       mg_template_read_error(errno));
     }
     /* The template is known by its canonical path in messages, the first line and #line: the
      * generated source, and with it the cache key, must not depend on how its directory was
@@ -200,7 +242,7 @@ static int point_is_valid(lua_State *L, const mg_point *p, char *why, size_t why
     lua_getglobal(L, "spec");
     lua_getglobal(L, "arch");
     push_point(L, p);
-    if (lua_pcall(L, 3, 2, 0) != LUA_OK) return -1;
+    if (mg_pcall(L, 3, 2) != LUA_OK) return -1;
     int ok = lua_toboolean(L, -2);
     if (!ok && why_size) snprintf(why, why_size, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
     lua_pop(L, 2);
@@ -290,7 +332,7 @@ static mg_status read_kernels(lua_State *L, const mg_template *t, mg_rendered *r
         return mg_fail(diag, MG_E_TEMPLATE, "%s: manifest must define kernels(spec, point)", t->path);
     lua_getglobal(L, "spec");
     lua_getglobal(L, "point");
-    if (lua_pcall(L, 2, 1, 0) != LUA_OK) return mg_lua_failure(L, diag, "");
+    if (mg_pcall(L, 2, 1) != LUA_OK) return mg_lua_failure(L, diag, "");
     if (!lua_istable(L, -1))
         return mg_fail(diag, MG_E_TEMPLATE, "%s: kernels() must return a table role -> name", t->path);
     lua_pushnil(L);
@@ -322,7 +364,7 @@ static mg_status read_launch(lua_State *L, const mg_template *t, mg_rendered *r,
     }
     lua_getglobal(L, "spec");
     lua_getglobal(L, "point");
-    if (lua_pcall(L, 2, 1, 0) != LUA_OK) return mg_lua_failure(L, diag, "");
+    if (mg_pcall(L, 2, 1) != LUA_OK) return mg_lua_failure(L, diag, "");
     if (!lua_istable(L, -1))
         return mg_fail(diag, MG_E_TEMPLATE, "%s: launch() must return a table", t->path);
     lua_pushnil(L);

@@ -76,8 +76,16 @@ int mg_point_get(const mg_point *p, const char *name, int def);
 long long mg_rendered_launch(const mg_rendered *r, const char *name, long long def);
 const char *mg_rendered_kernel(const mg_rendered *r, const char *role);
 
-/* Budgets of the sandbox, per Lua state. */
+/* Budgets of the sandbox, per Lua state (a build may lower them, as the fuzz targets do). The
+ * wall-clock limit backs the others up: it holds however the time is spent. */
+#ifndef MG_LUA_MEMORY_CAP
 #define MG_LUA_MEMORY_CAP (64u << 20)
+#endif
+#ifndef MG_LUA_INSTRUCTION_CAP
 #define MG_LUA_INSTRUCTION_CAP 200000000LL
+#endif
+#ifndef MG_LUA_TIME_LIMIT_MS
+#define MG_LUA_TIME_LIMIT_MS 4000
+#endif
 
 #endif

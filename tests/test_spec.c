@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "spec.h"
+#include "util/testutil.h"
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -525,6 +526,97 @@ static void test_dtype_names(void **state)
     assert_string_equal(mg_dtype_name(MG_FP16), "fp16");
 }
 
+/* ---- hostile nesting ------------------------------------------------------------------------- */
+
+/* "tuning: " then `depth` openers and as many closers, padded with spaces to `size` bytes. */
+static char *nested_yaml(const char *open, const char *close, size_t depth, size_t size)
+{
+    char *y = malloc(size + 1);
+    assert_non_null(y);
+    size_t n = (size_t)sprintf(y, "tuning: ");
+    for (size_t i = 0; i < depth; i++) n += (size_t)sprintf(y + n, "%s", open);
+    for (size_t i = 0; i < depth; i++) n += (size_t)sprintf(y + n, "%s", close);
+    assert_true(n <= size);
+    memset(y + n, ' ', size - n);
+    y[size] = 0;
+    return y;
+}
+
+/* libyaml takes time quadratic in the nesting depth (80,000 '[' took a minute): the parser
+ * stops at 32 levels, pointing at the opener that went too deep, in well under a second. */
+static void test_deep_nesting_rejected_fast(void **state)
+{
+    (void)state;
+    static const struct { const char *open, *close; size_t depth, size; } cases[] = {
+        {"[", "]", 80000, 160008},
+        {"[", "]", 524284, 1u << 20},       /* a whole 1 MiB of it */
+        {"{a: ", "}", 200000, 1u << 20},
+        {"[{a: ", "}]", 100000, 1u << 20},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *y = nested_yaml(cases[i].open, cases[i].close, cases[i].depth, cases[i].size);
+        mg_spec s;
+        mg_diag d = {{0}};
+        double start = tu_now();
+        mg_status st = mg_spec_parse(y, cases[i].size, "x.yaml", &s, &d);
+        double took = tu_now() - start;
+        free(y);
+        if (st != MG_E_SPEC || !strstr(d.msg, "x.yaml:1:") || !strstr(d.msg, "nested deeper than 32"))
+            print_error("case %zu: %s %s\n", i, mg_status_name(st), d.msg);
+        assert_int_equal(st, MG_E_SPEC);
+        assert_non_null(strstr(d.msg, "nested deeper than 32"));
+        print_message("case %zu: %.3f s: %s\n", i, took, d.msg);
+        assert_true(took < 0.5);
+    }
+    /* The opener at depth 33 is named: the top-level mapping is depth 1, "tuning: " takes 8
+     * columns and each '[' one, so the 32nd '[' at column 40. */
+    char *y = nested_yaml("[", "]", 40, 88);
+    mg_spec s;
+    mg_diag d;
+    assert_int_equal(mg_spec_parse(y, 88, "x.yaml", &s, &d), MG_E_SPEC);
+    free(y);
+    if (strncmp(d.msg, "x.yaml:1:40:", 12)) print_error("%s\n", d.msg);
+    assert_int_equal(strncmp(d.msg, "x.yaml:1:40:", 12), 0);
+    /* Block style too: one mapping per indented line. */
+    char block[40000];
+    size_t n = 0;
+    for (int i = 0; i < 40; i++) n += (size_t)sprintf(block + n, "%*sk%d:\n", i, "", i);
+    /* k0 opens the top level; the mapping under k31, at line 33, is depth 33. */
+    expect_spec_error(block, "x.yaml:33:33:", "nested deeper than 32");
+    /* 31 levels of lists still parse as YAML and fail on the spec's own terms. */
+    y = nested_yaml("[", "]", 31, 70);
+    assert_int_equal(mg_spec_parse(y, 70, "x.yaml", &s, &d), MG_E_SPEC);
+    free(y);
+    assert_null(strstr(d.msg, "nested deeper"));
+}
+
+/* The same through a file: the message names the file, and a file over the size limit (or an
+ * endless one) is refused after reading one byte past the limit. */
+static void test_deep_nesting_file_and_size_cap(void **state)
+{
+    (void)state;
+    char dir[512], path[700];
+    tu_mkdtemp(dir, sizeof dir, "spec");
+    char *y = nested_yaml("[", "]", 524284, 1u << 20);
+    tu_write_file(dir, "deep.yaml", y, path, sizeof path);
+    free(y);
+    mg_spec s;
+    mg_diag d = {{0}};
+    double start = tu_now();
+    assert_int_equal(mg_spec_load(path, &s, &d), MG_E_SPEC);
+    assert_true(tu_now() - start < 0.5);
+    char where[800];
+    snprintf(where, sizeof where, "%s:1:40:", path);
+    if (strncmp(d.msg, where, strlen(where))) print_error("%s\n", d.msg);
+    assert_int_equal(strncmp(d.msg, where, strlen(where)), 0);
+    tu_rm_rf(dir);
+
+    start = tu_now();
+    assert_int_equal(mg_spec_load("/dev/zero", &s, &d), MG_E_SPEC);
+    assert_true(tu_now() - start < 0.5);
+    assert_non_null(strstr(d.msg, "/dev/zero:1:1: file is larger than 1048576 bytes"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -558,6 +650,8 @@ int main(void)
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_load_directory),
         cmocka_unit_test(test_null_arguments),
+        cmocka_unit_test(test_deep_nesting_rejected_fast),
+        cmocka_unit_test(test_deep_nesting_file_and_size_cap),
         cmocka_unit_test(test_arch_table),
         cmocka_unit_test(test_dtype_names),
     };

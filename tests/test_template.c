@@ -6,9 +6,15 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "spec.h"
 #include "template.h"
@@ -589,6 +595,172 @@ static void test_manifest_errors(void **state)
     mg_rendered_free(&r);
 }
 
+/* ---- hostile templates ----------------------------------------------------------------------- */
+
+/* Each tests/hostile/NAME.cu.tpl starts with "%! -- expect line N: PHRASE": its points, then its
+ * first point's expansion, must fail with MG_E_TEMPLATE naming NAME.cu.tpl:N and PHRASE (or one
+ * of "A|B": whether a loop meets the instruction budget or the time limit first depends on the
+ * machine). It runs
+ * in a child process, so that a template that still hangs fails the test instead of hanging it,
+ * under a wall-clock bound a little above the sandbox's own time limit. */
+#define HOSTILE_BOUND_S (MG_LUA_TIME_LIMIT_MS / 1000.0 + 4.0)
+
+static void run_hostile_child(const char *path, int fd)
+{
+    mg_spec s;
+    parse_spec(SPEC_MIN, &s);
+    mg_template *t = NULL;
+    mg_diag d = {{0}};
+    mg_status st = mg_template_load(path, &t, &d);
+    mg_point *pts = NULL;
+    int np = 0;
+    if (st == MG_OK) st = mg_template_points(t, &s, "sm_80", &pts, &np, &d);
+    if (st == MG_OK) {
+        mg_rendered r;
+        st = mg_template_render(t, &s, "sm_80", &pts[0], &r, &d);
+        if (st == MG_OK) mg_rendered_free(&r);
+        free(pts);
+    }
+    mg_template_free(t);
+    dprintf(fd, "%s\n%s", mg_status_name(st), d.msg);
+    close(fd);
+    _exit(0);
+}
+
+/* Runs one hostile file; returns 0 when it failed as its header says, in time. */
+static int check_hostile(const char *dir, const char *name)
+{
+    char path[1024], header[512] = "", phrase[400];
+    int line;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f || !fgets(header, sizeof header, f) ||
+        sscanf(header, "%%! -- expect line %d: %399[^\n]", &line, phrase) != 2) {
+        print_error("%s: no '%%! -- expect line N: PHRASE' header\n", path);
+        if (f) fclose(f);
+        return 1;
+    }
+    fclose(f);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(NULL);
+    double start = tu_now();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        run_hostile_child(path, fds[1]);
+    }
+    close(fds[1]);
+    char out[4096];
+    size_t got = 0;
+    int timed_out = 0;
+    for (;;) {
+        double left = HOSTILE_BOUND_S - (tu_now() - start);
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        if (left <= 0 || poll(&pfd, 1, (int)(left * 1000) + 1) == 0) {
+            timed_out = 1;
+            break;
+        }
+        ssize_t n = read(fds[0], out + got, sizeof out - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    out[got] = 0;
+    close(fds[0]);
+    if (timed_out) kill(pid, SIGKILL);
+    int wstatus;
+    waitpid(pid, &wstatus, 0);
+    double took = tu_now() - start;
+    char where[600];
+    snprintf(where, sizeof where, "%s:%d:", name, line);
+    if (timed_out) {
+        print_error("%s: still running after %.1f s; killed\n", name, took);
+        return 1;
+    }
+    int phrase_found = 0;  /* "a|b": either phrase */
+    for (char *alt = strtok(phrase, "|"); alt; alt = strtok(NULL, "|")) phrase_found |= !!strstr(out, alt);
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strncmp(out, "MG_E_TEMPLATE\n", 14) ||
+        !strstr(out, where) || !phrase_found) {
+        print_error("%s (%.1f s): wanted MG_E_TEMPLATE with '%s' and '%s', got (exit %d):\n%s\n",
+                    name, took, where, phrase, wstatus, out);
+        return 1;
+    }
+    print_message("%-32s %5.2f s  %s", name, took, out + 14);
+    print_message("\n");
+    return 0;
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void test_hostile_templates_end_with_located_errors(void **state)
+{
+    (void)state;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/hostile", tu_repo_root());
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    char *names[256];
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < 256) {
+        size_t len = strlen(de->d_name);
+        if (len > 7 && !strcmp(de->d_name + len - 7, ".cu.tpl")) names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], compare_strings);
+    assert_true(n >= 30);
+    int failures = 0;
+    for (int i = 0; i < n; i++) {
+        failures += check_hostile(dir, names[i]);
+        free(names[i]);
+    }
+    assert_int_equal(failures, 0);
+}
+
+/* include() reads regular files of at most 1 MiB: a FIFO (whose open would wait for a writer
+ * for ever) and an oversized file are refused at once. */
+static void test_include_refuses_fifos_and_big_files(void **state)
+{
+    (void)state;
+    char dir[512], path[800];
+    tu_mkdtemp(dir, sizeof dir, "inc");
+    snprintf(path, sizeof path, "%s/fifo.cuh.tpl", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    char *big = malloc((1u << 20) + 2);
+    assert_non_null(big);
+    memset(big, '/', (1u << 20) + 1);
+    big[(1u << 20) + 1] = 0;
+    tu_write_file(dir, "big.cuh.tpl", big, NULL, 0);
+    free(big);
+    tu_write_file(dir, "fifo.cu.tpl", "%! -- expect line 3: not a regular file\n" MANIFEST_OK
+                  "% include('fifo.cuh.tpl')\n", NULL, 0);
+    tu_write_file(dir, "big.cu.tpl", "%! -- expect line 3: larger than the 1 MiB\n" MANIFEST_OK
+                  "% include('big.cuh.tpl')\n", NULL, 0);
+    assert_int_equal(check_hostile(dir, "fifo.cu.tpl"), 0);
+    assert_int_equal(check_hostile(dir, "big.cu.tpl"), 0);
+    tu_rm_rf(dir);
+}
+
+/* Near the memory cap, Lua collects garbage and asks again before giving up: a template whose
+ * live data fits must not be stopped for the garbage it makes. */
+static void test_memory_cap_leaves_room_for_collection(void **state)
+{
+    (void)state;
+    mg_rendered r;
+    mg_diag d;
+    mg_status st = render_text("fix.cu.tpl", MANIFEST_OK
+                               "% local keep = string.rep('x', 20000000)\n"
+                               "% for i = 1, 20 do local t = keep .. i end\n"
+                               "done\n", NULL, &r, &d);
+    if (st != MG_OK) print_error("%s\n", d.msg);
+    assert_int_equal(st, MG_OK);
+    mg_rendered_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -605,6 +777,9 @@ int main(void)
         cmocka_unit_test(test_points_space_too_large),
         cmocka_unit_test(test_error_locations),
         cmocka_unit_test(test_manifest_errors),
+        cmocka_unit_test(test_hostile_templates_end_with_located_errors),
+        cmocka_unit_test(test_include_refuses_fifos_and_big_files),
+        cmocka_unit_test(test_memory_cap_leaves_room_for_collection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,5 +49,15 @@ else
     echo "python tests: skipped: python3 not installed"; skipped=$((skipped + 1))
 fi
 rm -f "$log"
+# libFuzzer targets (FUZZ_BUILD, built by `make test`), FUZZ_SECONDS each: one test apiece.
+for t in "$root/${FUZZ_BUILD:-build/fuzz}"/fuzz_*; do
+    [ -n "${FUZZ_BUILD:-}" ] && [ -x "$t" ] || continue
+    echo "== $(basename "$t") (${FUZZ_SECONDS:-45} s)"
+    if "$root/tools/run_fuzz.sh" "${FUZZ_SECONDS:-45}" "$t"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,137 @@
+%! -- Attention over each query's selected blocks with an online softmax; writes o and LSE.
+%! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into per-block query
+%! -- lists and 64-query tiles meet their block's keys on mma.sync; a merge combines the top_k
+%! -- partials of each query. impl 1 (CUDA cores): one warp per (query row, head) streams that
+%! -- query's own blocks; it reads each selected block once per query, with no reuse.
+%! knobs = { impl = {2, 1}, warps = {4, 8} }
+%! function valid(spec, arch, p)
+%!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
+%!   if p.warps < 1 or p.warps > 32 then return false, "warps must be in 1..32" end
+%!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
+%!   if p.impl == 2 then
+%!     if p.warps ~= 4 then return false, "impl 2 runs 4 warps" end
+%!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
+%!       return false, "impl 2 supports head_dim 64 and 128"
+%!     end
+%!     if arch.sm < 80 then return false, "impl 2 needs mma.sync with bf16 (sm_80+)" end
+%!     if tiles_smem(spec) > arch.max_smem then return false, "impl 2 does not fit shared memory" end
+%!   end
+%!   return true
+%! end
+%! function tile_n(spec)
+%!   if spec.block_size % 64 == 0 then return 64 elseif spec.block_size % 32 == 0 then return 32 end
+%!   return 16
+%! end
+%! function tiles_smem(spec) return (64 + 2 * tile_n(spec)) * spec.head_dim * 2 + 64 * 4 end
+%! function kernels(spec, p)
+%!   if p.impl == 2 then
+%!     return { main = "moba_attn_tiles", count = "moba_attn_count<128>", scan = "moba_attn_scan",
+%!              scatter = "moba_attn_scatter<128>", merge = "moba_attn_merge<4>" }
+%!   end
+%!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
+%! end
+%! function launch(spec, p)
+%!   if p.impl == 2 then
+%!     -- main: a persistent grid of ctas_per_sm per multiprocessor; rows: merge rows per CTA
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = 2, rows = 4, list_rows = 128 }
+%!   end
+%!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
+%! end
+% include("common.cuh.tpl")
+% if point.impl == 2 then
+%   include("attn_tiles.cuh.tpl")
+% else
+% local dpl = spec.head_dim // 32
+
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM, DPL = $(dpl);   // output dims per lane
+    constexpr float LOG2E = 1.4426950408889634f;
+    __shared__ float q_smem[WARPS][D];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int h = blockIdx.y, b = blockIdx.z, kvh = h / MOBA_GQA;
+    const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
+    const int *cu_k = reinterpret_cast<const int *>(p.cu_seqlens_k);
+    const int q0 = cu_q[b], len_q = cu_q[b + 1] - q0;
+    const int k0 = cu_k[b], len_k = cu_k[b + 1] - k0;
+    const int row = blockIdx.x * WARPS + warp;
+    if (row >= len_q) return;
+    const int t = row + len_k - len_q;
+
+    // q scaled so that exp2 replaces exp: s2 = log2(e) * scale * q.k
+    const elem_t *q = reinterpret_cast<const elem_t *>(p.q) + (long long)(q0 + row) * p.q_row_stride + h * p.q_head_stride;
+    const float qscale = (float)p.softmax_scale * LOG2E;
+    for (int c = lane; c < D; c += 32) q_smem[warp][c] = elem_to_float(q[c]) * qscale;
+    __syncwarp();
+
+% if spec.conv_width > 0 then
+    const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime) + kvh * D;
+    const long long k_row_stride = p.hkv * D;
+% else
+    const elem_t *kbase = reinterpret_cast<const elem_t *>(p.k) + kvh * p.k_head_stride;
+    const long long k_row_stride = p.k_row_stride;
+% end
+    const elem_t *vbase = reinterpret_cast<const elem_t *>(p.v) + kvh * p.v_head_stride;
+    const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
+
+    float m = -INFINITY, l = 0.f, acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) acc[i] = 0.f;
+
+    for (int s = 0; s < MOBA_TOP_K; s++) {
+        const int blk = sel[s];
+        if (blk < 0) break;                                   // ascending, -1 padded
+        const int begin = blk * MOBA_BLOCK;
+        int end = min(begin + MOBA_BLOCK, len_k);
+% if spec.causal then
+        end = min(end, t + 1);                                // token-level causal mask
+% end
+        for (int key0 = begin; key0 < end; key0 += 32) {
+            const int key = key0 + lane;
+            float s2 = -INFINITY;
+            if (key < end) {
+                const elem_t *kr = kbase + (long long)(k0 + key) * k_row_stride;
+                float dot = 0.f;
+#pragma unroll
+                for (int c = 0; c < D; c += 8) {
+                    float kv[8];
+                    load8(kr + c, kv);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) dot = fmaf(q_smem[warp][c + j], kv[j], dot);
+                }
+                s2 = dot;
+            }
+            float cmax = s2;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, o));
+            const float m_new = fmaxf(m, cmax);               // finite: the chunk has a valid key
+            const float rescale = exp2f(m - m_new);
+            const float prob = key < end ? exp2f(s2 - m_new) : 0.f;
+            float psum = prob;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o);
+            l = l * rescale + psum;
+            m = m_new;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[i] *= rescale;
+            const int n_keys = min(32, end - key0);
+            for (int j = 0; j < n_keys; j++) {
+                const float pj = __shfl_sync(0xffffffffu, prob, j);
+                const elem_t *vr = vbase + (long long)(k0 + key0 + j) * p.v_row_stride + lane * DPL;
+#pragma unroll
+                for (int i = 0; i < DPL; i++) acc[i] = fmaf(pj, elem_to_float(vr[i]), acc[i]);
+            }
+        }
+    }
+
+    elem_t *out = reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride;
+    const float inv = l > 0.f ? 1.f / l : 0.f;                // no visible key: o = 0
+#pragma unroll
+    for (int i = 0; i < DPL; i++) out[lane * DPL + i] = float_to_elem(acc[i] * inv);
+    if (lane == 0) {
+        float *lse = reinterpret_cast<float *>(p.lse);
+        lse[(long long)(q0 + row) * p.hq + h] = l > 0.f ? (m + __log2f(l)) * 0.6931471805599453f : -INFINITY;
+    }
+}
+% end

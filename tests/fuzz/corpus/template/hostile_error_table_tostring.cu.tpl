@@ -1,0 +1,2 @@
+%! function kernels() return { main = 'k' } end
+% error(setmetatable({}, { __tostring = function() while true do end end }))

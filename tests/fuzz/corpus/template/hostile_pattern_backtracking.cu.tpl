@@ -1,0 +1,2 @@
+%! function kernels() return { main = 'k' } end
+% local i = string.rep('a', 20000):find('.-.-.-b')

@@ -1,0 +1,2 @@
+%! function kernels() return { main = 'k' } end
+% table.move({}, 1, math.maxinteger, 2)

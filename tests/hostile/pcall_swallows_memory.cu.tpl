@@ -1,0 +1,4 @@
+%! -- expect line 4: memory cap
+%! function kernels() return { main = 'k' } end
+% local hog = {}
+% while true do pcall(function() while true do hog[#hog + 1] = {} end end) end

@@ -1,0 +1,3 @@
+%! -- expect line 3: budget of|time limit
+%! function kernels() return { main = 'k' } end
+% while true do local s = string.rep('', 1e12, '') end
