@@ -62,6 +62,8 @@ mg_sandbox *mg_sandbox_of(lua_State *L);
 void mg_sandbox_charge(lua_State *L, long long work);
 /* Replaces the library functions that can loop in C for unbounded time (template_bounded.c). */
 void mg_sandbox_bound_libs(lua_State *L);
+/* pairs() in a canonical key order, and no math.random: template_canonical.c. */
+void mg_sandbox_canonical_libs(lua_State *L);
 /* Loads (text only, never bytecode) and runs a chunk named "@path"; a LUA_* code. */
 int mg_run_chunk(lua_State *L, const char *code, const char *path);
 /* lua_pcall with the sandbox's message handler, which gives every error a template location. */

@@ -325,7 +325,6 @@ static void push_spec(lua_State *L, const mg_spec *s)
 {
     lua_createtable(L, 0, 10);
     lua_pushstring(L, s->name); lua_setfield(L, -2, "name");
-    lua_pushstring(L, s->path); lua_setfield(L, -2, "path");
     lua_pushinteger(L, s->head_dim); lua_setfield(L, -2, "head_dim");
     lua_pushinteger(L, s->block_size); lua_setfield(L, -2, "block_size");
     lua_pushinteger(L, s->top_k); lua_setfield(L, -2, "top_k");
@@ -365,6 +364,7 @@ static int open_sandbox_libs(lua_State *L)
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
     mg_sandbox_bound_libs(L);
+    mg_sandbox_canonical_libs(L);
     lua_register(L, "_L", lua_emit_line);
     lua_register(L, "_V", lua_value_text);
     lua_register(L, "include", lua_include);

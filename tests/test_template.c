@@ -75,6 +75,66 @@ static void expect_render_error(const char *text, const char *phrase1, const cha
 
 #define MANIFEST_OK "%! function kernels(spec, p) return { main = \"k\" } end\n"
 
+/* ---- determinism ----------------------------------------------------------------------------- */
+
+/* pairs() walks keys in one canonical order (numbers, then strings bytewise, then false, true):
+ * Lua's own order follows string hashes, which are seeded per state, and what a template emits
+ * enters the cache key. */
+static void test_pairs_order_is_canonical(void **state)
+{
+    (void)state;
+    static const char tpl[] = MANIFEST_OK
+        "% local t = {}\n"
+        "% for i = 1, 300 do t['k' .. ((i * 7919) % 1000)] = i end\n"
+        "% t[3] = 1; t[-2.5] = 1; t[true] = 1; t[false] = 1; t['K'] = 1; t['k'] = 1\n"
+        "% local keys = {}\n"
+        "% for k in pairs(t) do keys[#keys + 1] = tostring(k) end\n"
+        "keys:$(table.concat(keys, ','))\n";
+    char *first = NULL;
+    for (int run = 0; run < 8; run++) {
+        mg_rendered r;
+        mg_diag d;
+        mg_status st = render_text("fix.cu.tpl", tpl, NULL, &r, &d);
+        if (st != MG_OK) print_error("%s\n", d.msg);
+        assert_int_equal(st, MG_OK);
+        const char *line = strstr(r.source, "keys:");
+        assert_non_null(line);
+        line += 5;
+        size_t len = strcspn(line, "\n");
+        if (!first) {
+            first = strndup(line, len);
+            assert_non_null(first);
+        } else {
+            assert_int_equal(strlen(first), len);
+            assert_memory_equal(first, line, len);
+        }
+        mg_rendered_free(&r);
+    }
+    /* -2.5, 3, then the strings bytewise ("K" < "k" < "k0" ...), then false, true. */
+    assert_true(!strncmp(first, "-2.5,3,K,k,", 11));
+    size_t n = strlen(first);
+    assert_true(n > 11 && !strcmp(first + n - 11, ",false,true"));
+    char *copy = strndup(first + 7, n - 7 - 11), *save = NULL, *prev = NULL;
+    int count = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), count++) {
+        if (prev) assert_true(strcmp(prev, tok) < 0);
+        prev = tok;
+    }
+    assert_int_equal(count, 2 + 300);   /* K, k and the 300 distinct k<i*7919 mod 1000> */
+    free(copy);
+    free(first);
+}
+
+static void test_no_randomness_or_unordered_keys(void **state)
+{
+    (void)state;
+    expect_render_error(MANIFEST_OK "ok\n% local x = math.random(10)\n", "fix.cu.tpl:3:", "nil value");
+    expect_render_error(MANIFEST_OK "ok\n% math.randomseed(1)\n", "fix.cu.tpl:3:", "nil value");
+    expect_render_error(MANIFEST_OK "ok\n% for k in pairs({[{}] = 1}) do end\n", "fix.cu.tpl:3:",
+                        "no canonical order");
+    expect_render_error(MANIFEST_OK "ok\n% local x = spec.path .. ''\n", "fix.cu.tpl:3:", "nil value");
+}
+
 /* ---- golden output --------------------------------------------------------------------------- */
 
 static const char golden_tpl[] =
@@ -680,13 +740,13 @@ static int check_hostile(const char *dir, const char *name)
     }
     int phrase_found = 0;  /* "a|b": either phrase */
     for (char *alt = strtok(phrase, "|"); alt; alt = strtok(NULL, "|")) phrase_found |= !!strstr(out, alt);
-    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strncmp(out, "MG_E_TEMPLATE\n", 14) ||
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strncmp(out, "MOBAGEN_E_TEMPLATE\n", 19) ||
         !strstr(out, where) || !phrase_found) {
-        print_error("%s (%.1f s): wanted MG_E_TEMPLATE with '%s' and '%s', got (exit %d):\n%s\n",
+        print_error("%s (%.1f s): wanted MOBAGEN_E_TEMPLATE with '%s' and '%s', got (exit %d):\n%s\n",
                     name, took, where, phrase, wstatus, out);
         return 1;
     }
-    print_message("%-32s %5.2f s  %s", name, took, out + 14);
+    print_message("%-32s %5.2f s  %s", name, took, out + 19);
     print_message("\n");
     return 0;
 }
@@ -780,6 +840,8 @@ int main(void)
         cmocka_unit_test(test_hostile_templates_end_with_located_errors),
         cmocka_unit_test(test_include_refuses_fifos_and_big_files),
         cmocka_unit_test(test_memory_cap_leaves_room_for_collection),
+        cmocka_unit_test(test_pairs_order_is_canonical),
+        cmocka_unit_test(test_no_randomness_or_unordered_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
