@@ -31,8 +31,9 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     memset(&w, 0, sizeof w);
     size_t elem = 2;
     size_t kprime = s->conv_width > 0 ? (size_t)a->total_k * (size_t)a->hkv * (size_t)a->head_dim * elem : 0;
+    /* fp32 centroids, then their high/low split in the element type (centroid_split.cuh.tpl) */
     size_t centroid = (size_t)a->batch * (size_t)max_blocks_of(s, a) * (size_t)a->hkv *
-                      (size_t)a->head_dim * sizeof(float);
+                      (size_t)a->head_dim * (sizeof(float) + 2 * elem);
     size_t sel = (size_t)a->total_q * (size_t)a->hq * (size_t)s->top_k * sizeof(int32_t);
     w.kprime = 0;
     w.centroid = align_up(kprime);
