@@ -9,7 +9,7 @@
 %! -- impl 1: CUDA cores, one thread per row with its query in shared memory.
 %! -- The runtime's default is the first valid point (block_m slowest, then impl): impl 3 with
 %! -- the most rows per CTA wherever it applies (sm_80+, head_dim 64 or 128).
-%! knobs = { impl = {3, 2, 1}, block_m = {256, 128, 64}, tile_n = {16} }
+%! knobs = { impl = {3, 2, 1}, block_m = {256, 128, 64}, tile_n = {16}, warp_rows = {32, 16} }
 %! function slots(spec)
 %!   -- causal routing forces the own block, so the running list keeps only top_k - 1 others
 %!   if spec.causal then return math.max(spec.top_k - 1, 1) end
@@ -36,8 +36,12 @@
 %!   return q_tile + c_tile + lists
 %! end
 %! -- impl 3: the __launch_bounds__ minimum of CTAs per SM that caps registers at 128 a thread
-%! -- (given more, ptxas hoists tile addresses and grows to 255 without running faster)
-%! function min_ctas(spec, arch, p) return 65536 // (p.block_m * 128) end
+%! -- for 32 rows per warp, 80 for 16 (given more, ptxas hoists tile addresses and grows to
+%! -- 255 without running faster)
+%! function min_ctas(spec, arch, p)
+%!   local threads = p.block_m // p.warp_rows * 32
+%!   return 65536 // (threads * (p.warp_rows == 32 and 128 or 80))
+%! end
 %! function valid(spec, arch, p)
 %!   if p.impl < 1 or p.impl > 3 then return false, "impl is 1 (CUDA cores), 2 or 3 (tensor cores)" end
 %!   if p.tile_n % 4 ~= 0 then return false, "tile_n must be a multiple of 4" end
@@ -51,8 +55,13 @@
 %!     end
 %!     if arch.sm < 80 then return false, "impl 2 and 3 need mma.sync (sm_80+)" end
 %!   end
-%!   if p.impl == 3 and p.block_m ~= 128 and p.block_m ~= 256 then
-%!     return false, "impl 3 takes 128 or 256 rows per CTA (32 per warp)"
+%!   if p.impl == 3 then
+%!     if p.warp_rows ~= 16 and p.warp_rows ~= 32 then return false, "impl 3 runs 16 or 32 rows per warp" end
+%!     if p.block_m ~= 4 * p.warp_rows and p.block_m ~= 8 * p.warp_rows then
+%!       return false, "impl 3 runs 4 or 8 warps (block_m / warp_rows)"
+%!     end
+%!   elseif p.warp_rows ~= 32 then
+%!     return false, "warp_rows is an impl 3 knob; leave it at 32"
 %!   end
 %!   if p.impl == 2 and p.block_m ~= 64 then return false, "impl 2 takes 64 rows per CTA" end
 %!   if p.impl == 1 and p.block_m > 128 then return false, "impl 1 takes at most 128 rows per CTA" end
@@ -62,12 +71,14 @@
 %!   return true
 %! end
 %! function kernels(spec, p)
-%!   if p.impl == 3 then return { main = "moba_route_fast<" .. p.block_m // 32 .. ", " .. min_ctas(spec, arch, p) .. ">" } end
+%!   if p.impl == 3 then
+%!     return { main = "moba_route_fast<" .. p.block_m // p.warp_rows .. ", " .. p.warp_rows // 16 .. ", " .. min_ctas(spec, arch, p) .. ">" }
+%!   end
 %!   if p.impl == 2 then return { main = "moba_route_mma" } end
 %!   return { main = "moba_route<" .. p.block_m .. ", " .. p.tile_n .. ">" }
 %! end
 %! function launch(spec, p)
-%!   local threads = p.impl == 2 and 128 or p.block_m
+%!   local threads = p.impl == 2 and 128 or p.impl == 3 and p.block_m // p.warp_rows * 32 or p.block_m
 %!   return { threads = threads, smem = smem_bytes(spec, p), rows = p.block_m }
 %! end
 % include("common.cuh.tpl")

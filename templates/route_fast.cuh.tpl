@@ -31,22 +31,37 @@ __device__ __forceinline__ float rf_key_score(u64 key)
     return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
 }
 
+// take ? cand : v, opaque to the compiler: a select chain over a register array that it
+// would otherwise turn into an indexed load, moving the whole array to local memory.
+__device__ __forceinline__ float rf_pick(float v, float cand, bool take)
+{
+    float r;
+    asm("{\n .reg .pred p;\n setp.ne.s32 p, %3, 0;\n selp.f32 %0, %1, %2, p;\n}\n"
+        : "=f"(r) : "f"(cand), "f"(v), "r"((int)take));
+    return r;
+}
+
 % if heap > 0 then
 // Min-heap of RF_HEAP keys, one row's column of [slot][ROWS]: the root is the worst kept entry.
+// Four children a node (slots 4 i + 1 .. 4 i + 4): half the levels of a binary heap, and the
+// four loads of a level are independent, so a sift costs about half the shared-memory latency.
 template <int ROWS>
 __device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
 {
     for (;;) {
-        int c = 2 * pos + 1;
-        if (c >= RF_HEAP) break;
-        u64 kc = h[c * ROWS];
-        if (c + 1 < RF_HEAP) {
-            const u64 k2 = h[(c + 1) * ROWS];
-            if (k2 < kc) {
-                kc = k2;
-                c++;
+        const int c0 = 4 * pos + 1;
+        if (c0 >= RF_HEAP) break;
+        int c = c0;
+        u64 kc = h[c0 * ROWS];
+#pragma unroll
+        for (int i = 1; i < 4; i++)
+            if (c0 + i < RF_HEAP) {
+                const u64 ki = h[(c0 + i) * ROWS];
+                if (ki < kc) {
+                    kc = ki;
+                    c = c0 + i;
+                }
             }
-        }
         if (key < kc) break;
         h[pos * ROWS] = kc;
         pos = c;
@@ -55,11 +70,12 @@ __device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
 }
 % end
 
-template <int WARPS, int MIN_CTAS>
+// MT m16 fragments (16 MT query rows) per warp.
+template <int WARPS, int MT, int MIN_CTAS>
 __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, THREADS = WARPS * 32;
-    constexpr int ROWS = WARPS * 32, MT = 2, TN = 32, NT = TN / 8, STAGES = 3;
+    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8, STAGES = 3;
     constexpr int PART = TN * CH, STAGE = 2 * PART;   // 16-byte chunks: high rows, then low rows
     extern __shared__ __align__(128) unsigned char smem_raw[];
     uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
@@ -91,16 +107,16 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++)
-            ldsm_x4(smem_addr(&q_s[swizzle(warp * 32 + mt * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[mt][kk]);
+            ldsm_x4(smem_addr(&q_s[swizzle(warp * WR + mt * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[mt][kk]);
     __syncthreads();                               // q_s is about to hold centroid tiles
 
     // A lane holds 2 * MT rows of the mma C layout: r = 2 * mt + half is CTA row
-    // warp * 32 + mt * 16 + half * 8 + g; limit[r] candidates (blocks 0..limit-1) each.
+    // warp * WR + mt * 16 + half * 8 + g; limit[r] candidates (blocks 0..limit-1) each.
     int limit[2 * MT];
     float thr[2 * MT];
 #pragma unroll
     for (int r = 0; r < 2 * MT; r++) {
-        const int row = row0 + warp * 32 + (r >> 1) * 16 + (r & 1) * 8 + g;
+        const int row = row0 + warp * WR + (r >> 1) * 16 + (r & 1) * 8 + g;
 % if spec.causal then
         const int t = row + len_k - len_q;
         limit[r] = row < len_q && t >= 0 ? t / MOBA_BLOCK : 0;
@@ -121,14 +137,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 
     const long long block_stride = p.hkv * 2 * D;
     const elem_t *split = centroid_split(p) + ((long long)b * p.max_blocks * p.hkv + kvh) * 2 * D;
+    // A stage is 2 TN rows (high parts, then low parts) of CH chunks; thread tid copies chunk
+    // tid % CH of rows tid / CH + k * RSTEP.
+    constexpr int RSTEP = THREADS / CH;
+    static_assert(STAGE % THREADS == 0 && TN % RSTEP == 0, "a stage splits evenly over the threads");
+    const int ld_c = tid % CH, ld_r = tid / CH;
     auto issue = [&](int tile) {
         uint4 *dst = stage_s + (tile % STAGES) * STAGE;
-        for (int i = tid; i < STAGE; i += THREADS) {
-            const int part = i / PART, j = (i / CH) % TN, c = i % CH;
-            const int blk = tile * TN + j;
-            const bool ok = blk < n_blocks;
-            const elem_t *src = ok ? split + blk * block_stride + part * D + c * 8 : split;
-            cp_async16(&dst[part * PART + swizzle(j, c)], src, ok);
+        const elem_t *src = split + (long long)tile * TN * block_stride + ld_c * 8;
+#pragma unroll 1
+        for (int k = 0; k < STAGE / THREADS; k++) {   // unrolled, ptxas would hoist 8 addresses
+            const int rr = ld_r + k * RSTEP, part = rr / TN, j = rr % TN;
+            const bool ok = tile * TN + j < n_blocks;
+            cp_async16(&dst[part * PART + swizzle(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
         }
     };
     if (n_tiles > 0) issue(0);
@@ -137,7 +158,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     rf_cp_commit();
 
     // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8.
-    u64 *const heap_row = heap + warp * 32 + g;
+    u64 *const heap_row = heap + warp * WR + g;
 #define RF_HEAP_OF(r) (heap_row + ((r) >> 1) * 16 + ((r) & 1) * 8)
 
     for (int tile = 0; tile < n_tiles; tile++) {
@@ -190,7 +211,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         if (__any_sync(0xffffffffu, mask)) {
             if (j0 < RF_HEAP) {
                 // Filling: block j goes to slot j (until the heap is full, every candidate
-                // beats the -inf threshold); the row that completes its fill heapifies.
+                // beats the -inf threshold); the row that completes its fill heapifies
+                // (lane `quad` of the quad for its row r = quad).
 #pragma unroll
                 for (int r = 0; r < 2 * MT; r++)
 #pragma unroll
@@ -204,18 +226,18 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                 __syncwarp();
 #pragma unroll
                 for (int r = 0; r < 2 * MT; r++)
-                    if (quad == (r & 1) && limit[r] >= RF_HEAP && RF_HEAP - 1 < j0 + TN)
-                        for (int i = RF_HEAP / 2 - 1; i >= 0; i--) rf_sift_down<ROWS>(RF_HEAP_OF(r), i, RF_HEAP_OF(r)[i * ROWS]);
+                    if (quad == r && limit[r] >= RF_HEAP && RF_HEAP - 1 < j0 + TN)
+                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(RF_HEAP_OF(r), i, RF_HEAP_OF(r)[i * ROWS]);
                 __syncwarp();
             }
-            // Replacements, one lane per row at a time: the lane of quad position `turn`
-            // offers its upper-half rows' survivors, the one at turn ^ 2 its lower-half rows'.
-#pragma unroll 1
+            // Replacements, one lane per row at a time: in each turn the lanes of a quad offer
+            // the survivors of different rows (lane `quad` row (quad + turn) % 4), so after
+            // four turns every lane has offered every row's survivors it holds.
+#pragma unroll
             for (int turn = 0; turn < 4; turn++) {
 #pragma unroll
                 for (int r = 0; r < 2 * MT; r++) {
-                    if (quad != ((r & 1) ? (turn ^ 2) : turn)) continue;
-                    unsigned bits = mask >> (r * 8) & 0xffu;
+                    unsigned bits = ((quad + turn) & 3) == r ? mask >> (r * 8) & 0xffu : 0u;
                     while (bits) {
                         const int pos = __ffs(bits) - 1;
                         bits &= bits - 1;
@@ -223,8 +245,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                         if (j < RF_HEAP) continue;
                         float v = 0.f;
 #pragma unroll
-                        for (int i = 0; i < 2 * NT; i++)
-                            if (i == pos) v = s[r >> 1][i >> 1][(r & 1) * 2 + (i & 1)];
+                        for (int i = 0; i < 2 * NT; i++) v = rf_pick(v, s[r >> 1][i >> 1][(r & 1) * 2 + (i & 1)], i == pos);
                         const u64 key = rf_key(v, j);
                         if (key > RF_HEAP_OF(r)[0]) rf_sift_down<ROWS>(RF_HEAP_OF(r), 0, key);
                     }
@@ -244,7 +265,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     constexpr int PER_LANE = (RF_HEAP + 3) / 4;
 #pragma unroll
     for (int r = 0; r < 2 * MT; r++) {
-        const int row = row0 + warp * 32 + (r >> 1) * 16 + (r & 1) * 8 + g;
+        const int row = row0 + warp * WR + (r >> 1) * 16 + (r & 1) * 8 + g;
         if (row >= len_q) continue;
         int *out = reinterpret_cast<int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
         const int kept = min(RF_HEAP, limit[r]);
