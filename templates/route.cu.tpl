@@ -22,9 +22,11 @@
 %! end
 %! function smem_bytes(spec, p)
 %!   if p.impl == 3 then
-%!     -- 3 stages of 32 centroids (high and low rows), the heaps; the q tile aliases them first
+%!     -- 3 stages of 32 centroids (high and low rows), the heaps, a 33-float staging row per
+%!     -- query row; the q tile aliases them first
 %!     local tiles = 3 * 2 * 32 * spec.head_dim * 2
-%!     return math.max(tiles + heap_slots(spec) * p.block_m * 8, p.block_m * spec.head_dim * 2)
+%!     local rows = heap_slots(spec) * 8 + 33 * 4
+%!     return math.max(tiles + rows * p.block_m, p.block_m * spec.head_dim * 2)
 %!   end
 %!   local lists = slots(spec) * p.block_m * 8             -- score and index per slot
 %!   if p.impl == 2 then

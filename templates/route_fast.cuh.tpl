@@ -80,6 +80,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     extern __shared__ __align__(128) unsigned char smem_raw[];
     uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
     u64 *heap = reinterpret_cast<u64 *>(stage_s + STAGES * STAGE);    // [RF_HEAP][ROWS]
+    constexpr int SROW = TN + 1;
+    float *stage_sc = reinterpret_cast<float *>(heap + RF_HEAP * ROWS); // [ROWS][SROW]: survivors
     uint4 *q_s = stage_s;                                             // [ROWS][CH], before the loop
 
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / MOBA_GQA;
@@ -157,9 +159,21 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     if (n_tiles > 1) issue(1);
     rf_cp_commit();
 
-    // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8.
+    // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8; its staging row likewise.
+    // Lane `quad` of a quad owns row r = quad (when r < 2 MT): only it touches that heap
+    // until the emit.
     u64 *const heap_row = heap + warp * WR + g;
+    float *const stage_row = stage_sc + (warp * WR + g) * SROW;
 #define RF_HEAP_OF(r) (heap_row + ((r) >> 1) * 16 + ((r) & 1) * 8)
+#define RF_STAGE_OF(r) (stage_row + (((r) >> 1) * 16 + ((r) & 1) * 8) * SROW)
+    const bool owner = quad < 2 * MT;
+    const int own_r = owner ? quad : 0;
+    u64 *const own_heap = RF_HEAP_OF(own_r);
+    float *const own_stage = RF_STAGE_OF(own_r);
+    int own_limit = 0;
+#pragma unroll
+    for (int r = 0; r < 2 * MT; r++)
+        if (own_r == r) own_limit = limit[r];
 
     for (int tile = 0; tile < n_tiles; tile++) {
         rf_cp_wait_one();                          // this tile's group landed (the next may fly)
@@ -209,52 +223,47 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                     if (j < limit[r] && (j < RF_HEAP || s[r >> 1][nt][(r & 1) * 2 + e] > thr[r])) mask |= 1u << (r * 8 + nt * 2 + e);
                 }
         if (__any_sync(0xffffffffu, mask)) {
-            if (j0 < RF_HEAP) {
-                // Filling: block j goes to slot j (until the heap is full, every candidate
-                // beats the -inf threshold); the row that completes its fill heapifies
-                // (lane `quad` of the quad for its row r = quad).
-#pragma unroll
-                for (int r = 0; r < 2 * MT; r++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int j = j0 + nt * 8 + quad * 2 + e;
-                            if ((mask >> (r * 8 + nt * 2 + e) & 1u) && j < RF_HEAP)
-                                RF_HEAP_OF(r)[j * ROWS] = rf_key(s[r >> 1][nt][(r & 1) * 2 + e], j);
-                        }
-                __syncwarp();
-#pragma unroll
-                for (int r = 0; r < 2 * MT; r++)
-                    if (quad == r && limit[r] >= RF_HEAP && RF_HEAP - 1 < j0 + TN)
-                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(RF_HEAP_OF(r), i, RF_HEAP_OF(r)[i * ROWS]);
-                __syncwarp();
-            }
-            // Replacements, one lane per row at a time: in each turn the lanes of a quad offer
-            // the survivors of different rows (lane `quad` row (quad + turn) % 4), so after
-            // four turns every lane has offered every row's survivors it holds.
-#pragma unroll
-            for (int turn = 0; turn < 4; turn++) {
-#pragma unroll
-                for (int r = 0; r < 2 * MT; r++) {
-                    unsigned bits = ((quad + turn) & 3) == r ? mask >> (r * 8) & 0xffu : 0u;
-                    while (bits) {
-                        const int pos = __ffs(bits) - 1;
-                        bits &= bits - 1;
-                        const int j = j0 + (pos >> 1) * 8 + quad * 2 + (pos & 1);
-                        if (j < RF_HEAP) continue;
-                        float v = 0.f;
-#pragma unroll
-                        for (int i = 0; i < 2 * NT; i++) v = rf_pick(v, s[r >> 1][i >> 1][(r & 1) * 2 + (i & 1)], i == pos);
-                        const u64 key = rf_key(v, j);
-                        if (key > RF_HEAP_OF(r)[0]) rf_sift_down<ROWS>(RF_HEAP_OF(r), 0, key);
-                    }
-                }
-                __syncwarp();
-            }
+            // Survivors' scores go through this warp's staging rows, so that the lane owning
+            // a row reads them by column: no register array indexed at run time, no turns.
 #pragma unroll
             for (int r = 0; r < 2 * MT; r++)
-                thr[r] = min(j0 + TN, limit[r]) >= RF_HEAP ? rf_key_score(RF_HEAP_OF(r)[0]) : -INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        if (mask >> (r * 8 + nt * 2 + e) & 1u)
+                            RF_STAGE_OF(r)[nt * 8 + quad * 2 + e] = s[r >> 1][nt][(r & 1) * 2 + e];
+            // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
+            // OR over the quad, and keep the mask of the row this lane owns.
+            unsigned bits = 0;
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++) {
+                const unsigned b = mask >> (r * 8) & 0xffu;
+                unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
+                m |= __shfl_xor_sync(0xffffffffu, m, 1);
+                m |= __shfl_xor_sync(0xffffffffu, m, 2);
+                if (quad == r) bits = m;
+            }
+            __syncwarp();                          // staged scores visible to the owners
+            // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
+            // survives until then), the last one heapifies, later ones replace the root.
+            while (bits) {
+                const int c = __ffs(bits) - 1;
+                bits &= bits - 1;
+                const int j = j0 + c;
+                const u64 key = rf_key(own_stage[c], j);
+                if (j < RF_HEAP) {
+                    own_heap[j * ROWS] = key;
+                    if (j == RF_HEAP - 1)
+                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
+                } else if (key > own_heap[0]) {
+                    rf_sift_down<ROWS>(own_heap, 0, key);
+                }
+            }
+            const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++) thr[r] = __shfl_sync(0xffffffffu, own_thr, (lane & ~3) | r);
+            __syncwarp();                          // staging rows free for the next tile
         }
 % end
     }
