@@ -43,21 +43,18 @@ __device__ __forceinline__ float rf_pick(float v, float cand, bool take)
 
 % if heap > 0 then
 // Min-heap of RF_HEAP keys, one row's column of [slot][ROWS]: the root is the worst kept entry.
-// Eight children a node (slots 8 i + 1 .. 8 i + 8): at most two levels below the root for
-// top_k <= 64, and the loads of a level are independent, so a sift costs about two
-// shared-memory latencies. Returns the root after the sift (kept in a register by the owner).
-#define RF_ARY 8
+// Four children a node (slots 4 i + 1 .. 4 i + 4): half the levels of a binary heap, and the
+// four loads of a level are independent, so a sift costs about half the shared-memory latency.
 template <int ROWS>
-__device__ __forceinline__ u64 rf_sift_down(u64 *h, int pos, u64 key)
+__device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
 {
-    u64 root = key;
     for (;;) {
-        const int c0 = RF_ARY * pos + 1;
+        const int c0 = 4 * pos + 1;
         if (c0 >= RF_HEAP) break;
         int c = c0;
         u64 kc = h[c0 * ROWS];
 #pragma unroll
-        for (int i = 1; i < RF_ARY; i++)
+        for (int i = 1; i < 4; i++)
             if (c0 + i < RF_HEAP) {
                 const u64 ki = h[(c0 + i) * ROWS];
                 if (ki < kc) {
@@ -67,11 +64,9 @@ __device__ __forceinline__ u64 rf_sift_down(u64 *h, int pos, u64 key)
             }
         if (key < kc) break;
         h[pos * ROWS] = kc;
-        if (pos == 0) root = kc;
         pos = c;
     }
     h[pos * ROWS] = key;
-    return root;
 }
 % end
 
@@ -175,7 +170,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     const int own_r = owner ? quad : 0;
     u64 *const own_heap = RF_HEAP_OF(own_r);
     float *const own_stage = RF_STAGE_OF(own_r);
-    u64 own_root = 0;                              // the heap's root once it is full
     int own_limit = 0;
 #pragma unroll
     for (int r = 0; r < 2 * MT; r++)
@@ -260,15 +254,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                 const u64 key = rf_key(own_stage[c], j);
                 if (j < RF_HEAP) {
                     own_heap[j * ROWS] = key;
-                    if (j == RF_HEAP - 1) {
-                        for (int i = (RF_HEAP - 2) / RF_ARY; i > 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
-                        own_root = rf_sift_down<ROWS>(own_heap, 0, own_heap[0]);
-                    }
-                } else if (key > own_root) {
-                    own_root = rf_sift_down<ROWS>(own_heap, 0, key);
+                    if (j == RF_HEAP - 1)
+                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
+                } else if (key > own_heap[0]) {
+                    rf_sift_down<ROWS>(own_heap, 0, key);
                 }
             }
-            const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_root) : -INFINITY;
+            const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
 #pragma unroll
             for (int r = 0; r < 2 * MT; r++) thr[r] = __shfl_sync(0xffffffffu, own_thr, (lane & ~3) | r);
             __syncwarp();                          // staging rows free for the next tile
