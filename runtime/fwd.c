@@ -47,8 +47,9 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     mg_layout l = {.align = WORKSPACE_ALIGN};
     w.kprime = mg_layout_add(&l, "k' (total_k x hkv x head_dim)", s->conv_width > 0 ? a->total_k : 0,
                              a->hkv, a->head_dim, elem, 1);
-    w.centroid = mg_layout_add(&l, "centroids (batch x blocks x hkv x head_dim)", a->batch, blocks,
-                               a->hkv, a->head_dim, sizeof(float));
+    /* fp32 centroids, then their high/low split in the element type (centroid_split.cuh.tpl) */
+    w.centroid = mg_layout_add(&l, "centroids and their split (batch x blocks x hkv x head_dim)",
+                               a->batch, blocks, a->hkv, a->head_dim, sizeof(float) + 2 * elem);
     w.sel = mg_layout_add(&l, "selection (total_q x hq x top_k)", slots, sizeof(int32_t), 1, 1, 1);
     if (op->has_block_lists) {
         attn_shape *t = &w.attn;

@@ -14,6 +14,7 @@
 %!   return { threads = p.threads, smem = 0 }
 %! end
 % include("common.cuh.tpl")
+% include("centroid_split.cuh.tpl")
 % local groups = point.threads // spec.head_dim
 
 // Rows of the block are split among $(groups) row group(s); each thread owns one dim.
@@ -65,6 +66,11 @@ __global__ void __launch_bounds__(THREADS) moba_kconv_centroid(const FwdParams p
 #pragma unroll
     for (int g = 1; g < GROUPS; g++) sum += partial[g * D + dim];
 % end
-    float *centroid = reinterpret_cast<float *>(p.centroid);
-    centroid[(((long long)b * p.max_blocks + block) * p.hkv + kvh) * D + dim] = sum / (float)keys;
+    const long long at = ((long long)b * p.max_blocks + block) * p.hkv + kvh;
+    const float c = sum / (float)keys;
+    reinterpret_cast<float *>(p.centroid)[at * D + dim] = c;
+    const elem_t hi = float_to_elem(c);
+    elem_t *split = centroid_split(p) + at * 2 * D;
+    split[dim] = hi;
+    split[D + dim] = float_to_elem(c - elem_to_float(hi));
 }

@@ -1,16 +1,33 @@
 %! -- Routing: gate scores q . centroid tile by tile, the top-k kept on chip per query, so the
 %! -- [L, L/B] score matrix never reaches global memory. A CTA takes consecutive query rows of
 %! -- one head and walks the centroid tiles of its kv head up to its last row's diagonal.
+%! -- impl 3 (route_fast.cuh.tpl): 32 rows per warp on mma.sync against the centroids' high/low
+%! -- split prepared by kconv_centroid, 3-stage cp.async tiles, a per-row threshold in registers
+%! -- and a per-row heap in shared memory touched only by candidates that beat it.
 %! -- impl 2: 64-row tiles, scores on mma.sync against the fp32 centroids split into a high and
 %! -- a low part in the element type (error about 2^-16 of sum |q_i c_i|, fp32 accumulation).
 %! -- impl 1: CUDA cores, one thread per row with its query in shared memory.
-%! knobs = { impl = {2, 1}, block_m = {64, 128}, tile_n = {16} }
+%! -- The runtime's default is the first valid point (block_m slowest, then impl): impl 3 with
+%! -- the most rows per CTA wherever it applies (sm_80+, head_dim 64 or 128).
+%! knobs = { impl = {3, 2, 1}, block_m = {256, 128, 64}, tile_n = {16}, warp_rows = {32, 16} }
 %! function slots(spec)
 %!   -- causal routing forces the own block, so the running list keeps only top_k - 1 others
 %!   if spec.causal then return math.max(spec.top_k - 1, 1) end
 %!   return spec.top_k
 %! end
+%! -- impl 3: heap entries per row (0 when causal top_k = 1: the own block alone)
+%! function heap_slots(spec)
+%!   if spec.causal then return spec.top_k - 1 end
+%!   return spec.top_k
+%! end
 %! function smem_bytes(spec, p)
+%!   if p.impl == 3 then
+%!     -- 3 stages of 32 centroids (high and low rows), the heaps, a 33-float staging row per
+%!     -- query row; the q tile aliases them first
+%!     local tiles = 3 * 2 * 32 * spec.head_dim * 2
+%!     local rows = heap_slots(spec) * 8 + 33 * 4
+%!     return math.max(tiles + rows * p.block_m, p.block_m * spec.head_dim * 2)
+%!   end
 %!   local lists = slots(spec) * p.block_m * 8             -- score and index per slot
 %!   if p.impl == 2 then
 %!     -- q tile, centroid high and low tiles (64 blocks), a 64 x 65 fp32 score tile
@@ -20,31 +37,50 @@
 %!   local c_tile = p.tile_n * spec.head_dim * 4
 %!   return q_tile + c_tile + lists
 %! end
+%! -- impl 3: the __launch_bounds__ minimum of CTAs per SM that caps registers at 128 a thread
+%! -- for 32 rows per warp, 80 for 16 (given more, ptxas hoists tile addresses and grows to
+%! -- 255 without running faster)
+%! function min_ctas(spec, arch, p)
+%!   local threads = p.block_m // p.warp_rows * 32
+%!   return 65536 // (threads * (p.warp_rows == 32 and 128 or 80))
+%! end
 %! function valid(spec, arch, p)
-%!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
+%!   if p.impl < 1 or p.impl > 3 then return false, "impl is 1 (CUDA cores), 2 or 3 (tensor cores)" end
 %!   if p.tile_n % 4 ~= 0 then return false, "tile_n must be a multiple of 4" end
 %!   if p.block_m % 32 ~= 0 or p.block_m > 1024 then
 %!     return false, "block_m must be a multiple of 32 up to 1024"
 %!   end
-%!   if p.impl == 2 then
-%!     if p.block_m ~= 64 then return false, "impl 2 takes 64 rows per CTA" end
-%!     if p.tile_n ~= 16 then return false, "impl 2 has its own 64-block tiles; leave tile_n at 16" end
+%!   if p.impl >= 2 then
+%!     if p.tile_n ~= 16 then return false, "impl 2 and 3 have their own tiles; leave tile_n at 16" end
 %!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
-%!       return false, "impl 2 supports head_dim 64 and 128"
+%!       return false, "impl 2 and 3 support head_dim 64 and 128"
 %!     end
-%!     if arch.sm < 80 then return false, "impl 2 needs mma.sync (sm_80+)" end
+%!     if arch.sm < 80 then return false, "impl 2 and 3 need mma.sync (sm_80+)" end
 %!   end
+%!   if p.impl == 3 then
+%!     if p.warp_rows ~= 16 and p.warp_rows ~= 32 then return false, "impl 3 runs 16 or 32 rows per warp" end
+%!     if p.block_m ~= 4 * p.warp_rows and p.block_m ~= 8 * p.warp_rows then
+%!       return false, "impl 3 runs 4 or 8 warps (block_m / warp_rows)"
+%!     end
+%!   elseif p.warp_rows ~= 32 then
+%!     return false, "warp_rows is an impl 3 knob; leave it at 32"
+%!   end
+%!   if p.impl == 2 and p.block_m ~= 64 then return false, "impl 2 takes 64 rows per CTA" end
+%!   if p.impl == 1 and p.block_m > 128 then return false, "impl 1 takes at most 128 rows per CTA" end
 %!   if smem_bytes(spec, p) > arch.max_smem then
 %!     return false, "needs " .. smem_bytes(spec, p) .. " bytes of shared memory, " .. arch.name .. " has " .. arch.max_smem
 %!   end
 %!   return true
 %! end
 %! function kernels(spec, p)
+%!   if p.impl == 3 then
+%!     return { main = "moba_route_fast<" .. p.block_m // p.warp_rows .. ", " .. p.warp_rows // 16 .. ", " .. min_ctas(spec, arch, p) .. ">" }
+%!   end
 %!   if p.impl == 2 then return { main = "moba_route_mma" } end
 %!   return { main = "moba_route<" .. p.block_m .. ", " .. p.tile_n .. ">" }
 %! end
 %! function launch(spec, p)
-%!   local threads = p.impl == 2 and 128 or p.block_m
+%!   local threads = p.impl == 2 and 128 or p.impl == 3 and p.block_m // p.warp_rows * 32 or p.block_m
 %!   return { threads = threads, smem = smem_bytes(spec, p), rows = p.block_m }
 %! end
 % include("common.cuh.tpl")
@@ -103,7 +139,9 @@ __device__ __forceinline__ void emit_selection(const TopList &t, int t_pos, int 
     for (int i = 0; i < MOBA_TOP_K; i++) sel[i] = i < n ? chosen[i] : -1;
 }
 
-% if point.impl == 2 then
+% if point.impl == 3 then
+%   include("route_fast.cuh.tpl")
+% elseif point.impl == 2 then
 %   include("route_mma.cuh.tpl")
 % else
 template <int BLOCK_M, int TILE_N>

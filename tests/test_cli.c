@@ -151,10 +151,10 @@ static void test_list(void **state)
     expect_code(rc, 0, out, err);
     static const char want[] = "attn_fwd/sm_80/impl=1,warps=4\n"
                                "kconv_centroid/sm_80/threads=128\nkconv_centroid/sm_80/threads=256\n"
-                               "route/sm_80/block_m=64,impl=1,tile_n=16\n"
+                               "route/sm_80/block_m=64,impl=1,tile_n=16,warp_rows=32\n"
                                "attn_fwd/sm_90a/impl=1,warps=4\n"
                                "kconv_centroid/sm_90a/threads=128\nkconv_centroid/sm_90a/threads=256\n"
-                               "route/sm_90a/block_m=64,impl=1,tile_n=16\n";
+                               "route/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n";
     assert_string_equal(out, want);
     assert_non_null(strstr(err, "8 variants of spec 'clitest'"));
     assert_non_null(strstr(err, "(embedded)"));
@@ -164,7 +164,7 @@ static void test_list(void **state)
     rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec_path);
     expect_code(rc, 0, out, err);
     assert_string_equal(out, "attn_fwd/sm_90a/impl=1,warps=4\nkconv_centroid/sm_90a/threads=128\n"
-                             "kconv_centroid/sm_90a/threads=256\nroute/sm_90a/block_m=64,impl=1,tile_n=16\n");
+                             "kconv_centroid/sm_90a/threads=256\nroute/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n");
     free(out);
     free(err);
 }
@@ -179,7 +179,7 @@ static void test_list_default_spec(void **state)
     int rc = RUN(&out, &err, "list", path);
     expect_code(rc, 0, out, err);
     assert_non_null(strstr(out, "kconv_centroid/sm_80/threads=128\n"));
-    assert_non_null(strstr(out, "route/sm_90a/block_m=64,impl=2,tile_n=16\n"));
+    assert_non_null(strstr(out, "route/sm_90a/block_m=64,impl=2,tile_n=16,warp_rows=32\n"));
     assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=1,warps=8\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
     assert_non_null(strstr(err, "variants of spec 'default'"));

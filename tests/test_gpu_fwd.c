@@ -28,6 +28,9 @@ typedef struct fwd_case {
     int check_every;      /* compare every n-th row (1 = all); long cases sample */
     int strided;          /* q, k, v interleaved in one [total][hq + 2 hkv][d] buffer, and out
                              rows padded: exercises the stride arguments (needs L_q = L_k) */
+    int tie_period;       /* > 0: key block j repeats block j % tie_period of its sequence (and
+                             head), so scores tie exactly and the tie rule alone decides; the
+                             selection must then equal the reference's (needs conv_width 0) */
 } fwd_case;
 
 typedef struct case_stats {
@@ -83,11 +86,15 @@ static void random_inputs(const fwd_case *c, rng *r, int total_q, int total_k, c
     for (int b = 0; b < c->batch; b++)
         for (int t0 = cu_k[b]; t0 < cu_k[b + 1]; t0 += c->block_size)
             for (int h = 0; h < c->hkv; h++) {
+                int blk = (t0 - cu_k[b]) / c->block_size;
+                int src0 = c->tie_period > 0 && blk >= c->tie_period && t0 + c->block_size <= cu_k[b + 1]
+                               ? cu_k[b] + blk % c->tie_period * c->block_size : -1;
                 for (int i = 0; i < d; i++) dir[i] = 0.7 * rng_normal(r);
                 for (int t = t0; t < t0 + c->block_size && t < cu_k[b + 1]; t++)
                     for (int i = 0; i < d; i++) {
                         size_t at = ((size_t)t * c->hkv + h) * d + i;
-                        k[at] = to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
+                        if (src0 >= 0) k[at] = k[((size_t)(src0 + t - t0) * c->hkv + h) * d + i];
+                        else k[at] = to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
                         kd[at] = from_elem(c->dtype, k[at]);
                     }
             }
@@ -270,11 +277,16 @@ static void run_case(const fwd_case *c, uint64_t seed, long long chunk_rows, cas
 
         /* Routing first; the attention reference then uses the GPU's (validated) selection so
          * that a legitimate near-tie swap does not show up as an output error. */
+        long long swaps_before = stats->routing_swaps;
         for (int row = 0; row < total_q; row++)
             for (int h = 0; h < hq; h++) {
                 size_t at = ((size_t)row * hq + h) * k;
                 stats->routing_swaps += compare_selection(&cfg, qd, cent, row, h, sel + at, sel_ref + at, label);
             }
+        /* Exact ties (repeated blocks) go to the lower block index, as in the reference. */
+        if (c->tie_period > 0 && stats->routing_swaps != swaps_before)
+            fail_msg("%s: %lld selections break exact score ties differently from the reference",
+                     label, stats->routing_swaps - swaps_before);
         moba_ref_attention(&cfg, qd, kp, vd, sel, o_ref, lse_ref);
 
         double err2 = 0, ref2 = 0, worst_lse = 0;
@@ -339,41 +351,48 @@ static uint64_t test_seed(void)
     return s ? strtoull(s, NULL, 0) : 0x5eed0000ull ^ (uint64_t)time(NULL);
 }
 
+/* MOBAGEN_TEST_CASE=text runs only the cases whose label contains text (sanitizer runs). */
+/* MOBAGEN_TEST_CASE=text runs the cases whose label holds text; MOBAGEN_TEST_ONLY=label one case. */
+static int case_wanted(const fwd_case *c)
+{
+    const char *part = getenv("MOBAGEN_TEST_CASE"), *only = getenv("MOBAGEN_TEST_ONLY");
+    return (!part || strstr(c->label, part) != NULL) && (!only || !strcmp(only, c->label));
+}
+
 static const fwd_case grid[] = {
-    /* label                 d   B   k  causal W  gqa dtype   hkv batch lens_q / lens_k */
-    {"paper_d128_b128_k8", 128, 128, 8, 1, 0, 1, MG_BF16, 2, 4, {300, 0, 1000, 77}, {300, 0, 1000, 77}, 1, 0},
-    {"paper_b64_k16_kconv3", 128, 64, 16, 1, 3, 1, MG_BF16, 2, 2, {1500, 129}, {1500, 129}, 1, 0},
-    {"paper_b32_k32_fp16_gqa2", 128, 32, 32, 1, 0, 2, MG_FP16, 2, 2, {1200, 31}, {1200, 31}, 1, 0},
-    {"d64_b16_k1", 64, 16, 1, 1, 0, 1, MG_BF16, 1, 2, {200, 5}, {200, 5}, 1, 0},
-    {"d64_b512_k2_noncausal", 64, 512, 2, 0, 0, 1, MG_BF16, 2, 2, {700, 1300}, {1700, 600}, 1, 0},
-    {"d128_b48_k64_noncausal_fp16", 128, 48, 64, 0, 0, 1, MG_FP16, 1, 2, {333, 70}, {2000, 70}, 1, 0},
-    {"d64_b128_k4_lq_ne_lk", 64, 128, 4, 1, 0, 1, MG_BF16, 2, 3, {100, 900, 0}, {1000, 300, 50}, 1, 0},
-    {"d256_b64_k4_gqa4_kconv5", 256, 64, 4, 1, 5, 4, MG_BF16, 1, 2, {600, 64}, {600, 64}, 1, 0},
-    {"d32_b16_k64_kconv3_fp16", 32, 16, 64, 1, 3, 1, MG_FP16, 2, 1, {1111}, {1111}, 1, 0},
-    {"d64_b96_k3_noncausal_kconv4", 64, 96, 3, 0, 4, 2, MG_BF16, 1, 3, {97, 400, 1}, {95, 400, 1}, 1, 0},
-    {"strided_d128_b64_k4", 128, 64, 4, 1, 0, 1, MG_BF16, 2, 2, {500, 257}, {500, 257}, 1, 1},
-    {"strided_d64_gqa4_kconv3_fp16", 64, 32, 6, 0, 3, 4, MG_FP16, 1, 2, {300, 45}, {300, 45}, 1, 1},
+    /* label                 d   B   k  causal W  gqa dtype   hkv batch lens_q / lens_k, check_every, strided, tie_period */
+    {"paper_d128_b128_k8", 128, 128, 8, 1, 0, 1, MG_BF16, 2, 4, {300, 0, 1000, 77}, {300, 0, 1000, 77}, 1, 0, 0},
+    {"paper_b64_k16_kconv3", 128, 64, 16, 1, 3, 1, MG_BF16, 2, 2, {1500, 129}, {1500, 129}, 1, 0, 0},
+    {"paper_b32_k32_fp16_gqa2", 128, 32, 32, 1, 0, 2, MG_FP16, 2, 2, {1200, 31}, {1200, 31}, 1, 0, 0},
+    {"d64_b16_k1", 64, 16, 1, 1, 0, 1, MG_BF16, 1, 2, {200, 5}, {200, 5}, 1, 0, 0},
+    {"d64_b512_k2_noncausal", 64, 512, 2, 0, 0, 1, MG_BF16, 2, 2, {700, 1300}, {1700, 600}, 1, 0, 0},
+    {"d128_b48_k64_noncausal_fp16", 128, 48, 64, 0, 0, 1, MG_FP16, 1, 2, {333, 70}, {2000, 70}, 1, 0, 0},
+    {"d64_b128_k4_lq_ne_lk", 64, 128, 4, 1, 0, 1, MG_BF16, 2, 3, {100, 900, 0}, {1000, 300, 50}, 1, 0, 0},
+    {"d256_b64_k4_gqa4_kconv5", 256, 64, 4, 1, 5, 4, MG_BF16, 1, 2, {600, 64}, {600, 64}, 1, 0, 0},
+    {"d32_b16_k64_kconv3_fp16", 32, 16, 64, 1, 3, 1, MG_FP16, 2, 1, {1111}, {1111}, 1, 0, 0},
+    {"d64_b96_k3_noncausal_kconv4", 64, 96, 3, 0, 4, 2, MG_BF16, 1, 3, {97, 400, 1}, {95, 400, 1}, 1, 0, 0},
+    {"strided_d128_b64_k4", 128, 64, 4, 1, 0, 1, MG_BF16, 2, 2, {500, 257}, {500, 257}, 1, 1, 0},
+    {"strided_d64_gqa4_kconv3_fp16", 64, 32, 6, 0, 3, 4, MG_FP16, 1, 2, {300, 45}, {300, 45}, 1, 1, 0},
+    {"ties_d64_b32_k8", 64, 32, 8, 1, 0, 1, MG_BF16, 2, 2, {900, 200}, {900, 200}, 1, 0, 5},
+    {"ties_d128_b16_k5_noncausal_fp16", 128, 16, 5, 0, 0, 2, MG_FP16, 1, 2, {300, 40}, {500, 40}, 1, 0, 3},
+    {"d128_b16_k64_2k", 128, 16, 64, 1, 0, 1, MG_BF16, 1, 2, {2500, 1100}, {2500, 1100}, 1, 0, 0},
 };
 
 static const fwd_case long_cases[] = {
-    {"long32k_d128_b128_k8", 128, 128, 8, 1, 0, 1, MG_BF16, 1, 1, {32768}, {32768}, 7, 0},
-    {"long40k_b64_k16_kconv3", 128, 64, 16, 1, 3, 2, MG_BF16, 1, 1, {40000}, {40000}, 13, 0},
+    {"long32k_d128_b128_k8", 128, 128, 8, 1, 0, 1, MG_BF16, 1, 1, {32768}, {32768}, 7, 0, 0},
+    {"long40k_b64_k16_kconv3", 128, 64, 16, 1, 3, 2, MG_BF16, 1, 1, {40000}, {40000}, 13, 0, 0},
+    {"long16k_b32_k32_gqa2", 128, 32, 32, 1, 0, 2, MG_BF16, 1, 1, {16384}, {16384}, 11, 0, 0},
+    {"long17k_b16_k16_fp16", 128, 16, 16, 1, 0, 1, MG_FP16, 1, 2, {17000, 333}, {17000, 333}, 11, 0, 0},
 };
 
 /* MOBAGEN_TEST_ONLY=label runs just that grid case (compute-sanitizer's racecheck is slow). */
-static int skip_case(const fwd_case *c)
-{
-    const char *only = getenv("MOBAGEN_TEST_ONLY");
-    return only && strcmp(only, c->label) != 0;
-}
-
 static void test_grid(void **state)
 {
     if (!have_device) skip();
     uint64_t seed = test_seed();
     printf("seed 0x%llx\n", (unsigned long long)seed);
     for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
-        if (skip_case(&grid[i])) continue;
+        if (!case_wanted(&grid[i])) continue;
         case_stats s;
         run_case(&grid[i], seed + i, 0, &s);
         assert_true(s.runs > 0 && s.rows_checked > 0);
@@ -388,7 +407,7 @@ static void test_small_chunks(void **state)
     uint64_t seed = test_seed() ^ 0x2000;
     printf("seed 0x%llx, 48-row chunks\n", (unsigned long long)seed);
     for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
-        if (skip_case(&grid[i])) continue;
+        if (!case_wanted(&grid[i])) continue;
         case_stats s;
         run_case(&grid[i], seed + i, 48, &s);
         assert_true(s.runs > 0 && s.rows_checked > 0);
@@ -404,6 +423,7 @@ static void test_long(void **state)
     }
     uint64_t seed = test_seed() ^ 0x1000;
     for (size_t i = 0; i < sizeof long_cases / sizeof long_cases[0]; i++) {
+        if (!case_wanted(&long_cases[i])) continue;
         case_stats s;
         run_case(&long_cases[i], seed + i, 0, &s);
         assert_true(s.rows_checked > 0);

@@ -101,7 +101,7 @@ static void test_shipped_specs_have_expected_fields(void **state)
         assert_string_equal(s->archs[1], "sm_90a");
         assert_int_equal(s->n_tuning, 3);
         check_knob(s, "kconv_centroid", "threads", 128, 256);
-        check_knob(s, "route", "block_m", 64, 128);
+        check_knob(s, "route", "block_m", 256, 64);
         check_knob(s, "attn_fwd", "warps", 4, 8);
     }
 }

@@ -51,6 +51,17 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
             build/gpu/tests/test_gpu_fwd > "$OUT/memcheck.log" 2>&1
         note "memcheck: exit $?, $(grep -c 'Invalid\|Uninitialized\|misaligned' "$OUT/memcheck.log") reports, $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1), $(( $(date +%s) - start )) s"
     fi
+    # Shared-memory races of the routing kernels (heaps, staged tiles), on two small cases.
+    if command -v compute-sanitizer >/dev/null; then
+        start=$(date +%s)
+        for c in ties_d64 d128_b16_k64; do
+            MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_CASE=$c compute-sanitizer --tool racecheck \
+                --kernel-name kns=moba_route --error-exitcode 9 build/gpu/tests/test_gpu_fwd \
+                >> "$OUT/racecheck.log" 2>&1
+            note "racecheck ($c, routing kernels): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
+        done
+        note "racecheck: $(( $(date +%s) - start )) s"
+    fi
     build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
     note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
 fi

@@ -1,0 +1,308 @@
+%! -- Routing on tensor cores with on-chip selection (route impl 3), include()d by route.cu.tpl.
+%! -- Each warp owns 32 query rows (two m16 fragments, q in registers) and scores them against
+%! -- 32-centroid tiles: high and low parts (kconv_centroid's split) on mma.sync, fp32
+%! -- accumulation. The selection never leaves the warp: every lane keeps the running k-th best
+%! -- score of its rows as a threshold, so a candidate costs one compare; the rare ones that
+%! -- beat it enter the row's min-heap in shared memory, and the threshold is refreshed.
+% include("mma.cuh.tpl")
+% include("centroid_split.cuh.tpl")
+% local heap = heap_slots(spec)
+
+// Heap entries per row: the candidates kept besides the own block (causal) or all (non-causal).
+#define RF_HEAP $(heap)
+
+__device__ __forceinline__ void rf_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void rf_cp_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+// A candidate as one 64-bit key, larger = better: the score mapped to an order-preserving
+// unsigned (-0 as +0) above the complemented block index, so equal scores rank the lower block
+// first (moba.md's tie rule) and keys of different blocks never compare equal.
+__device__ __forceinline__ u64 rf_key(float s, int block)
+{
+    unsigned u = __float_as_uint(s);
+    if (u == 0x80000000u) u = 0u;
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((u64)u << 32) | (unsigned)~block;
+}
+
+__device__ __forceinline__ float rf_key_score(u64 key)
+{
+    unsigned u = (unsigned)(key >> 32);
+    return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+}
+
+// take ? cand : v, opaque to the compiler: a select chain over a register array that it
+// would otherwise turn into an indexed load, moving the whole array to local memory.
+__device__ __forceinline__ float rf_pick(float v, float cand, bool take)
+{
+    float r;
+    asm("{\n .reg .pred p;\n setp.ne.s32 p, %3, 0;\n selp.f32 %0, %1, %2, p;\n}\n"
+        : "=f"(r) : "f"(cand), "f"(v), "r"((int)take));
+    return r;
+}
+
+% if heap > 0 then
+// Min-heap of RF_HEAP keys, one row's column of [slot][ROWS]: the root is the worst kept entry.
+// Four children a node (slots 4 i + 1 .. 4 i + 4): half the levels of a binary heap, and the
+// four loads of a level are independent, so a sift costs about half the shared-memory latency.
+template <int ROWS>
+__device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
+{
+    for (;;) {
+        const int c0 = 4 * pos + 1;
+        if (c0 >= RF_HEAP) break;
+        int c = c0;
+        u64 kc = h[c0 * ROWS];
+#pragma unroll
+        for (int i = 1; i < 4; i++)
+            if (c0 + i < RF_HEAP) {
+                const u64 ki = h[(c0 + i) * ROWS];
+                if (ki < kc) {
+                    kc = ki;
+                    c = c0 + i;
+                }
+            }
+        if (key < kc) break;
+        h[pos * ROWS] = kc;
+        pos = c;
+    }
+    h[pos * ROWS] = key;
+}
+% end
+
+// MT m16 fragments (16 MT query rows) per warp.
+template <int WARPS, int MT, int MIN_CTAS>
+__global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const FwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, THREADS = WARPS * 32;
+    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8, STAGES = 3;
+    constexpr int PART = TN * CH, STAGE = 2 * PART;   // 16-byte chunks: high rows, then low rows
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
+    u64 *heap = reinterpret_cast<u64 *>(stage_s + STAGES * STAGE);    // [RF_HEAP][ROWS]
+    constexpr int SROW = TN + 1;
+    float *stage_sc = reinterpret_cast<float *>(heap + RF_HEAP * ROWS); // [ROWS][SROW]: survivors
+    uint4 *q_s = stage_s;                                             // [ROWS][CH], before the loop
+
+    const int h = blockIdx.y, b = blockIdx.z, kvh = h / MOBA_GQA;
+    const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
+    const int *cu_k = reinterpret_cast<const int *>(p.cu_seqlens_k);
+    const int q0 = cu_q[b], len_q = cu_q[b + 1] - q0;
+    const int len_k = cu_k[b + 1] - cu_k[b];
+    // Causal tiles near the end of a sequence see the most blocks: launch them first.
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
+    if (row0 >= len_q) return;
+    const int n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
+
+    const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
+    for (int i = tid; i < ROWS * CH; i += THREADS) {
+        const int r = i / CH, c = i % CH;
+        const bool ok = row0 + r < len_q;
+        const elem_t *src = ok ? q + (long long)(q0 + row0 + r) * p.q_row_stride + h * p.q_head_stride + c * 8 : q;
+        cp_async16(&q_s[swizzle(r, c)], src, ok);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    unsigned qa[MT][KSTEPS][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++)
+            ldsm_x4(smem_addr(&q_s[swizzle(warp * WR + mt * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[mt][kk]);
+    __syncthreads();                               // q_s is about to hold centroid tiles
+
+    // A lane holds 2 * MT rows of the mma C layout: r = 2 * mt + half is CTA row
+    // warp * WR + mt * 16 + half * 8 + g; limit[r] candidates (blocks 0..limit-1) each.
+    int limit[2 * MT];
+    float thr[2 * MT];
+#pragma unroll
+    for (int r = 0; r < 2 * MT; r++) {
+        const int row = row0 + warp * WR + (r >> 1) * 16 + (r & 1) * 8 + g;
+% if spec.causal then
+        const int t = row + len_k - len_q;
+        limit[r] = row < len_q && t >= 0 ? t / MOBA_BLOCK : 0;
+% else
+        limit[r] = row < len_q ? n_blocks : 0;
+% end
+        thr[r] = -INFINITY;
+    }
+% if heap == 0 then
+    const int tile_limit = 0;                      // causal top_k = 1: the own block alone
+% elseif spec.causal then
+    const int last_t = min(row0 + ROWS, len_q) - 1 + len_k - len_q;
+    const int tile_limit = last_t >= 0 ? last_t / MOBA_BLOCK : 0;
+% else
+    const int tile_limit = n_blocks;
+% end
+    const int n_tiles = (tile_limit + TN - 1) / TN;
+
+    const long long block_stride = p.hkv * 2 * D;
+    const elem_t *split = centroid_split(p) + ((long long)b * p.max_blocks * p.hkv + kvh) * 2 * D;
+    // A stage is 2 TN rows (high parts, then low parts) of CH chunks; thread tid copies chunk
+    // tid % CH of rows tid / CH + k * RSTEP.
+    constexpr int RSTEP = THREADS / CH;
+    static_assert(STAGE % THREADS == 0 && TN % RSTEP == 0, "a stage splits evenly over the threads");
+    const int ld_c = tid % CH, ld_r = tid / CH;
+    auto issue = [&](int tile) {
+        uint4 *dst = stage_s + (tile % STAGES) * STAGE;
+        const elem_t *src = split + (long long)tile * TN * block_stride + ld_c * 8;
+#pragma unroll 1
+        for (int k = 0; k < STAGE / THREADS; k++) {   // unrolled, ptxas would hoist 8 addresses
+            const int rr = ld_r + k * RSTEP, part = rr / TN, j = rr % TN;
+            const bool ok = tile * TN + j < n_blocks;
+            cp_async16(&dst[part * PART + swizzle(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
+        }
+    };
+    if (n_tiles > 0) issue(0);
+    rf_cp_commit();
+    if (n_tiles > 1) issue(1);
+    rf_cp_commit();
+
+    // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8; its staging row likewise.
+    // Lane `quad` of a quad owns row r = quad (when r < 2 MT): only it touches that heap
+    // until the emit.
+    u64 *const heap_row = heap + warp * WR + g;
+    float *const stage_row = stage_sc + (warp * WR + g) * SROW;
+#define RF_HEAP_OF(r) (heap_row + ((r) >> 1) * 16 + ((r) & 1) * 8)
+#define RF_STAGE_OF(r) (stage_row + (((r) >> 1) * 16 + ((r) & 1) * 8) * SROW)
+    const bool owner = quad < 2 * MT;
+    const int own_r = owner ? quad : 0;
+    u64 *const own_heap = RF_HEAP_OF(own_r);
+    float *const own_stage = RF_STAGE_OF(own_r);
+    int own_limit = 0;
+#pragma unroll
+    for (int r = 0; r < 2 * MT; r++)
+        if (own_r == r) own_limit = limit[r];
+
+    for (int tile = 0; tile < n_tiles; tile++) {
+        rf_cp_wait_one();                          // this tile's group landed (the next may fly)
+        __syncthreads();                           // ... for every thread; the stage read last
+        if (tile + 2 < n_tiles) issue(tile + 2);   // iteration is free again
+        rf_cp_commit();
+        const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE, *lo_s = hi_s + PART;
+
+        float s[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+        // ldmatrix rows: tile row (nt + mat / 2) * 8 + lane % 8, chunk 2 kk + mat % 2, swizzled:
+        // the chunk is (2 kk) ^ x with x = (mat % 2) ^ (lane % 8), so only kk % 4 varies at run time.
+        const unsigned hi_base = smem_addr(hi_s + ((lane >> 4) * 8 + (lane & 7)) * CH);
+        const int x = ((lane >> 3) & 1) ^ (lane & 7);
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt += 2) {
+                const unsigned at = hi_base + (nt * 8 * CH + ((2 * kk) & ~7) + (((2 * kk) & 7) ^ x)) * 16;
+                unsigned fl[4], fh[4];
+                ldsm_x4(at + PART * 16, fl);
+                ldsm_x4(at, fh);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_16816(s[mt][nt], qa[mt][kk], fl[0], fl[1]);
+                    mma_16816(s[mt][nt + 1], qa[mt][kk], fl[2], fl[3]);
+                    mma_16816(s[mt][nt], qa[mt][kk], fh[0], fh[1]);
+                    mma_16816(s[mt][nt + 1], qa[mt][kk], fh[2], fh[3]);
+                }
+            }
+        }
+% if heap > 0 then
+        // Bit 8 r + 2 nt + e: the score s[mt][nt][2 half + e] of row r at block j0 + 8 nt + 2 quad + e
+        // beats the row's threshold (or fills a free slot: so even a NaN score fills the heap).
+        const int j0 = tile * TN;
+        unsigned mask = 0;
+#pragma unroll
+        for (int r = 0; r < 2 * MT; r++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = j0 + nt * 8 + quad * 2 + e;
+                    if (j < limit[r] && (j < RF_HEAP || s[r >> 1][nt][(r & 1) * 2 + e] > thr[r])) mask |= 1u << (r * 8 + nt * 2 + e);
+                }
+        if (__any_sync(0xffffffffu, mask)) {
+            // Survivors' scores go through this warp's staging rows, so that the lane owning
+            // a row reads them by column: no register array indexed at run time, no turns.
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        if (mask >> (r * 8 + nt * 2 + e) & 1u)
+                            RF_STAGE_OF(r)[nt * 8 + quad * 2 + e] = s[r >> 1][nt][(r & 1) * 2 + e];
+            // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
+            // OR over the quad, and keep the mask of the row this lane owns.
+            unsigned bits = 0;
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++) {
+                const unsigned b = mask >> (r * 8) & 0xffu;
+                unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
+                m |= __shfl_xor_sync(0xffffffffu, m, 1);
+                m |= __shfl_xor_sync(0xffffffffu, m, 2);
+                if (quad == r) bits = m;
+            }
+            __syncwarp();                          // staged scores visible to the owners
+            // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
+            // survives until then), the last one heapifies, later ones replace the root.
+            while (bits) {
+                const int c = __ffs(bits) - 1;
+                bits &= bits - 1;
+                const int j = j0 + c;
+                const u64 key = rf_key(own_stage[c], j);
+                if (j < RF_HEAP) {
+                    own_heap[j * ROWS] = key;
+                    if (j == RF_HEAP - 1)
+                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
+                } else if (key > own_heap[0]) {
+                    rf_sift_down<ROWS>(own_heap, 0, key);
+                }
+            }
+            const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++) thr[r] = __shfl_sync(0xffffffffu, own_thr, (lane & ~3) | r);
+            __syncwarp();                          // staging rows free for the next tile
+        }
+% end
+    }
+
+    // Emit each row's blocks ascending: the four lanes of a quad rank a quarter of the heap
+    // each by counting smaller block indices; causal appends the own block (the largest).
+    __syncwarp();
+    constexpr int PER_LANE = (RF_HEAP + 3) / 4;
+#pragma unroll
+    for (int r = 0; r < 2 * MT; r++) {
+        const int row = row0 + warp * WR + (r >> 1) * 16 + (r & 1) * 8 + g;
+        if (row >= len_q) continue;
+        int *out = reinterpret_cast<int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
+        const int kept = min(RF_HEAP, limit[r]);
+        int total = kept;
+% if spec.causal then
+        const int t = row + len_k - len_q;
+        if (t < 0) total = 0;
+        else total = kept + 1;
+        if (t >= 0 && quad == 0) out[kept] = t / MOBA_BLOCK;
+% end
+% if heap > 0 then
+        const unsigned *idx = reinterpret_cast<const unsigned *>(RF_HEAP_OF(r));   // low words
+        int mine[PER_LANE > 0 ? PER_LANE : 1], rank[PER_LANE > 0 ? PER_LANE : 1];
+#pragma unroll
+        for (int e = 0; e < PER_LANE; e++) {
+            const int i = quad + 4 * e;
+            mine[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
+            rank[e] = 0;
+        }
+        for (int m = 0; m < kept; m++) {
+            const int jm = (int)~idx[2 * m * ROWS];
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++) rank[e] += jm < mine[e];
+        }
+#pragma unroll
+        for (int e = 0; e < PER_LANE; e++)
+            if (quad + 4 * e < kept) out[rank[e]] = mine[e];
+% end
+        for (int i = total + quad; i < MOBA_TOP_K; i += 4) out[i] = -1;
+    }
+}
