@@ -79,7 +79,7 @@ static mobagen_op *make_op(gpu_env *env, int block, int top_k)
         fprintf(stderr, "spec: %s\n", d.msg);
         exit(1);
     }
-    if (mobagen_op_create_from_spec(env->ctx, &spec, &op) != MG_OK) {
+    if (mg_op_create_from_spec(env->ctx, &spec, &op) != MG_OK) {
         fprintf(stderr, "%s: %s\n", name, mobagen_ctx_errmsg(env->ctx));
         exit(1);
     }
