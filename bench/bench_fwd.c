@@ -53,9 +53,10 @@ static void run_or_die(mobagen_op *op, const mobagen_fwd_args *a, cu_deviceptr w
     }
 }
 
-/* Median milliseconds of `stages`. */
-static float time_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a, cu_deviceptr ws,
-                         size_t ws_bytes, unsigned stages)
+/* Median milliseconds of `stages`; a first run slower than cap_ms (when > 0) is not repeated:
+ * a variant that slow cannot be the best, and repeating it would cost the device minutes. */
+static float time_stages_capped(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a,
+                                cu_deviceptr ws, size_t ws_bytes, unsigned stages, float cap_ms)
 {
     cu_event start, stop;
     env->cu.EventCreate(&start, 0);
@@ -66,6 +67,11 @@ static float time_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a
     env->cu.EventRecord(stop, NULL);
     env->cu.EventSynchronize(stop);
     env->cu.EventElapsedTime(&first, start, stop);
+    if (cap_ms > 0 && first > cap_ms) {
+        env->cu.EventDestroy(start);
+        env->cu.EventDestroy(stop);
+        return first;
+    }
     int reps = first > SLOW_MS ? 3 : REPS;
     for (int r = 0; r < reps; r++) {
         env->cu.EventRecord(start, NULL);
@@ -78,6 +84,12 @@ static float time_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a
     env->cu.EventDestroy(stop);
     qsort(t, (size_t)reps, sizeof t[0], compare_float);
     return t[reps / 2];
+}
+
+static float time_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a, cu_deviceptr ws,
+                         size_t ws_bytes, unsigned stages)
+{
+    return time_stages_capped(env, op, a, ws, ws_bytes, stages, 0);
 }
 
 static timing time_all_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_args *a,
@@ -202,7 +214,7 @@ static void bench_one(gpu_env *env, mem_get_info_fn mem_info, const bench_case *
     for (int t = 0; t < 3; t++) {
         for (int i = 0; i < mobagen_op_variant_count(op, templates[t]); i++) {
             if (mobagen_op_select(op, templates[t], i) != MG_OK) continue;
-            float ms = time_stages(env, op, &a, ws, ws_bytes, stage[t]);
+            float ms = time_stages_capped(env, op, &a, ws, ws_bytes, stage[t], 3 * dflt.stage[t] + 0.5f);
             if (ms < best[t]) {
                 best[t] = ms;
                 best_i[t] = i;

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine, over a tree that carries build/mobagen and build/gpu (make gpu-kit
-# here: the GPU machine has no Lua, libyaml or cmocka). Builds every shipped spec for the
-# device, runs the GPU tests and the benchmarks, packs its logs into $OUT/logs.tgz, prints a table last.
-#   tools/device.sh [tests|python|deploy|bench|all]   (default all)
+# Runs on the GPU machine, over a tree that carries build/mobagen, build/gpu and build/libmobagen.so
+# (make gpu-kit here: the GPU machine has no Lua, libyaml or cmocka).
+#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench (default: all)
+#     specs       build every shipped spec for the device
+#     tests       the GPU test programs (forward grid and long cases, deployment) and the example
+#     sanitizers  compute-sanitizer memcheck of the grid, racecheck of the routing kernels
+#     python      the PyTorch binding's tests over build/libmobagen.so
+#     deploy      mobagen tune, bundle, inspect and bench from the bundle without NVRTC
+#     bench       bench_fwd (BENCH_CASES="spec:L ..." narrows it), op creation cold and warm, peers
+# Each step runs under a time limit (STEP_LIMIT seconds, default 300). Only a few files come back
+# from the device machine, so logs go into one folder packed into $OUT/logs.tgz after every step,
+# next to summary.txt and the benchmark CSVs: a call cut short still returns what it did.
 set -u
-what=${1:-all}
+modes=" ${*:-all} "
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-# Only a few files come back from the device machine: every log goes into one folder that is
-# packed into $OUT/logs.tgz at the end, next to the summary and the benchmark CSVs.
 RESULTS=${OUT:-/tmp/mobagen-out}
 OUT=$(mktemp -d /tmp/mobagen-logs.XXXXXX)
 mkdir -p "$RESULTS"
@@ -16,9 +22,20 @@ export LD_LIBRARY_PATH="$root/build/gpu/lib:${LD_LIBRARY_PATH:-}"
 export MOBAGEN_CACHE_DIR=${MOBAGEN_CACHE_DIR:-/tmp/mobagen-cache}
 export MOBAGEN_TEST_ROOT="$root"
 export PYTHONUNBUFFERED=1
+limit=${STEP_LIMIT:-300}
 summary="$OUT/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
+want() { [[ "$modes" == *" all "* || "$modes" == *" $1 "* ]]; }
+save() {
+    tar czf "$RESULTS/logs.tgz" -C "$OUT" .
+    for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
+}
+elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
+cmocka_counts() {
+    echo "$(grep -o 'PASSED  \] [0-9]*' "$1" | grep -o '[0-9]*$' || echo 0) passed," \
+         "$(grep -o 'FAILED  \] [0-9]*' "$1" | grep -o '[0-9]*$' || echo 0) failed"
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
     > "$OUT/gpu.txt" 2>&1
@@ -26,63 +43,71 @@ note "gpu: $(head -1 "$OUT/gpu.txt")"
 build/mobagen doctor > "$OUT/doctor.txt" 2>&1
 arch=$(sed -n 's/.*\(sm_[0-9]*a\?\), .*/\1/p' "$OUT/doctor.txt" | head -1)
 case "$arch" in sm_90 | sm_100) arch="${arch}a" ;; esac   # the device's own 'a' target
-note "arch: ${arch:-unknown}"
+note "arch: ${arch:-unknown}; cache $MOBAGEN_CACHE_DIR; modes:$modes"
 
-if [ "$what" = all ] || [ "$what" = tests ]; then
+if want specs; then
+    start=$(date +%s)
     for s in specs/*.yaml; do
-        build/mobagen build "$s" --arch "${arch:-sm_90a}" >> "$OUT/build.log" 2>&1 \
+        timeout "$limit" build/mobagen build "$s" --arch "${arch:-sm_90a}" >> "$OUT/build.log" 2>&1 \
             || note "build FAILED: $s"
     done
-    note "spec builds: $(grep -c 'variants' "$OUT/build.log") specs, $(grep -c FAILED "$OUT/build.log") failures"
+    note "spec builds: $(grep -c 'variants' "$OUT/build.log") specs, $(grep -c FAILED "$OUT/build.log") failures, $(elapsed "$start")"
+    save
+fi
+
+if want tests; then
     for t in build/gpu/tests/test_gpu_*; do
         [ -x "$t" ] || continue
         name=$(basename "$t")
         start=$(date +%s)
-        "$t" > "$OUT/$name.log" 2>&1
+        timeout "$limit" "$t" > "$OUT/$name.log" 2>&1
         rc=$?
         grep -E '^  [a-z0-9_]+ +runs|seed|device' "$OUT/$name.log" | tee -a "$summary"
-        note "$name: exit $rc, $(grep -o 'PASSED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$') passed, $(grep -o 'FAILED  \] [0-9]*' "$OUT/$name.log" | grep -o '[0-9]*$' || echo 0) failed, $(( $(date +%s) - start )) s"
+        note "$name: exit $rc, $(cmocka_counts "$OUT/$name.log"), $(elapsed "$start")"
         grep -E 'error|Error|FAIL' "$OUT/$name.log" | head -20 | tee -a "$summary"
+        save
     done
-    # Out-of-bounds or misaligned accesses and uninitialised reads, on the grid of small cases.
-    if command -v compute-sanitizer >/dev/null; then
-        start=$(date +%s)
-        MOBAGEN_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
-            build/gpu/tests/test_gpu_fwd > "$OUT/memcheck.log" 2>&1
-        note "memcheck: exit $?, $(grep -c 'Invalid\|Uninitialized\|misaligned' "$OUT/memcheck.log") reports, $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1), $(( $(date +%s) - start )) s"
-    fi
-    # Shared-memory races of the routing kernels (heaps, staged tiles), on two small cases.
-    if command -v compute-sanitizer >/dev/null; then
-        start=$(date +%s)
-        for c in ties_d64 d128_b16_k64; do
-            MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_CASE=$c compute-sanitizer --tool racecheck \
-                --kernel-name kns=moba_route --error-exitcode 9 build/gpu/tests/test_gpu_fwd \
-                >> "$OUT/racecheck.log" 2>&1
-            note "racecheck ($c, routing kernels): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
-        done
-        note "racecheck: $(( $(date +%s) - start )) s"
-    fi
-    build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
+    timeout 60 build/gpu/example_fwd specs/default.yaml > "$OUT/example.log" 2>&1
     note "example_fwd: exit $?: $(tail -1 "$OUT/example.log")"
+    save
 fi
 
-if [ "$what" = all ] || [ "$what" = python ]; then
+if want sanitizers && command -v compute-sanitizer >/dev/null; then
+    # Out-of-bounds or misaligned accesses and uninitialised reads, on the grid of small cases.
+    start=$(date +%s)
+    MOBAGEN_TEST_QUICK=1 timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 9 \
+        build/gpu/tests/test_gpu_fwd > "$OUT/memcheck.log" 2>&1
+    note "memcheck: exit $?, $(grep -c 'Invalid\|Uninitialized\|misaligned' "$OUT/memcheck.log") reports, $(grep 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1), $(elapsed "$start")"
+    # Shared-memory races of the routing kernels (heaps, staged tiles), on two small cases.
+    start=$(date +%s)
+    for c in ties_d64 d128_b16_k64; do
+        MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_CASE=$c timeout "$limit" compute-sanitizer --tool racecheck \
+            --kernel-name kns=moba_route --error-exitcode 9 build/gpu/tests/test_gpu_fwd \
+            >> "$OUT/racecheck.log" 2>&1
+        note "racecheck ($c, routing kernels): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
+    done
+    note "racecheck: $(elapsed "$start")"
+    save
+fi
+
+if want python; then
     # The PyTorch binding over build/libmobagen.so; here a missing torch, GPU or library fails.
     start=$(date +%s)
     MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TEST_REQUIRE_GPU=1 \
-        python3 python/tests/run.py -v > "$OUT/python.log" 2>&1
-    note "python: exit $?, $(tail -1 "$OUT/python.log"), $(( $(date +%s) - start )) s"
+        timeout "$limit" python3 python/tests/run.py -v > "$OUT/python.log" 2>&1
+    note "python: exit $?, $(tail -1 "$OUT/python.log"), $(elapsed "$start")"
     grep -E 'FAILED|ERROR|Error:' "$OUT/python.log" | head -20 | tee -a "$summary"
+    save
 fi
 
 # Deployment: tune the default spec, bundle it with its records, then bench from the bundle
 # with NVRTC made unavailable (docs/tuning.md, docs/bundles.md).
-if [ "$what" = all ] || [ "$what" = deploy ]; then
+if want deploy; then
     spec=specs/default.yaml bundle=/tmp/mobagen-deploy.mgb
     export MOBAGEN_TUNING_DB="$OUT/tuning.db"
     start=$(date +%s)
-    build/mobagen tune "$spec" --seqlens 4096,16384 > "$OUT/tune.log" 2>&1
-    note "tune: exit $?, $(grep -c '^  [0-9]' "$OUT/tune.log") variants timed, $(( $(date +%s) - start )) s"
+    timeout "$limit" build/mobagen tune "$spec" --seqlens 4096,16384 > "$OUT/tune.log" 2>&1
+    note "tune: exit $?, $(grep -c '^  [0-9]' "$OUT/tune.log") variants timed, $(elapsed "$start")"
     grep -E '^(seqlen|  rank|  1 )' "$OUT/tune.log" | tee -a "$summary"
     build/mobagen bundle "$spec" --arch "${arch:-sm_90a}" -o "$bundle" --tuning "$MOBAGEN_TUNING_DB" \
         > "$OUT/bundle.log" 2>&1
@@ -90,32 +115,34 @@ if [ "$what" = all ] || [ "$what" = deploy ]; then
     build/mobagen inspect "$bundle" > "$OUT/inspect.log" 2>&1
     note "inspect: exit $?: $(sed -n 2p "$OUT/inspect.log")"
     MOBAGEN_NVRTC=/nonexistent/libnvrtc.so MOBAGEN_BUNDLE="$bundle" MOBAGEN_TUNING_DB=/nonexistent/none.db \
-        build/mobagen bench "$spec" --seqlens 4096,16384 > "$OUT/bench_deploy.log" 2>&1
+        timeout "$limit" build/mobagen bench "$spec" --seqlens 4096,16384 > "$OUT/bench_deploy.log" 2>&1
     note "bench from the bundle without NVRTC: exit $?"
     cat "$OUT/bench_deploy.log" >> "$summary"
     unset MOBAGEN_TUNING_DB
+    save
 fi
 
-if [ "$what" = all ] || [ "$what" = bench ]; then
-    # bench_fwd covers every shipped configuration (BENCH_CASES="spec:L ..." narrows it); the
-    # peers run on the same card in the same call; report.py joins the two CSVs.
+if want bench; then
+    # bench_fwd covers every shipped configuration; the peers run on the same card in the same
+    # call; bench/report.py joins the two CSVs. No tuning database: the default choice timed is
+    # the documented heuristic.
     start=$(date +%s)
-    # No tuning database: the default choice timed is the documented heuristic.
-    MOBAGEN_TUNING_DB=/nonexistent/none.db build/gpu/bench/bench_fwd --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 \
-        || note "bench_fwd FAILED"
-    note "bench_fwd: $(( $(date +%s) - start )) s"
-    # Op creation in a fresh process: cold (an empty cache: every kernel compiled), then warm.
-    MOBAGEN_CACHE_DIR=$(mktemp -d /tmp/mobagen-cold.XXXXXX) build/gpu/bench/op_create specs/default.yaml \
-        > "$OUT/op_create.log" 2>&1 || note "op_create FAILED"
-    grep -E 'process|cpu side|cached' "$OUT/op_create.log" | tee -a "$summary"
+    MOBAGEN_TUNING_DB=/nonexistent/none.db timeout "$limit" build/gpu/bench/bench_fwd \
+        --csv "$OUT/bench_fwd.csv" ${BENCH_CASES:-} > "$OUT/bench_fwd.log" 2>&1 || note "bench_fwd FAILED"
+    note "bench_fwd: $(elapsed "$start")"
     grep -v '^    ' "$OUT/bench_fwd.log" | tail -n 30 >> "$summary"
-    if [ -f bench/peers.py ]; then
-        python3 bench/peers.py --csv "$OUT/peers.csv" ${PEER_CASES:-} > "$OUT/peers.log" 2>&1 \
-            || note "peers.py FAILED"
-        tail -n 12 "$OUT/peers.log" >> "$summary"
-    fi
+    save
+    # Op creation in a fresh process: cold (an empty cache: every kernel compiled), then warm.
+    MOBAGEN_CACHE_DIR=$(mktemp -d /tmp/mobagen-cold.XXXXXX) timeout 120 build/gpu/bench/op_create \
+        specs/default.yaml > "$OUT/op_create.log" 2>&1 || note "op_create FAILED"
+    grep -E 'process|cpu side|cached' "$OUT/op_create.log" | tee -a "$summary"
+    start=$(date +%s)
+    timeout "$limit" python3 bench/peers.py --csv "$OUT/peers.csv" ${PEER_CASES:-} > "$OUT/peers.log" 2>&1 \
+        || note "peers.py FAILED"
+    note "peers: $(elapsed "$start")"
+    tail -n 8 "$OUT/peers.log" >> "$summary"
+    save
 fi
-tar czf "$RESULTS/logs.tgz" -C "$OUT" .
-for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
+save
 echo "================ summary ================"
 cat "$summary"
