@@ -128,8 +128,8 @@ $(GBUILD)/example_fwd: docs/example_fwd.c $(BUILD)/libmobagen.a
 gpu-kit: $(BUILD)/mobagen $(GPU_TESTS) $(BENCHES) $(GBUILD)/example_fwd $(BUILD)/libmobagen.so
 	@mkdir -p $(GBUILD)/lib
 	cp -L $(shell $(CC) -print-file-name=libcmocka.so.0) $(GBUILD)/lib/
-	@# libmobagen.so (the Python binding loads it) links Lua, libyaml and libsodium shared.
-	ldd $(BUILD)/libmobagen.so | awk '$$3 ~ /^\// && $$1 ~ /^lib(lua|yaml|sodium)/ {print $$3}' | \
+	@# libmobagen.so (the Python binding loads it) links Lua, libyaml, libsodium and SQLite shared.
+	ldd $(BUILD)/libmobagen.so | awk '$$3 ~ /^\// && $$1 ~ /^lib(lua|yaml|sodium|sqlite3)/ {print $$3}' | \
 	    xargs -r cp -L -t $(GBUILD)/lib/
 
 test-build: $(TEST_BIN) $(TBUILD)/mobagen $(BUILD)/libmobagen.so
