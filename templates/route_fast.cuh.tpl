@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         __syncthreads();                           // ... for every thread; the stage read last
         if (tile + 2 < n_tiles) issue(tile + 2);   // iteration is free again
         rf_cp_commit();
-        const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE, *lo_s = hi_s + PART;
+        const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE;   // the lo half sits PART chunks on
 
         float s[MT][NT][4];
 #pragma unroll

@@ -28,8 +28,10 @@ def moba_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     that device; max_seqlen_q/k at least every sequence's length (as in FlashAttention: they
     size the launch, and the device's cu_seqlens are not read back). conv_weight
     [hkv, W, d] of q's dtype enables the key convolution k' = k + SiLU(causal depthwise conv).
-    softmax_scale defaults to 1/sqrt(d). The forward is deterministic whatever `deterministic`
-    says; the flag is accepted for FlashAttention compatibility (and for the backward).
+    softmax_scale defaults to 1/sqrt(d). The routing is exact and deterministic; the attention
+    adds each query's fp32 partial sums in the order its blocks finish, so two runs agree to
+    rounding, not bit for bit. The flag is accepted for FlashAttention compatibility (there, as
+    here once it exists, it governs the backward).
 
     Returns out [total_q, hq, d] (q's dtype), plus lse [total_q, hq] float32 (natural log, -inf
     for a row that sees no key) when return_lse, plus selection [total_q, hq, top_k] int32 (the
