@@ -43,37 +43,8 @@ typedef unsigned long long u64;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
-// Everything a forward launch needs, passed by value. Every field is 8 bytes so that the C
-// runtime's copy (runtime/fwd_params.h) has the same layout without padding rules to match.
-struct FwdParams {
-    u64 q, k, v;               // [total][heads][d] elements, strides below
-    u64 conv_w;                // [hkv][conv_width][d] elements, or 0
-    u64 kprime;                // workspace [total_k][hkv][d]: k after the key convolution
-    u64 centroid;              // workspace [batch][max_blocks][hkv][d] fp32
-    u64 sel;                   // workspace [total_q][hq][top_k] int32, ascending, -1 padded
-    u64 out;                   // [total_q][hq][d] elements
-    u64 lse;                   // [total_q][hq] fp32
-    u64 cu_seqlens_q, cu_seqlens_k;   // int32 [batch + 1]
-    long long q_row_stride, q_head_stride;
-    long long k_row_stride, k_head_stride;
-    long long v_row_stride, v_head_stride;
-    long long o_row_stride, o_head_stride;
-    long long batch, hq, hkv;
-    long long max_seqlen_q, max_seqlen_k, max_blocks;
-    double softmax_scale;
-    // Block-centric attention (attn_fwd impl 2) only; sizes in runtime/fwd.c (layout_for).
-    // A chunk is chunk_rows query rows of one (sequence, head); a list is (chunk, key block).
-    u64 list_count;            // int32 [n_lists]: queries of the chunk that chose the block
-    u64 list_cursor;           // int32 [n_lists]: scatter positions
-    u64 tile_offset;           // int32 [n_lists + 1]: exclusive scan of 64-query tiles per list
-    u64 scan_carry;            // int32 [ceil(n_lists / 4096)]: tiles per segment of lists, scanned
-    u64 tile_meta;             // int32 [max tiles][8]: list, rows, q0, k0, len_q, len_k
-    u64 entries;               // uint32 [max tiles][64]: row << 7 | slot << 1 | last, per tile
-    u64 acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: sum of exp2(s - max) v
-    u64 acc_ml;                // [ring_chunks * chunk_rows][2]: row max (order-encoded), sum
-    long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists;
-    long long chunk_begin, chunk_end;   // the chunks of this launch (tiles and finalize)
-};
+% include("fwd_params.cuh.tpl")
+typedef mg_fwd_params FwdParams;
 
 #define MOBA_HEAD_DIM $(spec.head_dim)
 #define MOBA_BLOCK $(spec.block_size)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "build.h"
+#include "fwd_params.h"
 #include "nvrtc.h"
 #include "spec.h"
 #include "template.h"
@@ -243,6 +244,44 @@ static void test_compile_rejects_virtual_arch(void **state)
     mg_nvrtc_close(nv);
 }
 
+/* The parameter block is one text, templates/fwd_params.cuh.tpl, compiled by the C runtime and by
+ * NVRTC: the kernel side must see the size the C side fills (and a wrong size must be caught). */
+static void test_param_block_is_one_definition(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/templates/fwd_params.cuh.tpl", tu_repo_root());
+    size_t len;
+    char *text = tu_read_file(path, &len);
+    assert_non_null(text);
+    mg_nvrtc *nv = NULL;
+    mg_diag d;
+    assert_int_equal(mg_nvrtc_open(&nv, &d), MG_OK);
+    for (int wrong = 0; wrong < 2; wrong++) {
+        size_t size = len + 512;
+        char *src = malloc(size);
+        assert_non_null(src);
+        snprintf(src, size,
+                 "%s\nstatic_assert(sizeof(mg_fwd_params) == %zu, \"C and CUDA disagree\");\n"
+                 "__global__ void k(mg_fwd_params p) { if (p.q == 1) *(int *)p.out = 0; }\n",
+                 text, sizeof(mg_fwd_params) + (wrong ? 8 : 0));
+        mg_compiled c;
+        const char *names[] = {"k"};
+        mg_status st = mg_nvrtc_compile(nv, src, "params.cu", "sm_80", NULL, 0, names, 1, &c, &d);
+        if (wrong) {
+            assert_int_equal(st, MG_E_COMPILE);
+            assert_non_null(strstr(d.msg, "C and CUDA disagree"));
+        } else {
+            if (st != MG_OK) print_error("%s\n", d.msg);
+            assert_int_equal(st, MG_OK);
+        }
+        mg_compiled_free(&c);
+        free(src);
+    }
+    mg_nvrtc_close(nv);
+    free(text);
+}
+
 static void test_missing_nvrtc(void **state)
 {
     (void)state;
@@ -293,6 +332,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_missing_nvrtc),
+        cmocka_unit_test(test_param_block_is_one_definition),
         cmocka_unit_test(test_compile_rejects_virtual_arch),
         cmocka_unit_test(test_compile_error_names_template_line),
         cmocka_unit_test(test_shipped_specs_compile),
