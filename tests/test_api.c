@@ -18,7 +18,7 @@
 #define NO_DRIVER "/nonexistent/mobagen-test/libcuda.so.1"
 
 /* The same spec as specs/default.yaml, as parameters. */
-static const int threads[] = {128, 256}, block_m[] = {64, 128}, warps[] = {4, 8};
+static const int threads[] = {128, 256}, block_m[] = {256, 64}, warps[] = {4, 8};
 static const mobagen_tuning_restriction default_tuning[] = {
     {"kconv_centroid", "threads", threads, 2},
     {"route", "block_m", block_m, 2},
