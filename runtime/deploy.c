@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bundle.h"
+#include "kernel_contract.h"
 
 #define MAX_BUNDLES 16
 #define MAX_CHOICES 256
@@ -175,21 +176,6 @@ static int parse_entry(const char *text, mg_rendered *r)
     return 1;
 }
 
-/* The launch shape fields fwd.c divides by or launches with, held to what a template can give:
- * a bundle's checksums catch damage, not a file made to crash its reader. */
-static int launch_in_range(const mg_rendered *r)
-{
-    static const struct { const char *name; long long lo, hi; } limits[] = {
-        {"threads", 1, 1024}, {"rows", 1, 1024}, {"list_rows", 1, 1024}, {"ctas_per_sm", 1, 64},
-        {"smem", 0, 1 << 20},
-    };
-    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
-        long long v = mg_rendered_launch(r, limits[i].name, limits[i].lo);
-        if (v < limits[i].lo || v > limits[i].hi) return 0;
-    }
-    return 1;
-}
-
 mg_status mg_deploy_variants_from_bundle(const mg_bundle *b, const char *identity, const char *arch,
                                          mg_variant **vars_out, mg_build_result **res_out, int *n_out,
                                          mg_diag *diag)
@@ -208,10 +194,14 @@ mg_status mg_deploy_variants_from_bundle(const mg_bundle *b, const char *identit
         mg_build_result *r = &res[j++];
         snprintf(v->arch, sizeof v->arch, "%s", k->arch);
         snprintf(v->id, sizeof v->id, "%.63s/%.15s/%.230s", k->tpl, k->arch, k->point);
-        if (!parse_launch(k->launch, &v->rendered) || !launch_in_range(&v->rendered) ||
-            !parse_entry(k->entry, &v->rendered)) {
+        mg_diag why;
+        if (!parse_launch(k->launch, &v->rendered) || !parse_entry(k->entry, &v->rendered)) {
             st = mg_fail(diag, MG_E_IO, "%s: kernel %s: malformed launch parameters or entry names",
                          b->path, v->id);
+            break;
+        }
+        if (mg_contract_check(v->id, &v->rendered, &why) != MG_OK) {
+            st = mg_fail(diag, MG_E_IO, "%s: %s", b->path, why.msg);
             break;
         }
         r->entry.meta = strdup(k->entry);

@@ -7,6 +7,7 @@
 #include "checked_size.h"
 #include "deploy.h"
 #include "fwd_params.h"
+#include "kernel_contract.h"
 #include "runtime_internal.h"
 
 #define WORKSPACE_ALIGN 256
@@ -273,7 +274,7 @@ static mg_status launch_kernel(mobagen_op *op, const mg_loaded_variant *v, const
 static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx, unsigned gy,
                         unsigned gz, mg_fwd_params *p, mobagen_stream stream)
 {
-    return launch_kernel(op, v, "main", gx, gy, gz, v->threads, v->smem, p, stream);
+    return launch_kernel(op, v, MG_ROLE_MAIN, gx, gy, gz, v->threads, v->smem, p, stream);
 }
 
 /* impl 2: transpose the selection into per-(chunk, block) query lists; then, a ring of chunks at
@@ -293,18 +294,18 @@ static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, con
     if (st == MG_OK)
         st = mg_cuda_check(cu, cu->MemsetD32Async(p->acc_o, 0, acc_bytes / 4, (cu_stream)stream),
                            "cuMemsetD32Async(attention accumulators)", &op->err);
-    if (st == MG_OK) st = launch_kernel(op, v, "count", list_tiles, hq, batch, v->list_rows, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scan_reduce", segments, 1, 1, 1024, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scan_top", 1, 1, 1, 1024, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scan_down", segments, 1, 1, 1024, 0, p, stream);
-    if (st == MG_OK) st = launch_kernel(op, v, "scatter", list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_COUNT, list_tiles, hq, batch, v->list_rows, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_SCAN_REDUCE, segments, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_SCAN_TOP, 1, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_SCAN_DOWN, segments, 1, 1, 1024, 0, p, stream);
+    if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_SCATTER, list_tiles, hq, batch, v->list_rows, 0, p, stream);
     for (long long c = 0; c < t->n_chunks && t->n_lists && st == MG_OK; c += t->ring_chunks) {
         p->chunk_begin = c;
         p->chunk_end = c + t->ring_chunks < t->n_chunks ? c + t->ring_chunks : t->n_chunks;
         unsigned rows = (unsigned)(((p->chunk_end - c) * t->chunk_rows + 3) / 4);
-        st = launch_kernel(op, v, "tiles_max", grid, 1, 1, v->threads, v->smem, p, stream);
+        st = launch_kernel(op, v, MG_ROLE_TILES_MAX, grid, 1, 1, v->threads, v->smem, p, stream);
         if (st == MG_OK) st = launch(op, v, grid, 1, 1, p, stream);
-        if (st == MG_OK) st = launch_kernel(op, v, "finalize", rows, 1, 1, 128, 0, p, stream);
+        if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_FINALIZE, rows, 1, 1, 128, 0, p, stream);
     }
     return st;
 }
@@ -369,7 +370,7 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     if (st == MG_OK && (stages & MG_STAGE_ROUTE))
         st = launch(op, route, q_tiles_route, (unsigned)a->hq, (unsigned)a->batch, &p, stream);
     if (st == MG_OK && (stages & MG_STAGE_ATTN)) {
-        if (mg_variant_kernel(attn, "scatter"))
+        if (mg_variant_kernel(attn, MG_ROLE_SCATTER))
             st = block_attention(op, attn, a, &p, &w.attn, w.total - w.acc_o, stream);
         else
             st = launch(op, attn, q_tiles_attn, (unsigned)a->hq, (unsigned)a->batch, &p, stream);

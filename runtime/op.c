@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "deploy.h"
+#include "kernel_contract.h"
 #include "runtime_internal.h"
 
 static const char *const kernel_templates[] = {"kconv_centroid", "route", "attn_fwd"};
@@ -19,20 +20,17 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
     memset(lv, 0, sizeof *lv);
     snprintf(lv->template_name, sizeof lv->template_name, "%.*s", (int)strcspn(v->id, "/"), v->id);
     snprintf(lv->id, sizeof lv->id, "%s", v->id);
-    lv->threads = (int)mg_rendered_launch(&v->rendered, "threads", 0);
-    lv->smem = (int)mg_rendered_launch(&v->rendered, "smem", 0);
-    lv->rows = (int)mg_rendered_launch(&v->rendered, "rows", 1);
-    lv->ctas_per_sm = (int)mg_rendered_launch(&v->rendered, "ctas_per_sm", 1);
-    lv->list_rows = (int)mg_rendered_launch(&v->rendered, "list_rows", 128);
-    if (lv->threads < 1 || lv->threads > 1024 || lv->smem < 0 || lv->rows < 1)
-        return mg_fail(diag, MG_E_TEMPLATE, "%s: launch() gave threads=%d smem=%d rows=%d", v->id,
-                       lv->threads, lv->smem, lv->rows);
+    mg_status st = mg_contract_check(v->id, &v->rendered, diag);
+    if (st != MG_OK) return st;
+    lv->threads = (int)mg_contract_launch(&v->rendered, MG_LAUNCH_THREADS);
+    lv->smem = (int)mg_contract_launch(&v->rendered, MG_LAUNCH_SMEM);
+    lv->rows = (int)mg_contract_launch(&v->rendered, MG_LAUNCH_ROWS);
+    lv->ctas_per_sm = (int)mg_contract_launch(&v->rendered, MG_LAUNCH_CTAS_PER_SM);
+    lv->list_rows = (int)mg_contract_launch(&v->rendered, MG_LAUNCH_LIST_ROWS);
     if (lv->smem > ctx->max_smem_optin)
         return mg_fail(diag, MG_E_UNSUPPORTED, "%s needs %d bytes of shared memory; %s allows %d",
                        v->id, lv->smem, ctx->device_name, ctx->max_smem_optin);
-    if (!mg_rendered_kernel(&v->rendered, "main"))
-        return mg_fail(diag, MG_E_TEMPLATE, "%s: kernels() names no 'main' kernel", v->id);
-    mg_status st = mg_cuda_check(cu, cu->ModuleLoadData(&lv->module, r->entry.cubin),
+    st = mg_cuda_check(cu, cu->ModuleLoadData(&lv->module, r->entry.cubin),
                                  "cuModuleLoadData", diag);
     for (int k = 0; k < v->rendered.n_kernels && st == MG_OK; k++) {
         const char *role = v->rendered.kernels[k].role;
@@ -46,7 +44,7 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
                            "cuModuleGetFunction", diag);
         lv->n_kernels = k + 1;
     }
-    if (st == MG_OK) lv->fn = mg_variant_kernel(lv, "main");
+    if (st == MG_OK) lv->fn = mg_variant_kernel(lv, MG_ROLE_MAIN);
     /* Every kernel of the variant may be launched with launch()'s shared memory (impl 2 runs
      * two passes of its tile kernel). */
     for (int k = 0; k < lv->n_kernels && st == MG_OK && lv->smem > 48 * 1024; k++)
@@ -58,7 +56,7 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
         snprintf(why, sizeof why, "%s", diag->msg);   /* mg_fail writes where it reads */
         return mg_fail(diag, st, "%s: %s", v->id, why);
     }
-    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, "scatter"))
+    if (!strcmp(lv->template_name, "attn_fwd") && mg_variant_kernel(lv, MG_ROLE_SCATTER))
         op->has_block_lists = 1;
     op->n_variants++;
     return MG_OK;

@@ -55,7 +55,7 @@ typedef struct mg_loaded_variant {
     int list_rows;               /* rows per CTA of the list-building kernels */
 } mg_loaded_variant;
 
-/* A kernel of the variant by role ("merge", ...), or NULL. */
+/* A kernel of the variant by role (runtime/kernel_contract.h), or NULL. */
 cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role);
 
 #define MG_MAX_LOADED 128

@@ -357,7 +357,7 @@ static void make_fake(fake_bundle *f)
         k->seq = i / 2;
         /* Launch and kernel lines in an arbitrary order: the writer sorts them. */
         k->launch = (char *)(i % 2 ? "threads=128\nsmem=4096\nrows=4\n" : "rows=4\nthreads=128\nsmem=4096\n");
-        k->entry = (char *)"kernel.main=_Z4mainv\nkernel.merge=_Z5mergev\n";
+        k->entry = (char *)"kernel.main=_Z4mainv\n";
         for (size_t j = 0; j < sizeof f->cubins[i]; j++) f->cubins[i][j] = (unsigned char)(j * 7 + i);
         k->cubin = f->cubins[i];
         k->cubin_size = sizeof f->cubins[i];
@@ -619,7 +619,7 @@ static void test_inspect(void **state)
     assert_int_equal(tu_run(argv, NULL, &out, &err), 0);
     assert_non_null(strstr(out, "2 specs, 6 kernels, 18000 bytes of CUBIN, 1 tuning records"));
     assert_non_null(strstr(out, "spec alpha (identity aaaaaaaaaaaaaaaa): sm_80, sm_90a"));
-    assert_non_null(strstr(out, "route/sm_80/impl=1,warps=4  3000 bytes  launch:rows=4 smem=4096 threads=128  kernels: main merge"));
+    assert_non_null(strstr(out, "route/sm_80/impl=1,warps=4  3000 bytes  launch:rows=4 smem=4096 threads=128  kernels: main"));
     assert_non_null(strstr(out, "tuned gpu=GPU "));
     free(out);
     free(err);
@@ -720,7 +720,7 @@ static void test_bundle_to_variants(void **state)
     assert_string_equal(vars[0].id, "route/sm_80/impl=1,warps=4");
     assert_int_equal(mg_rendered_launch(&vars[0].rendered, "threads", 0), 128);
     assert_int_equal(mg_rendered_launch(&vars[0].rendered, "smem", 0), 4096);
-    assert_string_equal(mg_rendered_kernel(&vars[0].rendered, "merge"), "_Z5mergev");
+    assert_string_equal(mg_rendered_kernel(&vars[0].rendered, "main"), "_Z4mainv");
     assert_int_equal(res[0].entry.cubin_size, 3000);
     assert_memory_equal(res[0].entry.cubin, f.cubins[0], 3000);
     char lowered[64];
@@ -743,7 +743,14 @@ static void test_bundle_to_variants(void **state)
     assert_int_equal(mg_bundle_write(path, "12.4", f.specs, 1, k, 3, NULL, &d), MG_OK);
     assert_int_equal(mg_bundle_open(path, &b, &d), MG_OK);
     assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_80", &vars, &res, &n, &d), MG_E_IO);
-    assert_non_null(strstr(d.msg, "attn_fwd/sm_80/impl=1,warps=4: malformed launch parameters"));
+    assert_non_null(strstr(d.msg, "attn_fwd/sm_80/impl=1,warps=4: launch() gave list_rows = 0"));
+    mg_bundle_close(b);
+    /* A launch value or kernel role the runtime does not know (runtime/kernel_contract.h). */
+    k[2].launch = (char *)"threads=128\nwarps_per_sm=4\n";
+    assert_int_equal(mg_bundle_write(path, "12.4", f.specs, 1, k, 3, NULL, &d), MG_OK);
+    assert_int_equal(mg_bundle_open(path, &b, &d), MG_OK);
+    assert_int_equal(mg_deploy_variants_from_bundle(b, ida, "sm_80", &vars, &res, &n, &d), MG_E_IO);
+    assert_non_null(strstr(d.msg, "launch() value 'warps_per_sm' is not one the runtime reads"));
     mg_bundle_close(b);
 }
 

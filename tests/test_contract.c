@@ -1,0 +1,117 @@
+/* The runtime-to-template contract (runtime/kernel_contract.h): every variant the shipped
+ * templates expand to, for every arch the generator knows and a range of specs, keeps it; and
+ * each kind of breach is refused with a message that names the variant and the breach. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "kernel_contract.h"
+#include "spec.h"
+#include "variants.h"
+
+static void test_shipped_templates_keep_the_contract(void **state)
+{
+    (void)state;
+    static const char *const specs[] = {
+        "name: a\nhead_dim: 128\nblock_size: 128\ntop_k: 8\n",
+        "name: b\nhead_dim: 64\nblock_size: 16\ntop_k: 64\ncausal: false\ndtype: fp16\n",
+        "name: c\nhead_dim: 128\nblock_size: 32\ntop_k: 32\nconv_width: 3\ngqa_group: 2\n",
+        "name: d\nhead_dim: 256\nblock_size: 512\ntop_k: 2\nconv_width: 5\n",
+        "name: e\nhead_dim: 32\nblock_size: 48\ntop_k: 3\n",
+    };
+    static const char *const archs[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"};
+    mg_diag d = {{0}};
+    mg_template_set *set = NULL;
+    assert_int_equal(mg_template_set_open(NULL, &set, &d), MG_OK);
+    int checked = 0, block_lists = 0;
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        mg_spec spec;
+        if (mg_spec_parse(specs[i], strlen(specs[i]), "contract.yaml", &spec, &d) != MG_OK)
+            fail_msg("%s", d.msg);
+        mg_variant *v = NULL;
+        int n = 0;
+        if (mg_variants_expand(set, &spec, archs, 5, &v, &n, &d) != MG_OK) fail_msg("%s", d.msg);
+        for (int j = 0; j < n; j++, checked++) {
+            mg_status st = mg_contract_check(v[j].id, &v[j].rendered, &d);
+            if (st != MG_OK) print_error("%s\n", d.msg);
+            assert_int_equal(st, MG_OK);
+            block_lists += mg_rendered_kernel(&v[j].rendered, MG_ROLE_SCATTER) != NULL;
+        }
+        mg_variants_free(v, n);
+    }
+    mg_template_set_free(set);
+    assert_true(checked > 50);
+    assert_true(block_lists > 0);   /* the block-list attention was among them */
+}
+
+static mg_rendered rendered(const char *const *roles, int n_roles, const char *const *keys,
+                            const long long *values, int n_keys)
+{
+    mg_rendered r;
+    memset(&r, 0, sizeof r);
+    for (int i = 0; i < n_roles; i++) snprintf(r.kernels[i].role, sizeof r.kernels[i].role, "%s", roles[i]);
+    r.n_kernels = n_roles;
+    for (int i = 0; i < n_keys; i++) {
+        snprintf(r.launch[i].name, sizeof r.launch[i].name, "%s", keys[i]);
+        r.launch[i].value = values[i];
+    }
+    r.n_launch = n_keys;
+    return r;
+}
+
+static void expect_breach(const mg_rendered *r, const char *phrase)
+{
+    mg_diag d = {{0}};
+    assert_int_equal(mg_contract_check("t/sm_80/x=1", r, &d), MG_E_TEMPLATE);
+    if (!strstr(d.msg, phrase) || !strstr(d.msg, "t/sm_80/x=1"))
+        print_error("message '%s' lacks '%s'\n", d.msg, phrase);
+    assert_non_null(strstr(d.msg, phrase));
+    assert_non_null(strstr(d.msg, "t/sm_80/x=1"));
+}
+
+static void test_breaches_are_refused(void **state)
+{
+    (void)state;
+    const char *main_only[] = {"main"}, *threads[] = {"threads"};
+    const long long t128[] = {128};
+    mg_rendered ok = rendered(main_only, 1, threads, t128, 1);
+    mg_diag d = {{0}};
+    assert_int_equal(mg_contract_check("t/sm_80/x=1", &ok, &d), MG_OK);
+    assert_int_equal(mg_contract_launch(&ok, MG_LAUNCH_THREADS), 128);
+    assert_int_equal(mg_contract_launch(&ok, MG_LAUNCH_LIST_ROWS), 128);   /* the default */
+    assert_int_equal(mg_contract_launch(&ok, MG_LAUNCH_ROWS), 1);
+
+    const char *unknown_role[] = {"main", "prep"};
+    mg_rendered r = rendered(unknown_role, 2, threads, t128, 1);
+    expect_breach(&r, "kernel role 'prep'");
+    const char *no_main[] = {"count"};
+    r = rendered(no_main, 1, threads, t128, 1);
+    expect_breach(&r, "no 'main' kernel");
+    const char *half[] = {"main", "count", "scatter"};
+    r = rendered(half, 3, threads, t128, 1);
+    expect_breach(&r, "needs a 'scan_reduce' kernel");
+    const char *keys[] = {"threads", "warps"};
+    const long long values[] = {128, 4};
+    r = rendered(main_only, 1, keys, values, 2);
+    expect_breach(&r, "launch() value 'warps'");
+    r = rendered(main_only, 1, NULL, NULL, 0);
+    expect_breach(&r, "threads = 0");
+    const char *smem[] = {"threads", "smem"};
+    const long long too_much[] = {128, 1LL << 40};
+    r = rendered(main_only, 1, smem, too_much, 2);
+    expect_breach(&r, "smem = 1099511627776");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shipped_templates_keep_the_contract),
+        cmocka_unit_test(test_breaches_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
