@@ -179,7 +179,8 @@ typedef struct mobagen_fwd_args {
  * N = C*n lists, it is about: 4S (selection) + 4*(S + 63*min(N, S)) (lists, tile-aligned)
  * + 32*(S/64 + min(N, S)) (tile descriptions) + 16N (list counters and offsets)
  * + ring*R*(4*head_dim + 8) with ring = min(C, max(1, 64 MiB / (R*(4*head_dim + 8))))
- * (fp32 accumulator rows of the chunks in flight) + centroids (batch*n*hkv*head_dim*4) + k after
+ * (fp32 accumulator rows of the chunks in flight) + centroids (batch*n*hkv*head_dim*8: fp32,
+ * then their high/low split in the element type for the tensor-core gate scores) + k after
  * the key convolution when conv_width > 0 (total_k*hkv*head_dim*2). It does not grow with the
  * sequence beyond the selection and its lists: no per-(query, slot) partial results. */
 MOBAGEN_API mobagen_status mobagen_fwd_workspace_size(mobagen_op *op, const mobagen_fwd_args *args,
@@ -187,7 +188,9 @@ MOBAGEN_API mobagen_status mobagen_fwd_workspace_size(mobagen_op *op, const moba
 
 /* The MoBA forward on `stream`: key convolution and centroids, routing, attention. Checks the
  * arguments against the spec and each other first, naming the wrong one. Empty inputs launch
- * nothing and succeed. */
+ * nothing and succeed. Routing is exact and deterministic; the tensor-core attention adds each
+ * query's fp32 partial sums in the order its blocks finish, so two runs agree to rounding, not
+ * bit for bit. */
 MOBAGEN_API mobagen_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *args,
                                        mobagen_devptr workspace, size_t workspace_bytes,
                                        mobagen_stream stream);
