@@ -172,7 +172,8 @@ static void scenario_init(scenario *s, uint64_t salt, int batch, int integers)
     s->cache.kraw_pages = s->W ? nan_doubles(pool) : NULL;
     s->cache.kprime_pages = nan_doubles(pool);
     s->cache.v_pages = nan_doubles(pool);
-    s->cache.seq_lens = calloc((size_t)batch, sizeof(int));
+    s->cache.seq_lens = xmalloc((size_t)batch * sizeof(int));
+    memset(s->cache.seq_lens, 0, (size_t)batch * sizeof(int));
     int max_blocks = moba_ref_paged_max_blocks(&s->cfg, &s->cache);
     assert_true(max_blocks >= 0);
     s->cache.centroid_sum = nan_doubles((size_t)batch * max_blocks * s->hkv * s->d);
@@ -344,7 +345,8 @@ static void replay(uint64_t salt, int batch, int max_chunk, int integers)
     scenario s;
     scenario_init(&s, salt, batch, integers);
     rng r = rng_new(salt ^ 0xc0ffee);
-    int *from = calloc((size_t)batch, sizeof(int)), *cu_new = xmalloc((size_t)(batch + 1) * sizeof(int));
+    int *from = xmalloc((size_t)batch * sizeof(int)), *cu_new = xmalloc((size_t)(batch + 1) * sizeof(int));
+    memset(from, 0, (size_t)batch * sizeof(int));
     cu_new[0] = 0;
     for (int b = 0; b < batch; b++)
         cu_new[b + 1] = cu_new[b] + s.prefill[b];
