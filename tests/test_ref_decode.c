@@ -371,6 +371,21 @@ static void replay(uint64_t salt, int batch, int max_chunk, int integers)
         ties += decode_and_compare(&s, from, cu_new, step);
         decoded += cu_new[batch];
     }
+    /* At the end every sequence is whole: the running sums must give moba_ref_centroids. */
+    int max_blocks = moba_ref_max_blocks(&s.cfg);
+    double *centroids = xmalloc(((size_t)batch * max_blocks * s.hkv * s.d + 1) * sizeof(double));
+    moba_ref_centroids(&s.cfg, s.kprime, centroids);
+    for (int b = 0; b < batch; b++)
+        for (int j = 0; j * s.cfg.block_size < s.len[b]; j++)
+            for (int hk = 0; hk < s.hkv; hk++) {
+                const double *want = centroids + (((size_t)b * max_blocks + j) * s.hkv + hk) * s.d;
+                moba_ref_paged_centroid(&s.cfg, &s.cache, b, j, hk, s.centroid_want);
+                for (int c = 0; c < s.d; c++)
+                    if (!(fabs(s.centroid_want[c] - want[c]) <= 1e-12 * fmax(1.0, fabs(want[c]))))
+                        fail_msg("seq %d block %d head %d: centroid[%d] %.17g, forward's %.17g", b,
+                                 j, hk, c, s.centroid_want[c], want[c]);
+            }
+    free(centroids);
     printf("  %d steps, %d tokens decoded, %d tied selections\n", step, decoded, ties);
     assert_true(decoded > 0);
     /* With integer data, where nearly every row has tied candidates, a tie is no excuse: the
