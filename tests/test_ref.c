@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ref/moba_ref.h"
+#include "util/rng.h"
 
 #define MAX_BATCH 8
 #define TOL 1e-12
@@ -22,34 +23,12 @@
 
 static uint64_t base_seed = 0x6d6f6261u; /* "moba" */
 
-typedef struct rng {
-    uint64_t state;
-} rng;
-
-static rng rng_new(uint64_t salt)
-{
-    rng r = { base_seed ^ (salt * 0x9e3779b97f4a7c15ull) };
-    return r;
-}
-
-static uint64_t splitmix64(rng *r)
-{
-    uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [-1, 1). */
-static double uniform(rng *r)
-{
-    return (double)(splitmix64(r) >> 11) * 0x1.0p-52 - 1.0;
-}
+static rng rng_new(uint64_t salt) { return rng_seeded(base_seed, salt); }
 
 static void fill_uniform(rng *r, double *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        x[i] = uniform(r);
+        x[i] = rng_signed(r);
 }
 
 /* Small integers in {-2..2}: many blocks get exactly equal centroids or gate scores, so the tie
@@ -57,7 +36,7 @@ static void fill_uniform(rng *r, double *x, size_t n)
 static void fill_small_integers(rng *r, double *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        x[i] = (double)(int)(splitmix64(r) % 5) - 2.0;
+        x[i] = (double)(int)(rng_next(r) % 5) - 2.0;
 }
 
 static void *xcalloc(size_t n, size_t size)
@@ -428,7 +407,7 @@ static void random_selection(rng *r, const problem *p, int *sel)
                 int *out = sel + ((size_t)row * cfg->hq + h) * cfg->top_k, count = 0;
                 /* Walk the blocks in order and keep each with probability 1/2: ascending, unique. */
                 for (int j = 0; j < n && count < cfg->top_k; j++)
-                    if (splitmix64(r) & 1)
+                    if (rng_next(r) & 1)
                         out[count++] = j;
                 for (int i = count; i < cfg->top_k; i++)
                     out[i] = -1;
@@ -692,7 +671,7 @@ static void test_kconv_stays_inside_sequence(void **state)
     moba_ref_kconv(&p.cfg, p.k, p.conv_w, before);
     rng r = rng_new(801);
     for (size_t i = 0; i < half; i++)
-        p.k[i] += 1.0 + uniform(&r);  /* only sequence 0's keys */
+        p.k[i] += 1.0 + rng_signed(&r);  /* only sequence 0's keys */
     moba_ref_kconv(&p.cfg, p.k, p.conv_w, after);
     assert_memory_equal(before + half, after + half, half * sizeof(double));
     assert_memory_not_equal(before, after, half * sizeof(double));

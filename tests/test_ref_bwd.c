@@ -16,6 +16,7 @@
 
 #include "ref/moba_ref.h"
 #include "ref/moba_ref_bwd.h"
+#include "util/rng.h"
 
 #define MAX_BATCH 8
 
@@ -30,29 +31,13 @@
 
 static uint64_t base_seed = 0x6477626d;
 
-typedef struct rng {
-    uint64_t state;
-} rng;
-
-static rng rng_new(uint64_t salt)
-{
-    rng r = { base_seed ^ (salt * 0x9e3779b97f4a7c15ull) };
-    return r;
-}
-
-static uint64_t next_u64(rng *r)
-{
-    uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static rng rng_new(uint64_t salt) { return rng_seeded(base_seed, salt); }
 
 /* Uniform in [-1, 1), never exactly zero in practice: zero inputs would hide dropped terms. */
 static void fill_random(rng *r, double *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        x[i] = (double)(next_u64(r) >> 11) * 0x1.0p-52 - 1.0;
+        x[i] = rng_signed(r);
 }
 
 static void *xcalloc(size_t n, size_t size)
@@ -99,7 +84,7 @@ static void random_selection(rng *r, problem *p)
             for (int h = 0; h < cfg->hq; h++) {
                 int *out = p->sel + ((size_t)row * cfg->hq + h) * cfg->top_k;
                 for (int i = 0; i < cfg->top_k; i++)
-                    out[i] = (int)(next_u64(r) % (uint64_t)(n + 2)) - 1;
+                    out[i] = (int)(rng_next(r) % (uint64_t)(n + 2)) - 1;
             }
     }
 }

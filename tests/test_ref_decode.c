@@ -18,38 +18,19 @@
 
 #include "ref/moba_ref.h"
 #include "ref/moba_ref_decode.h"
+#include "util/rng.h"
 
 #define TOL 1e-9
 
 static uint64_t base_seed = 0x6465636fu; /* "deco" */
 
-typedef struct rng {
-    uint64_t state;
-} rng;
-
-static rng rng_new(uint64_t salt)
-{
-    rng r = { base_seed ^ (salt * 0x9e3779b97f4a7c15ull) };
-    return r;
-}
-
-static uint64_t splitmix64(rng *r)
-{
-    uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static rng rng_new(uint64_t salt) { return rng_seeded(base_seed, salt); }
 
 static int pick(rng *r, int lo, int hi) /* inclusive */
 {
-    return lo + (int)(splitmix64(r) % (uint64_t)(hi - lo + 1));
+    return lo + (int)(rng_next(r) % (uint64_t)(hi - lo + 1));
 }
 
-static double uniform(rng *r)
-{
-    return (double)(splitmix64(r) >> 11) * 0x1.0p-52 - 1.0;
-}
 
 static void *xmalloc(size_t n)
 {
@@ -62,7 +43,7 @@ static double *random_doubles(rng *r, size_t n)
 {
     double *x = xmalloc(n * sizeof *x);
     for (size_t i = 0; i < n; i++)
-        x[i] = uniform(r);
+        x[i] = rng_signed(r);
     return x;
 }
 
@@ -439,12 +420,12 @@ static void small_init(small_cache *t)
     memset(t, 0, sizeof *t);
     rng r = rng_new(77);
     for (int i = 0; i < 16; i++) {
-        t->k[i] = uniform(&r);
-        t->v[i] = uniform(&r);
-        t->q[i] = uniform(&r);
+        t->k[i] = rng_signed(&r);
+        t->v[i] = rng_signed(&r);
+        t->q[i] = rng_signed(&r);
     }
     for (int i = 0; i < 6; i++)
-        t->conv_w[i] = uniform(&r);
+        t->conv_w[i] = rng_signed(&r);
     int table[4] = { 3, 0, 4, 1 };
     memcpy(t->table, table, sizeof table);
     t->cu[0] = 0, t->cu[1] = 3, t->cu[2] = 5;    /* append 3 and 2 tokens */

@@ -51,7 +51,7 @@ static int key_position(int r, int len_q, int len_k)
     return r + len_k - len_q;
 }
 
-static double dot(const double *a, const double *b, int d)
+double moba_ref_dot(const double *a, const double *b, int d)
 {
     double s = 0.0;
     for (int c = 0; c < d; c++)
@@ -59,7 +59,7 @@ static double dot(const double *a, const double *b, int d)
     return s;
 }
 
-static double silu(double x)
+double moba_ref_silu(double x)
 {
     return x / (1.0 + exp(-x));
 }
@@ -133,7 +133,7 @@ void moba_ref_kconv(const moba_ref_cfg *cfg, const double *k, const double *conv
                     size_t at = kv_offset(cfg, row, hk) + c;
                     kprime[at] = k[at];
                     if (cfg->conv_width > 0)
-                        kprime[at] += silu(conv_at(cfg, k, conv_w, start, row, hk, c));
+                        kprime[at] += moba_ref_silu(conv_at(cfg, k, conv_w, start, row, hk, c));
                 }
     }
 }
@@ -175,7 +175,7 @@ double moba_ref_gate_score(const moba_ref_cfg *cfg, const double *q, const doubl
 {
     int b = sequence_of_query_row(cfg, row);
     const double *c = centroid + centroid_offset(cfg, b, j, kv_head_of(cfg, h));
-    return dot(q_row(cfg, q, row, h), c, cfg->d);
+    return moba_ref_dot(q_row(cfg, q, row, h), c, cfg->d);
 }
 
 /* The selection order: higher score first, and on equal scores the lower block index first. */
@@ -274,7 +274,7 @@ static double attention_score(const moba_ref_cfg *cfg, const double *q, const do
                               int row, int h, int key_row)
 {
     const double *kv = kprime + kv_offset(cfg, key_row, kv_head_of(cfg, h));
-    return cfg->scale * dot(q_row(cfg, q, row, h), kv, cfg->d);
+    return cfg->scale * moba_ref_dot(q_row(cfg, q, row, h), kv, cfg->d);
 }
 
 /* One (query row, head). Two passes, the max first so that exp never overflows; scores are

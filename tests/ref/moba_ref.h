@@ -60,4 +60,9 @@ void moba_ref_attention(const moba_ref_cfg *cfg, const double *q, const double *
 int moba_ref_forward(const moba_ref_cfg *cfg, const double *q, const double *k, const double *v,
                      const double *conv_w, double *o, double *lse, int *sel);
 
+/* The dot product of two d-vectors and SiLU, as every reference (forward, backward, decode)
+ * computes them. */
+double moba_ref_dot(const double *a, const double *b, int d);
+double moba_ref_silu(double x);
+
 #endif

@@ -18,14 +18,6 @@ static size_t kv_elems(const moba_ref_cfg *cfg)
     return (size_t)cfg->cu_seqlens_k[cfg->batch] * cfg->hkv * cfg->d;
 }
 
-static double dot(const double *a, const double *b, int d)
-{
-    double s = 0.0;
-    for (int c = 0; c < d; c++)
-        s += a[c] * b[c];
-    return s;
-}
-
 /* d SiLU(x) / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x))). */
 static double silu_grad(double x)
 {
@@ -68,7 +60,7 @@ void moba_ref_bwd_delta(const moba_ref_cfg *cfg, const double *o, const double *
     size_t rows = (size_t)cfg->cu_seqlens_q[cfg->batch] * cfg->hq;
     for (size_t at = 0; at < rows; at++)
         delta[at] = lse[at] == -INFINITY ? 0.0
-                                         : dot(dout + at * cfg->d, o + at * cfg->d, cfg->d);
+                                         : moba_ref_dot(dout + at * cfg->d, o + at * cfg->d, cfg->d);
 }
 
 /* One (query row, head): P_s = exp(scale q.k'_s - lse), dP_s = do.v_s,
@@ -92,8 +84,8 @@ static void attention_backward_row(const moba_ref_cfg *cfg, const double *q, con
             if (cfg->causal && p > t)
                 break;
             size_t at = ((size_t)(k_start + p) * cfg->hkv + hk) * d;
-            double prob = exp(cfg->scale * dot(q_row, kprime + at, d) - lse);
-            double dscore = prob * (dot(dout_row, v + at, d) - delta + dlse);
+            double prob = exp(cfg->scale * moba_ref_dot(q_row, kprime + at, d) - lse);
+            double dscore = prob * (moba_ref_dot(dout_row, v + at, d) - delta + dlse);
             for (int c = 0; c < d; c++) {
                 dq_row[c] += cfg->scale * dscore * kprime[at + c];
                 dkprime[at + c] += cfg->scale * dscore * q_row[c];
@@ -122,7 +114,7 @@ void moba_ref_attention_backward(const moba_ref_cfg *cfg, const double *q, const
                 /* No visible key: o = 0 and lse = -inf do not depend on any input. */
                 if (lse[at] == -INFINITY)
                     continue;
-                double delta = dot(dout + at * cfg->d, o + at * cfg->d, cfg->d);
+                double delta = moba_ref_dot(dout + at * cfg->d, o + at * cfg->d, cfg->d);
                 attention_backward_row(cfg, q, kprime, v, sel + at * cfg->top_k, k_start, len_k,
                                        t, row, h, lse[at], delta, dlse ? dlse[at] : 0.0,
                                        dout + at * cfg->d, dq + at * cfg->d, dkprime, dv);

@@ -39,19 +39,6 @@ static double *centroid_sum_at(const moba_ref_cfg *cfg, const moba_ref_paged_cac
     return cache->centroid_sum + (((size_t)b * max_blocks + j) * cfg->hkv + hk) * cfg->d;
 }
 
-static double dot(const double *a, const double *b, int d)
-{
-    double s = 0.0;
-    for (int c = 0; c < d; c++)
-        s += a[c] * b[c];
-    return s;
-}
-
-static double silu(double x)
-{
-    return x / (1.0 + exp(-x));
-}
-
 /* ---- checks -------------------------------------------------------------------------------- */
 
 const char *moba_ref_decode_strerror(int status)
@@ -167,7 +154,7 @@ int moba_ref_decode_append(const moba_ref_cfg *cfg, moba_ref_paged_cache *cache,
                 for (int c = 0; c < d; c++) {
                     double kprime = k_now[c];
                     if (cfg->conv_width > 0)
-                        kprime += silu(conv_at(cfg, cache, conv_w, b, p, hk, c, k_now));
+                        kprime += moba_ref_silu(conv_at(cfg, cache, conv_w, b, p, hk, c, k_now));
                     kp[c] = kprime;
                     vp[c] = v_now[c];
                     /* A block's first key starts its sum afresh, so slots reused from an
@@ -254,12 +241,12 @@ static void attend_block(const moba_ref_cfg *cfg, const moba_ref_paged_cache *ca
         out->acc[c] = 0.0;
     for (int p = first; p <= last; p++) {
         const double *kp = moba_ref_paged_row(cfg, cache, cache->kprime_pages, b, p, hk);
-        out->max = fmax(out->max, cfg->scale * dot(q_row, kp, d));
+        out->max = fmax(out->max, cfg->scale * moba_ref_dot(q_row, kp, d));
     }
     for (int p = first; p <= last; p++) {
         const double *kp = moba_ref_paged_row(cfg, cache, cache->kprime_pages, b, p, hk);
         const double *vp = moba_ref_paged_row(cfg, cache, cache->v_pages, b, p, hk);
-        double weight = exp(cfg->scale * dot(q_row, kp, d) - out->max);
+        double weight = exp(cfg->scale * moba_ref_dot(q_row, kp, d) - out->max);
         out->sum += weight;
         for (int c = 0; c < d; c++)
             out->acc[c] += weight * vp[c];
@@ -341,7 +328,7 @@ int moba_ref_decode(const moba_ref_cfg *cfg, const moba_ref_paged_cache *cache, 
                 const double *q_row = q + at * d;
                 for (int j = 0; j < n; j++) {
                     moba_ref_paged_centroid(cfg, cache, b, j, hk, centroid);
-                    scores[j] = dot(q_row, centroid, d);
+                    scores[j] = moba_ref_dot(q_row, centroid, d);
                 }
                 int count = route_one(cfg, scores, t, ranked, blocks);
                 for (int i = 0; i < count; i++)

@@ -8,6 +8,7 @@
 
 #include "cuda_driver.h"
 #include "mobagen.h"
+#include "util/rng.h"
 
 typedef struct gpu_env {
     mg_cuda cu;
@@ -33,11 +34,5 @@ uint16_t float_to_bf16(float f);
 float bf16_to_float(uint16_t h);
 uint16_t float_to_fp16(float f);
 float fp16_to_float(uint16_t h);
-
-/* splitmix64: a seeded, portable random source. */
-typedef struct rng { uint64_t s; } rng;
-uint64_t rng_next(rng *r);
-double rng_uniform(rng *r);          /* [0, 1) */
-double rng_normal(rng *r);
 
 #endif
