@@ -26,7 +26,8 @@ typedef struct attn_shape {
 typedef struct workspace_layout {
     /* byte offsets, and the size */
     size_t kprime, centroid, sel;
-    size_t list_count, list_cursor, tile_offset, scan_carry, tile_meta, entries, acc_o, acc_ml;
+    size_t list_count, list_cursor, tile_offset, scan_carry, tile_meta, entries, row_ref, fallback;
+    size_t acc_o, acc_l;
     attn_shape attn;
     size_t total;
     const char *overflow;   /* the region whose size does not fit in size_t, or NULL */
@@ -55,7 +56,7 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
     if (op->has_block_lists) {
         attn_shape *t = &w.attn;
         long long rows = a->max_seqlen_q > 0 ? a->max_seqlen_q : 1;
-        long long row_bytes = (long long)a->head_dim * 4 + 8;
+        long long row_bytes = (long long)a->head_dim * 4 + 4;
         long long chunk = op->attn_chunk_rows > 0 ? op->attn_chunk_rows : ATTN_CHUNK_ROWS;
         long long ring_bytes = op->attn_ring_bytes > 0 ? op->attn_ring_bytes : ATTN_RING_BYTES;
         t->chunk_rows = rows < chunk ? rows : chunk;
@@ -65,6 +66,11 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
         t->ring_chunks = ring_bytes / (t->chunk_rows * row_bytes);
         if (t->ring_chunks < 1) t->ring_chunks = 1;
         if (t->ring_chunks > t->n_chunks) t->ring_chunks = t->n_chunks;
+        /* As many groups as the ring needs, of equal size: no short last group of few tiles. */
+        if (t->ring_chunks > 0) {
+            long long groups = mg_ceil_div(t->n_chunks, t->ring_chunks);
+            t->ring_chunks = mg_ceil_div(t->n_chunks, groups);
+        }
         /* Each list's tiles start 64-entry aligned: at most 63 unused entries per non-empty list. */
         t->max_tiles = mg_ceil_div(slots, 64) + (t->n_lists < slots ? t->n_lists : slots);
         w.list_count = mg_layout_add(&l, "list counts (chunks x blocks)", t->n_lists, 4, 1, 1, 1);
@@ -73,10 +79,12 @@ static workspace_layout layout_for(const mobagen_op *op, const mobagen_fwd_args 
         w.scan_carry = mg_layout_add(&l, "scan carries", mg_ceil_div(t->n_lists, 4096) + 1, 4, 1, 1, 1);
         w.tile_meta = mg_layout_add(&l, "tile descriptions", t->max_tiles, 32, 1, 1, 1);
         w.entries = mg_layout_add(&l, "list entries (tiles x 64)", t->max_tiles, 64, 4, 1, 1);
+        w.row_ref = mg_layout_add(&l, "row references (total_q x hq)", a->total_q, a->hq, 4, 1, 1);
+        w.fallback = mg_layout_add(&l, "fallback flag", 1, 4, 1, 1, 1);
+        /* The ring last: block_attention clears it from acc_o to the end. */
         w.acc_o = mg_layout_add(&l, "fp32 accumulator rows (ring x chunk rows x head_dim)", t->ring_chunks,
                                 t->chunk_rows, a->head_dim, 4, 1);
-        w.acc_ml = mg_layout_add(&l, "row max and sum (ring x chunk rows)", t->ring_chunks, t->chunk_rows,
-                                 8, 1, 1);
+        w.acc_l = mg_layout_add(&l, "row sums (ring x chunk rows)", t->ring_chunks, t->chunk_rows, 4, 1, 1);
     }
     w.total = l.total;
     w.overflow = l.overflow;
@@ -277,8 +285,9 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, unsigned gx,
     return launch_kernel(op, v, MG_ROLE_MAIN, gx, gy, gz, v->threads, v->smem, p, stream);
 }
 
-/* impl 2: transpose the selection into per-(chunk, block) query lists; then, a ring of chunks at
- * a time: the row maxima, the sums, the outputs. */
+/* impl 2: transpose the selection into per-(chunk, block) query lists (and each row's reference);
+ * then, a ring of chunks at a time: the sums, the outputs; last, the rows whose sums overflowed
+ * (a launch that returns at once when there are none: no host synchronisation). */
 static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, const mobagen_fwd_args *a,
                                  mg_fwd_params *p, const attn_shape *t, size_t acc_bytes,
                                  mobagen_stream stream)
@@ -303,10 +312,11 @@ static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, con
         p->chunk_begin = c;
         p->chunk_end = c + t->ring_chunks < t->n_chunks ? c + t->ring_chunks : t->n_chunks;
         unsigned rows = (unsigned)(((p->chunk_end - c) * t->chunk_rows + 3) / 4);
-        st = launch_kernel(op, v, MG_ROLE_TILES_MAX, grid, 1, 1, v->threads, v->smem, p, stream);
-        if (st == MG_OK) st = launch(op, v, grid, 1, 1, p, stream);
+        st = launch(op, v, grid, 1, 1, p, stream);
         if (st == MG_OK) st = launch_kernel(op, v, MG_ROLE_FINALIZE, rows, 1, 1, 128, 0, p, stream);
     }
+    if (st == MG_OK && t->n_lists)
+        st = launch_kernel(op, v, MG_ROLE_FALLBACK, (unsigned)op->ctx->sm_count * 4, 1, 1, 128, 0, p, stream);
     return st;
 }
 
@@ -354,7 +364,8 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
         .list_count = workspace + w.list_count,
         .list_cursor = workspace + w.list_cursor, .tile_offset = workspace + w.tile_offset,
         .scan_carry = workspace + w.scan_carry, .tile_meta = workspace + w.tile_meta,
-        .entries = workspace + w.entries, .acc_o = workspace + w.acc_o, .acc_ml = workspace + w.acc_ml,
+        .entries = workspace + w.entries, .acc_o = workspace + w.acc_o, .acc_l = workspace + w.acc_l,
+        .row_ref = workspace + w.row_ref, .fallback = workspace + w.fallback,
         .chunk_rows = w.attn.chunk_rows, .row_chunks = w.attn.row_chunks,
         .ring_chunks = w.attn.ring_chunks, .n_chunks = w.attn.n_chunks, .n_lists = w.attn.n_lists,
     };

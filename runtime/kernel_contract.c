@@ -11,7 +11,7 @@ const mg_launch_key mg_launch_keys[MG_N_LAUNCH_KEYS] = {
 };
 
 static const char *const block_list_roles[] = {MG_ROLE_COUNT, MG_ROLE_SCAN_REDUCE, MG_ROLE_SCAN_TOP,
-                                               MG_ROLE_SCAN_DOWN, MG_ROLE_SCATTER, MG_ROLE_TILES_MAX,
+                                               MG_ROLE_SCAN_DOWN, MG_ROLE_SCATTER, MG_ROLE_FALLBACK,
                                                MG_ROLE_FINALIZE};
 #define N_BLOCK_LIST_ROLES ((int)(sizeof block_list_roles / sizeof block_list_roles[0]))
 

@@ -17,7 +17,7 @@
 #define MG_ROLE_SCAN_TOP "scan_top"
 #define MG_ROLE_SCAN_DOWN "scan_down"
 #define MG_ROLE_SCATTER "scatter"
-#define MG_ROLE_TILES_MAX "tiles_max"
+#define MG_ROLE_FALLBACK "fallback"
 #define MG_ROLE_FINALIZE "finalize"
 
 /* The launch() values the runtime reads: default when a template leaves one out, and range. */

@@ -178,8 +178,9 @@ typedef struct mobagen_fwd_args {
  * R = min(16384, max_seqlen_q) rows per chunk, C = batch*hq*ceil(max_seqlen_q/R) chunks and
  * N = C*n lists, it is about: 4S (selection) + 4*(S + 63*min(N, S)) (lists, tile-aligned)
  * + 32*(S/64 + min(N, S)) (tile descriptions) + 16N (list counters and offsets)
- * + ring*R*(4*head_dim + 8) with ring = min(C, max(1, 64 MiB / (R*(4*head_dim + 8))))
- * (fp32 accumulator rows of the chunks in flight) + centroids (batch*n*hkv*head_dim*8: fp32,
+ * + 4*total_q*hq (each row's softmax reference) + ring*R*(4*head_dim + 4) with
+ * ring = ceil(C / ceil(C / r)), r = min(C, max(1, 64 MiB / (R*(4*head_dim + 4)))) (fp32
+ * accumulator rows of the chunks in flight, the groups balanced) + centroids (batch*n*hkv*head_dim*8: fp32,
  * then their high/low split in the element type for the tensor-core gate scores) + k after
  * the key convolution when conv_width > 0 (total_k*hkv*head_dim*2). It does not grow with the
  * sequence beyond the selection and its lists: no per-(query, slot) partial results. */

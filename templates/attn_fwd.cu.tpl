@@ -1,9 +1,11 @@
 %! -- Attention over each query's selected blocks with an online softmax; writes o and LSE.
 %! -- impl 2 (tensor cores, attn_tiles.cuh.tpl): the selection is transposed into query lists per
 %! -- (chunk of query rows, key block); 64-query tiles of a list meet their block's keys on
-%! -- mma.sync, twice: the exact row max first, then exp2(S - max) V added into one fp32 row per
-%! -- query, for a bounded ring of chunks at a time. impl 1 (CUDA cores): one warp per (query row, head) streams that query's
-%! -- own blocks; it reads each selected block once per query, with no reuse.
+%! -- mma.sync once: exp2(S - ref) V added into one fp32 row per query, ref a lower bound of the
+%! -- row's max known before any tile runs, for a bounded ring of chunks at a time; rows whose
+%! -- sums overflow are redone exactly by the fallback kernel. impl 1 (CUDA cores): one warp per
+%! -- (query row, head) streams that query's own blocks; it reads each selected block once per
+%! -- query, with no reuse (the same row function is impl 2's fallback).
 %! knobs = { impl = {2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
 %!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
@@ -30,48 +32,47 @@
 %! end
 %! function kernels(spec, p)
 %!   if p.impl == 2 then
-%!     return { main = "moba_attn_tiles<false>", tiles_max = "moba_attn_tiles<true>",
+%!     return { main = "moba_attn_tiles", fallback = "moba_attn_fallback<4>",
 %!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<128>",
 %!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
 %!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<128>" }
 %!   end
 %!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
 %! end
+%! -- CTAs per multiprocessor of the tile kernel: 3 where 64-key steps are not needed (fewer
+%! -- registers, a third of shared memory less), so that a third CTA hides the others' latency.
+%! function tile_ctas(spec)
+%!   if tile_n(spec) <= 32 then return 3 end
+%!   return 2
+%! end
 %! function launch(spec, p)
 %!   if p.impl == 2 then
 %!     -- main: a persistent grid of ctas_per_sm per multiprocessor
-%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = 2, rows = 64, list_rows = 128 }
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = 128 }
 %!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end
 % include("common.cuh.tpl")
-% if point.impl == 2 then
-%   include("attn_tiles.cuh.tpl")
-% else
 % local dpl = spec.head_dim // 32
 
-template <int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
+// One (query row, head) exactly, by one warp: stream the row's selected blocks with an online
+// softmax (CUDA cores), write o and the LSE. q_s: the warp's head_dim floats of shared memory.
+__device__ __forceinline__ void moba_attn_row(const FwdParams &p, float *q_s, int b, int h, int row, int lane)
 {
     constexpr int D = MOBA_HEAD_DIM, DPL = $(dpl);   // output dims per lane
     constexpr float LOG2E = 1.4426950408889634f;
-    __shared__ float q_smem[WARPS][D];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / MOBA_GQA;
+    const int kvh = h / MOBA_GQA;
     const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
     const int *cu_k = reinterpret_cast<const int *>(p.cu_seqlens_k);
     const int q0 = cu_q[b], len_q = cu_q[b + 1] - q0;
     const int k0 = cu_k[b], len_k = cu_k[b + 1] - k0;
-    const int row = blockIdx.x * WARPS + warp;
-    if (row >= len_q) return;
     const int t = row + len_k - len_q;
 
     // q scaled so that exp2 replaces exp: s2 = log2(e) * scale * q.k
     const elem_t *q = reinterpret_cast<const elem_t *>(p.q) + (long long)(q0 + row) * p.q_row_stride + h * p.q_head_stride;
     const float qscale = (float)p.softmax_scale * LOG2E;
-    for (int c = lane; c < D; c += 32) q_smem[warp][c] = elem_to_float(q[c]) * qscale;
+    for (int c = lane; c < D; c += 32) q_s[c] = elem_to_float(q[c]) * qscale;
     __syncwarp();
-
 % if spec.conv_width > 0 then
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime) + kvh * D;
     const long long k_row_stride = p.hkv * D;
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
                     float kv[8];
                     load8(kr + c, kv);
 #pragma unroll
-                    for (int j = 0; j < 8; j++) dot = fmaf(q_smem[warp][c + j], kv[j], dot);
+                    for (int j = 0; j < 8; j++) dot = fmaf(q_s[c + j], kv[j], dot);
                 }
                 s2 = dot;
             }
@@ -140,5 +141,21 @@ __global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
         float *lse = reinterpret_cast<float *>(p.lse);
         lse[(long long)(q0 + row) * p.hq + h] = l > 0.f ? (m + __log2f(l)) * 0.6931471805599453f : -INFINITY;
     }
+    __syncwarp();   // q_s may be refilled for the warp's next row
+}
+
+% if point.impl == 2 then
+%   include("attn_tiles.cuh.tpl")
+% else
+
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) moba_attn_fwd(const FwdParams p)
+{
+    __shared__ float q_smem[WARPS][MOBA_HEAD_DIM];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
+    const int row = blockIdx.x * WARPS + warp;
+    if (row >= cu_q[blockIdx.z + 1] - cu_q[blockIdx.z]) return;
+    moba_attn_row(p, q_smem[warp], blockIdx.z, blockIdx.y, row, lane);
 }
 % end

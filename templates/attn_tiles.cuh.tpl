@@ -1,10 +1,14 @@
 %! -- Block-centric attention on tensor cores (attn_fwd impl 2), include()d by attn_fwd.cu.tpl.
 %! -- The selection is transposed into query lists per (chunk, key block), where a chunk is
-%! -- chunk_rows query rows of one (sequence, head). For a group of ring_chunks chunks at a time,
-%! -- three launches: 64-query tiles of each list compute Q K^T on mma.sync and raise each query's
-%! -- exact row max (atomicMax); the tiles again, now P = exp2(S - max) and P V, added into one
-%! -- fp32 (o, l) row per query (reductions in L2, any order); a finalize pass writes o / l and
-%! -- the LSE and clears the rows for the next group. The workspace does not grow with the
+%! -- chunk_rows query rows of one (sequence, head). The count kernel also gives each row a
+%! -- reference ref <= its max scaled score (causal: the diagonal key's score; else the score of
+%! -- its first block's centroid, the mean of that block's keys). For a group of ring_chunks
+%! -- chunks at a time, two launches: 64-query tiles of each list compute S = Q K^T, P =
+%! -- exp2(S - ref) and P V on mma.sync, added into one fp32 (o, l) row per query (reductions in
+%! -- L2, any order: exp2(S - ref) needs no common running max); a finalize pass writes o / l and
+%! -- the LSE and clears the rows for the next group. fp32 keeps full relative precision for any
+%! -- ref <= max; a row whose sums overflow (max - ref near 128, or past 16 for fp16 P) is marked,
+%! -- and the fallback kernel redoes it exactly at the end. The workspace does not grow with the
 %! -- sequence beyond the selection and its lists.
 % local D = spec.head_dim
 % local BN = (spec.block_size % 64 == 0) and 64 or ((spec.block_size % 32 == 0) and 32 or 16)
@@ -34,18 +38,6 @@ __device__ __forceinline__ int list_of(const FwdParams &p, int b, int h, int row
     return chunk * (int)p.max_blocks + blk;
 }
 
-// Floats as unsigned integers in the same order, 0 below every float: atomicMax on the
-// encoding is a max on the floats, and a zeroed word means "no score yet".
-__device__ __forceinline__ unsigned order_enc(float f)
-{
-    const unsigned u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float order_dec(unsigned e)
-{
-    return __uint_as_float((e & 0x80000000u) ? (e & 0x7fffffffu) : ~e);
-}
-
 // Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
 __device__ __forceinline__ void red_add2(float *a, float x, float y)
 {
@@ -57,8 +49,8 @@ __device__ __forceinline__ void red_add2(float *a, float x, float y)
 % end
 }
 
-// 1. Queries per list (one thread per (row, head)); rows that selected nothing get o = 0 and
-// LSE = -inf here, since no tile will visit them.
+// 1. Queries per list (one thread per (row, head)), and the row's reference; rows that selected
+// nothing get o = 0 and LSE = -inf here, since no tile will visit them.
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_count(const FwdParams p)
 {
@@ -70,13 +62,46 @@ __global__ void __launch_bounds__(ROWS) moba_attn_count(const FwdParams p)
     const long long qh = (long long)(q0 + row) * p.hq + h;
     const int *sel = reinterpret_cast<const int *>(p.sel) + qh * MOBA_TOP_K;
     int *count = reinterpret_cast<int *>(p.list_count);
+    float *row_ref = reinterpret_cast<float *>(p.row_ref);
     int s = 0;
     for (; s < MOBA_TOP_K && sel[s] >= 0; s++) atomicAdd(&count[list_of(p, b, h, row, sel[s])], 1);
     if (s == 0) {
         uint4 *o = reinterpret_cast<uint4 *>(reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride);
         for (int c = 0; c < MOBA_HEAD_DIM / 8; c++) o[c] = make_uint4(0, 0, 0, 0);
         reinterpret_cast<float *>(p.lse)[qh] = -INFINITY;
+        row_ref[qh] = -INFINITY;
+        return;
     }
+    // The reference: a score the row certainly attends to, or a mean of such scores.
+    const int kvh = h / MOBA_GQA;
+    const elem_t *q = reinterpret_cast<const elem_t *>(p.q) + (long long)(q0 + row) * p.q_row_stride + h * p.q_head_stride;
+% if spec.causal then
+    const int t = row + len_k - len_q;   // >= 0: a row before the first key selects nothing
+%   if spec.conv_width > 0 then
+    const elem_t *kr = reinterpret_cast<const elem_t *>(p.kprime) + ((long long)(k0 + t) * p.hkv + kvh) * MOBA_HEAD_DIM;
+%   else
+    const elem_t *kr = reinterpret_cast<const elem_t *>(p.k) + (long long)(k0 + t) * p.k_row_stride + kvh * p.k_head_stride;
+%   end
+% else
+    const float *kr = reinterpret_cast<const float *>(p.centroid) +
+                      (((long long)b * p.max_blocks + sel[0]) * p.hkv + kvh) * MOBA_HEAD_DIM;
+% end
+    float dot = 0.f;
+#pragma unroll 4
+    for (int c = 0; c < MOBA_HEAD_DIM; c += 8) {
+        float qv[8], kv[8];
+        load8(q + c, qv);
+% if spec.causal then
+        load8(kr + c, kv);
+% else
+        const float4 k_lo = *reinterpret_cast<const float4 *>(kr + c), k_hi = *reinterpret_cast<const float4 *>(kr + c + 4);
+        kv[0] = k_lo.x; kv[1] = k_lo.y; kv[2] = k_lo.z; kv[3] = k_lo.w;
+        kv[4] = k_hi.x; kv[5] = k_hi.y; kv[6] = k_hi.z; kv[7] = k_hi.w;
+% end
+#pragma unroll
+        for (int j = 0; j < 8; j++) dot = fmaf(qv[j], kv[j], dot);
+    }
+    row_ref[qh] = dot * ((float)p.softmax_scale * 1.4426950408889634f);
 }
 
 // Exclusive scan of a CTA's 4 values per thread; returns the CTA total.
@@ -155,11 +180,13 @@ __global__ void __launch_bounds__(1024) moba_attn_scan_top(const FwdParams p)
         }
         run += total;
     }
-    if (threadIdx.x == 0) reinterpret_cast<int *>(p.tile_offset)[p.n_lists] = run;
+    if (threadIdx.x == 0) {
+        reinterpret_cast<int *>(p.tile_offset)[p.n_lists] = run;
+        *reinterpret_cast<int *>(p.fallback) = 0;   // before any finalize of this call
+    }
 }
 
-// 2c. Each list's first tile, its scatter cursor (tiles are 64-entry aligned in `entries`),
-// and the description of each of its tiles.
+// 2c. Each list's first tile and its scatter cursor (tiles are 64-entry aligned in `entries`).
 __global__ void __launch_bounds__(1024) moba_attn_scan_down(const FwdParams p)
 {
     __shared__ int warp_sums[33];
@@ -167,32 +194,21 @@ __global__ void __launch_bounds__(1024) moba_attn_scan_down(const FwdParams p)
     segment_tiles(p, blockIdx.x, v);
     cta_scan4(v, warp_sums);
     const int seg_base = reinterpret_cast<const int *>(p.scan_carry)[blockIdx.x];
-    const int *count = reinterpret_cast<const int *>(p.list_count);
     int *tile_offset = reinterpret_cast<int *>(p.tile_offset), *cursor = reinterpret_cast<int *>(p.list_cursor);
-    TileMeta *meta = reinterpret_cast<TileMeta *>(p.tile_meta);
-    const int per_bh = (int)(p.row_chunks * p.max_blocks);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int list = blockIdx.x * SCAN_SEG + threadIdx.x * 4 + i;
         if (list >= (int)p.n_lists) break;
-        const int first = seg_base + v[i], n = count[list];
+        const int first = seg_base + v[i];
         tile_offset[list] = first;
         cursor[list] = first * TILE_M;
-        if (n == 0) continue;
-        const int bh = list / per_bh, b = bh / (int)p.hq;
-        TileMeta m;
-        seq_bounds(p, b, m.q0, m.len_q, m.k0, m.len_k);
-        m.list = list;
-        m.pad0 = m.pad1 = 0;
-        for (int t = 0; t * TILE_M < n; t++) {
-            m.n_rows = min(TILE_M, n - t * TILE_M);
-            meta[first + t] = m;
-        }
     }
 }
 
-// 3. Scatter (row, slot, last) into the lists. Order within a list varies run to run, and so
-// does the order of the fp32 additions into a query's row (results agree to rounding).
+// 3. Scatter (row, slot, last) into the lists; the thread that takes a tile's first entry writes
+// the tile's description (spread over the whole grid, not the scan's few CTAs). Order within a
+// list varies run to run, and so does the order of the fp32 additions into a query's row
+// (results agree to rounding).
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
 {
@@ -206,16 +222,30 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
     unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
     int n = 0;
     while (n < MOBA_TOP_K && sel[n] >= 0) n++;
-    for (int s = 0; s < n; s++)
-        entries[atomicAdd(&cursor[list_of(p, b, h, row, sel[s])], 1)] =
-            ((unsigned)row << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
+    for (int s = 0; s < n; s++) {
+        const int list = list_of(p, b, h, row, sel[s]);
+        const int pos = atomicAdd(&cursor[list], 1);
+        entries[pos] = ((unsigned)row << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
+        if (pos % TILE_M == 0) {
+            const int first = reinterpret_cast<const int *>(p.tile_offset)[list];
+            const int n_list = reinterpret_cast<const int *>(p.list_count)[list];
+            TileMeta m;
+            m.list = list;
+            m.n_rows = min(TILE_M, n_list - (pos - first * TILE_M));
+            m.q0 = q0;
+            m.k0 = k0;
+            m.len_q = len_q;
+            m.len_k = len_k;
+            m.pad0 = m.pad1 = 0;
+            reinterpret_cast<TileMeta *>(p.tile_meta)[pos / TILE_M] = m;
+        }
+    }
 }
 
 // 4. The tiles of the chunks [chunk_begin, chunk_end): a persistent grid walks them in a static
 // order; each CTA fetches the next tiles' descriptions and entries two tiles ahead and loads the
-// next tile's queries and keys (cp.async) while the current one computes. MAX_PASS: Q K^T only,
-// then each row's max goes to its query (atomicMax). Else: P = exp2(S - max), O = P V, and O and
-// rowsum(P) are added into the query's fp32 row.
+// next tile's queries and keys (cp.async) while the current one computes. P = exp2(S - ref),
+// O = P V, and O and rowsum(P) are added into the query's fp32 row.
 struct TilesSmem {
     uint4 q[2][TILE_M * (MOBA_HEAD_DIM / 8)];
     uint4 k[2][TILE_N * (MOBA_HEAD_DIM / 8)];
@@ -226,8 +256,7 @@ struct TilesSmem {
 };
 static_assert(sizeof(TilesSmem) == $(tiles_smem(spec)), "launch()'s shared memory size is TilesSmem's");
 
-template <bool MAX_PASS>
-__global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
+__global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, NT = TILE_N / 8, DT = D / 8;
     constexpr int NSTEP = (MOBA_BLOCK + TILE_N - 1) / TILE_N;
@@ -241,7 +270,8 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
     const int first_tile = tile_offset[p.chunk_begin * max_blocks], end_tile = tile_offset[p.chunk_end * max_blocks];
     const float scale = (float)p.softmax_scale * LOG2E;
     float *acc_o = reinterpret_cast<float *>(p.acc_o);
-    float2 *acc_ml = reinterpret_cast<float2 *>(p.acc_ml);   // (max as order_enc bits, sum)
+    float *acc_l = reinterpret_cast<float *>(p.acc_l);
+    const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
 % if spec.conv_width > 0 then
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
     const long long k_row_stride = p.hkv * D, k_head_stride = D;
@@ -274,8 +304,7 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
             const bool ok = key < key_end;
             const long long krow = (long long)(m.k0 + (ok ? key : key_begin));
             cp_async16(&sm.k[buf][swizzle(r, c)], kbase + krow * k_row_stride + kvh * k_head_stride + c * 8, ok);
-            if (!MAX_PASS)
-                cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+            cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
         }
     };
     auto load_q = [&](int slot, int buf) {
@@ -318,15 +347,13 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
         auto acc_row = [&](int r) {
             return (chunk % ring) * chunk_rows + ((int)((r ? e_hi : e_lo) >> 7) - row_chunk * chunk_rows);
         };
-        float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-        if (!MAX_PASS) {
+        float mx[2], l[2] = {0.f, 0.f};
 #pragma unroll
-            for (int r = 0; r < 2; r++)
-                mx[r] = valid[r] ? order_dec(__float_as_uint(__ldcg(&acc_ml[acc_row(r)].x))) : 0.f;
-        }
-        float o[MAX_PASS ? 1 : DT][4];
+        for (int r = 0; r < 2; r++)
+            mx[r] = valid[r] ? __ldg(&row_ref[(long long)(m.q0 + (int)((r ? e_hi : e_lo) >> 7)) * hq + h]) : 0.f;
+        float o[DT][4];
 #pragma unroll
-        for (int i = 0; i < (MAX_PASS ? 1 : DT); i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+        for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
         unsigned qa[KSTEPS][4];
 
         for (int step = 0; step < NSTEP; step++, item++) {
@@ -383,14 +410,11 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
                         if (key >= key_end) v = -INFINITY;
 % end
                     }
-                    if (MAX_PASS) mx[e >> 1] = fmaxf(mx[e >> 1], v);
-                    else {
-                        const float pr = exp2f(v - mx[e >> 1]);   // the exact max: pr <= 1
-                        s[nt][e] = pr;
-                        l[e >> 1] += pr;
-                    }
+                    const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
+                    s[nt][e] = pr;
+                    l[e >> 1] += pr;
                 }
-            if (!MAX_PASS) {
+            {
                 // O += P V: the score accumulators become the A fragments of the next product.
 #pragma unroll
                 for (int kk = 0; kk < TILE_N / 16; kk++) {
@@ -398,7 +422,7 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
                                             pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                             pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-                    for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt += 2) {
+                    for (int dt = 0; dt < DT; dt += 2) {
                         const int mat = lane >> 3;
                         unsigned vb[4];
                         ldsm_x4_trans(smem_addr(&v_s[swizzle(kk * 16 + (mat & 1) * 8 + (lane & 7), dt + (mat >> 1))]), vb);
@@ -410,30 +434,24 @@ __global__ void __launch_bounds__(128, 2) moba_attn_tiles(const FwdParams p)
         }
         if (!warp_busy) continue;
 
-        // Into the queries' rows: the max (first launch), or O and the sum (second).
+        // Into the queries' rows: O and the sum.
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            if (MAX_PASS) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                if (valid[r] && (lane & 3) == 0)
-                    atomicMax(reinterpret_cast<unsigned *>(&acc_ml[acc_row(r)].x), order_enc(mx[r]));
-            } else {
-                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-                if (!valid[r]) continue;
-                float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+            if (!valid[r]) continue;
+            float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
 #pragma unroll
-                for (int dt = 0; dt < (MAX_PASS ? 0 : DT); dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
-                if ((lane & 3) == 0) atomicAdd(&acc_ml[acc_row(r)].y, l[r]);
-            }
+            for (int dt = 0; dt < DT; dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
+            if ((lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
         }
     }
 }
 
-// 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = max + log l,
-// and clear the rows for the next group (one warp per row). Rows that selected nothing (l = 0)
-// were written by the count kernel.
+// 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = ref + log l,
+// and clear the rows for the next group (one warp per row). Rows that selected nothing (ref =
+// -inf) were written by the count kernel. A row whose sums are not finite (exp2(S - ref)
+// overflowed) is marked for the fallback (ref = NaN) instead.
 template <int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) moba_attn_finalize(const FwdParams p)
 {
@@ -448,25 +466,60 @@ __global__ void __launch_bounds__(WARPS * 32) moba_attn_finalize(const FwdParams
     int q0, len_q, k0, len_k;
     seq_bounds(p, b, q0, len_q, k0, len_k);
     if (row >= len_q) return;
+    const long long qh = (long long)(q0 + row) * hq + h;
+    float *row_ref = reinterpret_cast<float *>(p.row_ref);
+    const float ref = row_ref[qh];
+    if (ref == -INFINITY) return;   // no selection: no tile touched the row
     const long long a = (long long)(chunk % (int)p.ring_chunks) * chunk_rows + (int)(i % chunk_rows);
-    float2 *ml = reinterpret_cast<float2 *>(p.acc_ml) + a;
-    const float2 mlv = __ldcg(ml);
-    if (mlv.y <= 0.f) return;
-    float *ao = reinterpret_cast<float *>(p.acc_o) + a * D + lane * DPL;
+    float *lp = reinterpret_cast<float *>(p.acc_l) + a;
+    const float l = __ldcg(lp);
+    float2 *ao = reinterpret_cast<float2 *>(reinterpret_cast<float *>(p.acc_o) + a * D + lane * DPL);
     float acc[DPL];
+    bool finite = l > 0.f && l <= 3.4e38f;
 #pragma unroll
-    for (int c = 0; c < DPL; c++) acc[c] = __ldcg(ao + c);
-    const float inv = 1.f / mlv.y;
-    elem_t *out = reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride + lane * DPL;
-#pragma unroll
-    for (int c = 0; c < DPL; c++) {
-        out[c] = float_to_elem(acc[c] * inv);
-        ao[c] = 0.f;
+    for (int c = 0; c < DPL / 2; c++) {
+        const float2 x = __ldcg(ao + c);
+        acc[2 * c] = x.x;
+        acc[2 * c + 1] = x.y;
+        finite = finite && fabsf(x.x) <= 3.4e38f && fabsf(x.y) <= 3.4e38f;   // false for inf and NaN
+        __stcg(ao + c, make_float2(0.f, 0.f));
     }
-    __syncwarp();
-    if (lane == 0) {
-        const float mx = order_dec(__float_as_uint(mlv.x));
-        reinterpret_cast<float *>(p.lse)[(long long)(q0 + row) * hq + h] = (mx + __log2f(mlv.y)) * 0.6931471805599453f;
-        *ml = make_float2(0.f, 0.f);
+    if (__all_sync(0xffffffffu, finite)) {
+        const float inv = 1.f / l;
+        unsigned *out = reinterpret_cast<unsigned *>(reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride +
+                                                     h * p.o_head_stride + lane * DPL);
+#pragma unroll
+        for (int c = 0; c < DPL / 2; c++)
+            out[c] = (unsigned)float_to_elem(acc[2 * c] * inv) | ((unsigned)float_to_elem(acc[2 * c + 1] * inv) << 16);
+        if (lane == 0) reinterpret_cast<float *>(p.lse)[qh] = (ref + __log2f(l)) * 0.6931471805599453f;
+    } else if (lane == 0) {
+        row_ref[qh] = __int_as_float(0x7fc00000);
+        *reinterpret_cast<volatile int *>(p.fallback) = 1;
+    }
+    if (lane == 0) __stcg(lp, 0.f);
+}
+
+// 6. The rows finalize marked (rare: the reference sat more than ~128 below the row's max, or
+// 16 for fp16), exactly, by moba_attn_row; returns at once when there are none.
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) moba_attn_fallback(const FwdParams p)
+{
+    __shared__ float q_smem[WARPS][MOBA_HEAD_DIM];
+    if (*reinterpret_cast<const volatile int *>(p.fallback) == 0) return;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, hq = (int)p.hq;
+    const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
+    const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
+    const long long n = (long long)cu_q[p.batch] * hq;
+    for (long long i = (long long)blockIdx.x * WARPS + warp; i < n; i += (long long)gridDim.x * WARPS) {
+        const float ref = row_ref[i];
+        if (ref == ref) continue;   // not NaN: finalized
+        const int q = (int)(i / hq), h = (int)(i % hq);
+        int lo = 0, hi = (int)p.batch;   // the sequence b with cu_q[b] <= q < cu_q[b + 1]
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) / 2;
+            if (cu_q[mid] <= q) lo = mid;
+            else hi = mid;
+        }
+        moba_attn_row(p, q_smem[warp], lo, h, q - cu_q[lo], lane);
     }
 }

@@ -30,8 +30,11 @@ typedef struct mg_fwd_params {
     unsigned long long scan_carry;            // int32 [ceil(n_lists / 4096)]: tiles per segment of lists, scanned
     unsigned long long tile_meta;             // int32 [max tiles][8]: list, rows, q0, k0, len_q, len_k
     unsigned long long entries;               // uint32 [max tiles][64]: row << 7 | slot << 1 | last, per tile
-    unsigned long long acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: sum of exp2(s - max) v
-    unsigned long long acc_ml;                // [ring_chunks * chunk_rows][2]: row max (order-encoded), sum
+    unsigned long long acc_o;                 // fp32 [ring_chunks * chunk_rows][d]: sum of exp2(s - ref) v
+    unsigned long long acc_l;                 // fp32 [ring_chunks * chunk_rows]: sum of exp2(s - ref)
+    unsigned long long row_ref;               // fp32 [total_q][hq]: ref, a lower bound of the row's max
+                                              // scaled score (-inf: no selection; NaN: redo exactly)
+    unsigned long long fallback;              // int32: some row's sums overflowed (the fallback runs)
     long long chunk_rows, row_chunks, ring_chunks, n_chunks, n_lists;
     long long chunk_begin, chunk_end;   // the chunks of this launch (tiles and finalize)
 } mg_fwd_params;
@@ -43,14 +46,14 @@ typedef struct mg_fwd_params {
 #endif
 MG_PARAMS_ASSERT(sizeof(unsigned long long) == 8 && sizeof(long long) == 8 && sizeof(double) == 8,
                  "mg_fwd_params: every field type is 8 bytes wide");
-MG_PARAMS_ASSERT(sizeof(mg_fwd_params) == 41 * 8, "mg_fwd_params: 41 fields of 8 bytes, no padding");
+MG_PARAMS_ASSERT(sizeof(mg_fwd_params) == 43 * 8, "mg_fwd_params: 43 fields of 8 bytes, no padding");
 // The C side checks offsets too (NVRTC has no offsetof; the shared text fixes the order).
 #ifdef MG_PARAMS_OFFSETOF
 MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, cu_seqlens_k) == 10 * 8, "mg_fwd_params layout");
 MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, softmax_scale) == 25 * 8, "mg_fwd_params layout");
 MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, list_count) == 26 * 8, "mg_fwd_params layout");
-MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, chunk_rows) == 34 * 8, "mg_fwd_params layout");
-MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, chunk_end) == 40 * 8, "mg_fwd_params layout");
+MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, chunk_rows) == 36 * 8, "mg_fwd_params layout");
+MG_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_fwd_params, chunk_end) == 42 * 8, "mg_fwd_params layout");
 #endif
 #undef MG_PARAMS_ASSERT
 

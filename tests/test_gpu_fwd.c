@@ -31,6 +31,9 @@ typedef struct fwd_case {
     int tie_period;       /* > 0: key block j repeats block j % tie_period of its sequence (and
                              head), so scores tie exactly and the tie rule alone decides; the
                              selection must then equal the reference's (needs conv_width 0) */
+    double q_gain;        /* > 0: q scaled by this, so that a row's scores span hundreds (log2
+                             units) and the attention's reference sits far below the row's max:
+                             the sums overflow and the exact fallback must redo those rows */
 } fwd_case;
 
 typedef struct case_stats {
@@ -79,7 +82,7 @@ static void random_inputs(const fwd_case *c, rng *r, int total_q, int total_k, c
 {
     int d = c->head_dim, hq = c->hkv * c->gqa_group;
     for (size_t i = 0; i < (size_t)total_q * hq * d; i++) {
-        q[i] = to_elem(c->dtype, (float)rng_normal(r));
+        q[i] = to_elem(c->dtype, (float)(rng_normal(r) * (c->q_gain > 0 ? c->q_gain : 1.0)));
         qd[i] = from_elem(c->dtype, q[i]);
     }
     double *dir = malloc(sizeof(double) * (size_t)d);
@@ -376,6 +379,8 @@ static const fwd_case grid[] = {
     {"ties_d64_b32_k8", 64, 32, 8, 1, 0, 1, MG_BF16, 2, 2, {900, 200}, {900, 200}, 1, 0, 5},
     {"ties_d128_b16_k5_noncausal_fp16", 128, 16, 5, 0, 0, 2, MG_FP16, 1, 2, {300, 40}, {500, 40}, 1, 0, 3},
     {"d128_b16_k64_2k", 128, 16, 64, 1, 0, 1, MG_BF16, 1, 2, {2500, 1100}, {2500, 1100}, 1, 0, 0},
+    {"huge_scores_d128_b64_k4", 128, 64, 4, 1, 0, 1, MG_BF16, 1, 2, {700, 90}, {700, 90}, 1, 0, 0, 40.0},
+    {"huge_scores_d64_b32_k3_noncausal_fp16", 64, 32, 3, 0, 2, 1, MG_FP16, 1, 1, {300}, {420}, 1, 0, 0, 12.0},
 };
 
 static const fwd_case long_cases[] = {
