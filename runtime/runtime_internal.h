@@ -66,12 +66,18 @@ struct mobagen_op {
     int n_variants;
     mg_loaded_variant variants[MG_MAX_LOADED];
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
+    int selected_decode;         /* valid once decode_loaded (mg_op_load_decode) */
+    int decode_loaded;
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     long long attn_chunk_rows;   /* impl 2's query rows per chunk and ring bytes; 0: defaults */
     long long attn_ring_bytes;
     mg_diag err;
     struct mg_op_deploy *deploy;  /* deploy.c: dispatch by tuning records */
 };
+
+/* Builds (or loads from the cache) the decode template's variants on first use; MG_OK at once
+ * when they are loaded. */
+mg_status mg_op_load_decode(mobagen_op *op);
 
 /* Builds (or loads from the cache) every variant of an already parsed spec. */
 mg_status mg_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out);
