@@ -17,11 +17,15 @@
 #define MAX_ROUTE_CHUNKS 4096    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
 #define DEFAULT_SM_COUNT 132
 
-typedef struct decode_layout {
+typedef struct decode_layout decode_layout;
+static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
+                              decode_layout *w);
+
+struct decode_layout {
     size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, total;
     long long rows, route_chunks, splits, max_blocks;
     const char *overflow;
-} decode_layout;
+};
 
 static long long cache_max_blocks(const mg_spec *s, const mobagen_kv_cache *c)
 {
@@ -111,19 +115,26 @@ static mg_status check_append(mobagen_op *op, const mobagen_kv_cache *c, const m
     return MG_OK;
 }
 
+long long mg_decode_splits(const mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a)
+{
+    decode_layout w;
+    if (check_decode((mobagen_op *)op, cache, a, &w) != MG_OK) return -1;
+    return w.splits;
+}
+
 static int route_chunk_of(const mobagen_op *op)
 {
     return op->decode_loaded ? op->variants[op->selected_decode].rows : DEFAULT_ROUTE_CHUNK;
 }
 
-/* Splits per kv head: enough CTAs for two per multiprocessor, never more than the blocks a
- * kv head can select. */
+/* Splits per kv head: as many CTAs as fit at once (two per multiprocessor) and no more, so
+ * that no second, mostly idle wave follows; never more than the blocks a kv head can select. */
 static long long splits_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
                             long long n_blocks)
 {
     long long sms = op->ctx && op->ctx->sm_count > 0 ? op->ctx->sm_count : DEFAULT_SM_COUNT;
     long long heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
-    long long want = mg_ceil_div(2 * sms, heads), most = (long long)DECODE_ROWS * op->spec.top_k;
+    long long want = 2 * sms / heads, most = (long long)DECODE_ROWS * op->spec.top_k;
     if (most > n_blocks) most = n_blocks;
     if (want > most) want = most;
     return want < 1 ? 1 : want;
@@ -279,6 +290,12 @@ mg_status mobagen_decode_workspace_size(mobagen_op *op, const mobagen_kv_cache *
 mg_status mobagen_decode(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a,
                          mobagen_devptr workspace, size_t workspace_bytes, mobagen_stream stream)
 {
+    return mg_decode_stages(op, cache, a, workspace, workspace_bytes, stream, MG_DECODE_ALL);
+}
+
+mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a,
+                           mobagen_devptr workspace, size_t workspace_bytes, mobagen_stream stream, unsigned stages)
+{
     decode_layout w;
     mg_status st = check_decode(op, cache, a, &w);
     if (st != MG_OK) return st;
@@ -308,12 +325,15 @@ mg_status mobagen_decode(mobagen_op *op, const mobagen_kv_cache *cache, const mo
     const mg_loaded_variant *v = &op->variants[op->selected_decode];
     unsigned hkv = (unsigned)cache->hkv, batch = (unsigned)a->batch;
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
-    st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, (unsigned)w.route_chunks, hkv, batch, 128, 0, &p, stream);
-    if (st == MG_OK) st = launch_role(op, v, MG_ROLE_DECODE_SELECT, hkv, batch, 1, 128, 0, &p, stream);
-    if (st == MG_OK)
+    if (stages & MG_DECODE_ROUTE)
+        st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, (unsigned)w.route_chunks, hkv, batch, 128, 0, &p, stream);
+    if (st == MG_OK && (stages & MG_DECODE_SELECT))
+        st = launch_role(op, v, MG_ROLE_DECODE_SELECT, hkv, batch, 1, 128, 0, &p, stream);
+    if (st == MG_OK && (stages & MG_DECODE_ATTN))
         st = launch_role(op, v, MG_ROLE_MAIN, (unsigned)w.splits, hkv, batch, (unsigned)v->threads, (unsigned)v->smem,
                          &p, stream);
-    if (st == MG_OK) st = launch_role(op, v, MG_ROLE_DECODE_MERGE, hkv, batch, 1, 128, 0, &p, stream);
+    if (st == MG_OK && (stages & MG_DECODE_MERGE))
+        st = launch_role(op, v, MG_ROLE_DECODE_MERGE, hkv, batch, 1, 128, 0, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }

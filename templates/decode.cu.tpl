@@ -201,14 +201,21 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     __syncthreads();
     const float4 *cent = reinterpret_cast<const float4 *>(p.centroid_sum);
     const int sub = lane & 3;
+    // the next 8 blocks' centroids load while this warp scores the current ones
+    auto load = [&](int base, float4 *c) {
+        const int j = base + lane / 4;
+        if (j >= jend) return;
+        const float4 *src = cent + (((long long)b * p.max_blocks + j) * p.hkv + kvh) * (D / 4);
+#pragma unroll
+        for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
+    };
+    float4 c[C4], next[C4];
+    load(j0 + warp * 8, next);
     for (int base = j0 + warp * 8; base < jend; base += 32) {
         const int j = base + lane / 4;
-        float4 c[C4];
-        if (j < jend) {
-            const float4 *src = cent + (((long long)b * p.max_blocks + j) * p.hkv + kvh) * (D / 4);
 #pragma unroll
-            for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
-        }
+        for (int i = 0; i < C4; i++) c[i] = next[i];
+        if (base + 32 < jend) load(base + 32, next);
         const float count = (float)min(MOBA_BLOCK, len - j * MOBA_BLOCK);
         for (int i = 0; i < rows; i++) {
             float acc = 0.f;
@@ -545,18 +552,26 @@ __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
     for (int i = warp; i < rows; i += 4) {
         const long long row = q0 + i / MOBA_GQA;
         const int h = kvh * MOBA_GQA + i % MOBA_GQA;
+        // the splits' maxima and sums across the lanes, then their outputs a few splits at a time
         float m = -INFINITY;
         if (ok)
-            for (int s = 0; s < splits; s++) m = fmaxf(m, ml[s * DEC_ROWS + i].x);
+            for (int s = lane; s < splits; s += 32) m = fmaxf(m, ml[s * DEC_ROWS + i].x);
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         float acc[DPL], lsum = 0.f;
 #pragma unroll
         for (int c = 0; c < DPL; c++) acc[c] = 0.f;
         if (m != -INFINITY) {
-            for (int s = 0; s < splits; s++) {
+            for (int s = lane; s < splits; s += 32) {
                 const float2 v = ml[s * DEC_ROWS + i];
-                if (v.x == -INFINITY) continue;
-                const float f = exp2f(v.x - m);
-                lsum += f * v.y;
+                if (v.x != -INFINITY) lsum += exp2f(v.x - m) * v.y;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
+#pragma unroll 4
+            for (int s = 0; s < splits; s++) {
+                const float mx = ml[s * DEC_ROWS + i].x;
+                const float f = mx == -INFINITY ? 0.f : exp2f(mx - m);
 #pragma unroll
                 for (int c = 0; c < DPL; c++) acc[c] += f * po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c];
             }
