@@ -37,8 +37,10 @@ typedef mg_decode_params DecodeParams;
 #define DEC_ROWS 16                                   // query rows of a kv head: one mma tile
 #define DEC_OTHERS (MOBA_TOP_K - 1)                   // blocks routing picks besides the own one
 #define DEC_UNION (DEC_ROWS * MOBA_TOP_K)             // most distinct blocks of a kv head
-#define DEC_MAX_CHUNKS 4096                           // routing chunks per sequence (select's heads)
+#define DEC_MAX_CHUNKS 2048                           // routing chunks per sequence (select's heads)
 #define DEC_CHUNK $(point.route_chunk)               // centroid blocks per routing CTA
+#define DEC_ATTN_BLOCKS 256                           // blocks an attention CTA keeps in shared memory
+#define DEC_ATTN_PAGES 1024                           // and the page table entries they cover
 #define DEC_ERR_PAGE 1
 #define DEC_ERR_FULL 2
 #define DEC_ERR_QLEN 4
@@ -255,20 +257,26 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 
 // ---- decode 2: each row's selection and the kv head's union of blocks ------------------------
 // One CTA per (kv head, sequence). A warp merges a row's sorted chunk lists (each lane keeps
-// the heads of chunks lane, lane + 32, ...), adds the own block, sorts ascending; warp 0 then
-// merges the rows' lists into the union, with the mask of rows that chose each block.
+// the heads of chunks lane, lane + 32, ...; the first entries of every list are staged in shared
+// memory in one parallel read, so that the rounds do not wait on global memory), adds the own
+// block and sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head
+// (bitonic, in shared memory) and writes each distinct block once with the mask of its rows.
+#define DEC_STAGE 768                                 // staged candidate keys per warp
 __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
 {
-    const int kvh = blockIdx.x, b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int kvh = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     __shared__ int chosen[DEC_ROWS][MOBA_TOP_K];
-    __shared__ int n_chosen[DEC_ROWS];
+    __shared__ int n_chosen[DEC_ROWS + 1];
     __shared__ unsigned char heads[4][DEC_MAX_CHUNKS];
+    __shared__ u64 stage[4][DEC_STAGE];
+    __shared__ unsigned pairs[DEC_UNION];
+    __shared__ int scan[128];
     int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     int *uni_count = reinterpret_cast<int *>(p.uni_count) + (long long)b * p.hkv + kvh;
     int q0, qlen, len;
     if (!dec_seq(p, b, q0, qlen, len)) {
-        if (threadIdx.x == 0) {
+        if (tid == 0) {
             *uni_count = 0;
             if (kvh == 0) dec_flag(p, qlen > len ? DEC_ERR_QLEN : DEC_ERR_FULL);
         }
@@ -280,7 +288,10 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
         const int used = own > 0 ? (own - 1) / DEC_CHUNK + 1 : 0;   // chunks holding candidates
         const u64 *lists = cand + (((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks * DEC_OTHERS;
+        // the first `win` entries of each list (all of them when they fit)
+        const int win = used > 0 ? max(1, min(DEC_OTHERS, DEC_STAGE / used)) : 0;
         for (int c = lane; c < used; c += 32) heads[warp][c] = 0;
+        for (int e = lane; e < used * win; e += 32) stage[warp][e] = lists[(long long)(e / win) * DEC_OTHERS + e % win];
         __syncwarp();
         int n = 0;
         if (lane == 0) chosen[i][n] = own;
@@ -290,7 +301,8 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
             int best_chunk = -1;
             for (int c = lane; c < used; c += 32) {
                 const int h = heads[warp][c];
-                const u64 k = h < DEC_OTHERS ? lists[(long long)c * DEC_OTHERS + h] : 0ull;
+                const u64 k = h < win ? stage[warp][c * win + h]
+                                      : h < DEC_OTHERS ? lists[(long long)c * DEC_OTHERS + h] : 0ull;
                 if (k > best) { best = k; best_chunk = c; }
             }
             const u64 top = warp_max_u64(best);
@@ -320,24 +332,68 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
         }
     }
     __syncthreads();
-    if (warp != 0) return;
-    // k-way merge of the rows' ascending lists: lane i < rows holds row i's next block.
-    int pos = 0, u = 0;
-    for (;;) {
-        const int mine = lane < rows && pos < n_chosen[lane] ? chosen[lane][pos] : 0x7fffffff;
-        int low = mine;
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2) low = min(low, __shfl_xor_sync(0xffffffffu, low, o));
-        if (low == 0x7fffffff) break;
-        const unsigned mask = __ballot_sync(0xffffffffu, mine == low);
-        if (mine == low) pos++;
-        if (lane == 0) {
-            uni_blocks[u] = low;
-            uni_masks[u] = mask;
+    // every (block, row) pair as block * 16 + row, sorted
+    if (tid == 0) {
+        int off = 0;
+        for (int i = 0; i < rows; i++) {
+            const int n = n_chosen[i];
+            n_chosen[i] = off;
+            off += n;
         }
-        u++;
+        n_chosen[DEC_ROWS] = off;
     }
-    if (lane == 0) *uni_count = u;
+    __syncthreads();
+    const int total = n_chosen[DEC_ROWS];
+    int pow2 = 1;
+    while (pow2 < total) pow2 *= 2;
+    for (int e = tid; e < pow2; e += 128) {
+        unsigned key = 0xffffffffu;
+        if (e < total) {
+            int i = 0;
+            while (i + 1 < rows && n_chosen[i + 1] <= e) i++;
+            key = (unsigned)chosen[i][e - n_chosen[i]] * DEC_ROWS + (unsigned)i;
+        }
+        pairs[e] = key;
+    }
+    __syncthreads();
+    for (int k2 = 2; k2 <= pow2; k2 *= 2)
+        for (int j = k2 / 2; j > 0; j /= 2) {
+            for (int e = tid; e < pow2; e += 128) {
+                const int other = e ^ j;
+                if (other > e) {
+                    const unsigned x = pairs[e], y = pairs[other];
+                    if ((x > y) == ((e & k2) == 0)) {
+                        pairs[e] = y;
+                        pairs[other] = x;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    // distinct blocks: each thread takes a run of pairs, counts the blocks starting there, and a
+    // scan of the counts gives where they go
+    const int per = (total + 127) / 128, lo = min(tid * per, total), hi = min(lo + per, total);
+    int starts = 0;
+    for (int e = lo; e < hi; e++) starts += e == 0 || pairs[e] / DEC_ROWS != pairs[e - 1] / DEC_ROWS;
+    scan[tid] = starts;
+    __syncthreads();
+    for (int o = 1; o < 128; o *= 2) {
+        const int x = tid >= o ? scan[tid - o] : 0;
+        __syncthreads();
+        scan[tid] += x;
+        __syncthreads();
+    }
+    int at = scan[tid] - starts;
+    for (int e = lo; e < hi; e++) {
+        const unsigned blk = pairs[e] / DEC_ROWS;
+        if (e > 0 && pairs[e - 1] / DEC_ROWS == blk) continue;
+        unsigned mask = 0;
+        for (int f = e; f < total && pairs[f] / DEC_ROWS == blk; f++) mask |= 1u << (pairs[f] % DEC_ROWS);
+        uni_blocks[at] = (int)blk;
+        uni_masks[at] = mask;
+        at++;
+    }
+    if (tid == 127) *uni_count = scan[127];
 }
 
 // ---- decode 3: split-KV attention over the union ---------------------------------------------
@@ -376,19 +432,51 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
         const elem_t *src = q + (long long)(q0 + (i < rows ? i / MOBA_GQA : 0)) * p.q_row_stride + (kvh * MOBA_GQA + i % MOBA_GQA) * D + c * 8;
         cp_async16(&q_s[swizzle(i, c)], src, i < rows);
     }
+    // This CTA's blocks, their row masks and the page of every position they cover, read once
+    // into shared memory (all in parallel) so that the tile loads never wait on a dependent
+    // global read. A CTA with more than fits reads them from global memory instead.
+    __shared__ int s_blk[DEC_ATTN_BLOCKS];
+    __shared__ unsigned s_mask[DEC_ATTN_BLOCKS];
+    __shared__ int s_page[DEC_ATTN_PAGES];
+    const int ps = (int)p.page_size, ppb = (MOBA_BLOCK + ps - 1) / ps + 1;
+    const bool cached = mine <= DEC_ATTN_BLOCKS && mine * ppb <= DEC_ATTN_PAGES;
+    const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
+    if (cached) {
+        for (int e = tid; e < mine; e += 128) {
+            s_blk[e] = uni_blocks[split + e * splits];
+            s_mask[e] = uni_masks[split + e * splits];
+        }
+        __syncthreads();
+        for (int e = tid; e < mine * ppb; e += 128) {
+            const int pg = s_blk[e / ppb] * MOBA_BLOCK / ps + e % ppb;
+            s_page[e] = pg < (int)p.max_pages ? pt[pg] : -1;
+        }
+        __syncthreads();
+    }
     const elem_t *kp = reinterpret_cast<const elem_t *>(p.kprime_pages);
     const elem_t *vp = reinterpret_cast<const elem_t *>(p.v_pages);
     const int n_tiles = mine * TILES_PER_BLOCK;
     // Tile `tile` of this CTA into stage buffer `st`: keys past the sequence are zero rows.
     auto load_tile = [&](int tile, int st) {
         if (tile < n_tiles) {
-            const int blk = uni_blocks[split + (tile / TILES_PER_BLOCK) * splits];
-            const int key0 = blk * MOBA_BLOCK + (tile % TILES_PER_BLOCK) * 16;
+            const int m = tile / TILES_PER_BLOCK;
+            const int blk = cached ? s_blk[m] : uni_blocks[split + m * splits];
+            const int key0 = blk * MOBA_BLOCK + (tile % TILES_PER_BLOCK) * 16, first_page = blk * MOBA_BLOCK / ps;
             uint4 *ks = kv_s + st * 2 * 16 * CH, *vs = ks + 16 * CH;
 #pragma unroll
             for (int e = lane; e < 16 * CH; e += 32) {
                 const int r = e / CH, c = e % CH, pos = key0 + r;
-                long long at = pos < len ? dec_row(p, b, pos, kvh) : -1;
+                long long at = -1;
+                if (pos < len) {
+                    if (cached) {
+                        const int page = s_page[m * ppb + pos / ps - first_page];
+                        if (page >= 0 && page < (int)p.n_pages)
+                            at = (((long long)page * ps + pos % ps) * p.hkv + kvh) * MOBA_HEAD_DIM;
+                    } else {
+                        at = dec_row(p, b, pos, kvh);
+                    }
+                    if (at < 0) dec_flag(p, DEC_ERR_PAGE);
+                }
                 const bool valid = at >= 0;
                 if (!valid) at = 0;
                 cp_async16(&ks[swizzle(r, c)], kp + at + c * 8, valid);
@@ -425,9 +513,9 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
             __syncwarp();
         }
         const uint4 *ks = kv_s + (it % STAGES) * 2 * 16 * CH, *vs = ks + 16 * CH;
-        const int u = split + (tile / TILES_PER_BLOCK) * splits;
-        const int blk = uni_blocks[u];
-        const unsigned rmask = uni_masks[u];
+        const int m = tile / TILES_PER_BLOCK, u = split + m * splits;
+        const int blk = cached ? s_blk[m] : uni_blocks[u];
+        const unsigned rmask = cached ? s_mask[m] : uni_masks[u];
         const int key0 = blk * MOBA_BLOCK + (tile % TILES_PER_BLOCK) * 16;
         float s[2][4];
 #pragma unroll
@@ -571,7 +659,8 @@ __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
 #pragma unroll 4
             for (int s = 0; s < splits; s++) {
                 const float mx = ml[s * DEC_ROWS + i].x;
-                const float f = mx == -INFINITY ? 0.f : exp2f(mx - m);
+                if (mx == -INFINITY) continue;   // an empty split wrote no partial output
+                const float f = exp2f(mx - m);
 #pragma unroll
                 for (int c = 0; c < DPL; c++) acc[c] += f * po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c];
             }
