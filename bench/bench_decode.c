@@ -3,11 +3,13 @@
  * 8K..512K (as memory allows). Reports the median step time (CUDA events, L2 flushed before each
  * repetition), the bytes the step must read (centroid sums plus k*B keys and values per kv head
  * and sequence: the target's count; and with the union U of the blocks the kv head's query heads
- * actually chose), the achieved bandwidth on both, and the append of one token per sequence
- * (kernels and centroid update) against the step. Dense decode (SDPA) runs in
- * bench/peers_decode.py on the same shapes.
+ * actually chose), the achieved bandwidth on both, each stage alone, and the append of one
+ * token per sequence (kernels and centroid update) against the step. Steps run back to back
+ * over enough layers (separate caches in one pool) that a pass reads 1 GiB, so the L2 holds no
+ * layer's data when its turn comes, as in a model; time = pass / layers, median of passes.
+ * Dense decode (SDPA) runs in bench/peers_decode.py on the same shapes.
  *
- *   bench_decode [--csv FILE] [--reps N] [B:k:batch:ctx ...]
+ *   bench_decode [--csv FILE] [B:k:batch:ctx ...]
  *
  * The pool holds random (never zero) keys and values, uploaded once and shared by every case;
  * centroid sums are random too (the kernels read them exactly as real ones). */
@@ -23,8 +25,12 @@
 #define HKV 8
 #define D 128
 #define PAGE 16
-#define MAX_TOKENS (4LL << 20)        /* batch x context of the largest case */
-#define FLUSH_BYTES (256u << 20)      /* more than the L2 of an H100/H200 */
+#define MAX_TOKENS (8LL << 20)        /* pool tokens (k and v: 32 GiB): layers of small cases */
+#define CENT_BYTES (2ull << 30)       /* centroid sums of all layers */
+#define LAYER_READS (1024.0 * (1 << 20)) /* bytes the layers of a pass read: many times the L2 */
+#define MAX_LAYERS 128
+#define STEPS 400                     /* decode steps timed per case and stage, about */
+#define MAX_PASSES 64
 #define MAX_CASES 64
 
 typedef struct bench_case { int B, k, batch, ctx; } bench_case;
@@ -65,15 +71,14 @@ static void fill_random(gpu_env *env, cu_deviceptr p, size_t bytes, rng *r)
 int main(int argc, char **argv)
 {
     const char *csv_path = NULL;
-    int reps = 30, n_cases = 0;
+    int n_cases = 0;
     bench_case cases[MAX_CASES];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (n_cases < MAX_CASES && sscanf(argv[i], "%d:%d:%d:%d", &cases[n_cases].B, &cases[n_cases].k,
                                                &cases[n_cases].batch, &cases[n_cases].ctx) == 4) n_cases++;
         else {
-            fprintf(stderr, "usage: bench_decode [--csv FILE] [--reps N] [B:k:batch:ctx ...]\n");
+            fprintf(stderr, "usage: bench_decode [--csv FILE] [B:k:batch:ctx ...]\n");
             return 2;
         }
     }
@@ -81,47 +86,42 @@ int main(int argc, char **argv)
         n_cases = (int)(sizeof default_grid / sizeof default_grid[0]);
         memcpy(cases, default_grid, sizeof default_grid);
     }
-    if (reps < 3) reps = 3;
     gpu_env env;
     if (gpu_env_open(&env) != 0) {
         printf("skipped: no CUDA device (%s)\n", env.why_not);
         return 0;
     }
     mg_cuda *cu = &env.cu;
-    printf("bench_decode on %s (%s): hq %d hkv %d d %d bf16, page %d, q_len 1, median of %d (L2 flushed)\n",
-           mobagen_ctx_device_name(env.ctx), mobagen_ctx_arch(env.ctx), HQ, HKV, D, PAGE, reps);
+    printf("bench_decode on %s (%s): hq %d hkv %d d %d bf16, page %d, q_len 1; us per step and layer, layers back to "
+           "back\n", mobagen_ctx_device_name(env.ctx), mobagen_ctx_arch(env.ctx), HQ, HKV, D, PAGE);
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
     if (csv)
-        fprintf(csv, "B,k,batch,ctx,step_us,append_us,bytes_target,bytes_union,avg_union,gbps_target,gbps_union,"
+        fprintf(csv, "B,k,batch,ctx,layers,step_us,append_us,bytes_target,bytes_union,avg_union,gbps_target,gbps_union,"
                      "splits,route_us,select_us,attn_us,merge_us\n");
 
-    /* one pool for every case: pages of PAGE tokens, plus a spare page per sequence for the
-     * appends the benchmark times */
-    long long max_tokens = 0;
+    /* One pool for every case: pages of PAGE tokens. A case runs as a model would, layer after
+     * layer: each layer has its own pages (a slice of the pool), centroid sums and lengths, and
+     * the layers run back to back, enough of them that their reads exceed the L2 several times;
+     * the time of a step is the time of a pass over the layers divided by their number. */
+    long long pool_tokens = 0;
     int max_batch = 0;
     for (int i = 0; i < n_cases; i++) {
         long long t = (long long)cases[i].batch * (cases[i].ctx + PAGE);
-        if (t > max_tokens) max_tokens = t;
+        if (t > pool_tokens) pool_tokens = t;
         if (cases[i].batch > max_batch) max_batch = cases[i].batch;
     }
-    int n_pages = (int)(max_tokens / PAGE) + max_batch;
-    size_t pool = (size_t)n_pages * PAGE * HKV * D * 2;
+    if (pool_tokens < MAX_TOKENS) pool_tokens = MAX_TOKENS;
+    int n_pages = (int)(pool_tokens / PAGE) + 2 * max_batch;
+    size_t pool = (size_t)n_pages * PAGE * HKV * D * 2, cent_bytes = CENT_BYTES;
     rng r = rng_seeded(0xdec0de, 1);
-    cu_deviceptr kp = gpu_alloc(&env, pool), vp = gpu_alloc(&env, pool);
+    cu_deviceptr kp = gpu_alloc(&env, pool), vp = gpu_alloc(&env, pool), cent = gpu_alloc(&env, cent_bytes);
     fill_random(&env, kp, pool, &r);
     fill_random(&env, vp, pool, &r);
-    size_t cent_bytes = 0;
-    for (int i = 0; i < n_cases; i++) {
-        size_t c = (size_t)cases[i].batch * ((cases[i].ctx + PAGE) / cases[i].B + 2) * HKV * D * 4;
-        if (c > cent_bytes) cent_bytes = c;
-    }
-    cu_deviceptr cent = gpu_alloc(&env, cent_bytes);
     fill_random(&env, cent, cent_bytes, &r);   /* bf16 bit pairs read as fp32: finite, varied */
-    cu_deviceptr flush = gpu_alloc(&env, FLUSH_BYTES);
     printf("pool %.1f GiB (k and v), centroid sums %.2f GiB\n", 2.0 * pool / (1 << 30), (double)cent_bytes / (1 << 30));
-    printf("%5s %3s %5s %7s | %9s %9s %6s | %8s %8s %6s | %8s %6s | %6s %6s %6s %6s\n", "B", "k", "batch", "ctx",
-           "step_us", "MiB_tgt", "U", "GB/s_tgt", "GB/s_U", "splits", "app_us", "app%", "route", "select", "attn",
-           "merge");
+    printf("%5s %3s %5s %7s %6s | %8s %8s %6s | %8s %8s %6s | %7s %6s | %6s %6s %6s %6s\n", "B", "k", "batch", "ctx",
+           "layers", "step_us", "MiB_tgt", "U", "GB/s_tgt", "GB/s_U", "splits", "app_us", "app%", "route", "select",
+           "attn", "merge");
 
     cu_event e0, e1;
     cu->EventCreate(&e0, 0);
@@ -132,69 +132,82 @@ int main(int argc, char **argv)
                                   .dtype = MOBAGEN_BF16, .gqa_group = HQ / HKV};
         mobagen_op *op = NULL;
         check(mobagen_op_create_from_params(env.ctx, &sp, &op), NULL, "op creation");
-        int batch = c->batch, max_pages = (c->ctx + PAGE - 1) / PAGE + 1;
+        const int batch = c->batch, max_pages = (c->ctx + PAGE - 1) / PAGE + 1;
+        const int n_blocks = (c->ctx + c->B - 1) / c->B;
+        const long long max_blocks = ((long long)max_pages * PAGE + c->B - 1) / c->B;
+        const size_t cent_layer = (size_t)batch * max_blocks * HKV * D * 4;
+        const double cent_read = 4.0 * n_blocks * D, kv_block = 2.0 * c->B * D * 2;
+        const double read_guess = (double)batch * HKV * (cent_read + 3.0 * c->k * kv_block);
+        int layers = (int)ceil(LAYER_READS / read_guess);
+        if (layers > MAX_LAYERS) layers = MAX_LAYERS;
+        if (layers > n_pages / (batch * max_pages)) layers = n_pages / (batch * max_pages);
+        if ((size_t)layers > cent_bytes / cent_layer) layers = (int)(cent_bytes / cent_layer);
+        if (layers < 1) {
+            printf("%5d %3d %5d %7d: does not fit the pool\n", c->B, c->k, batch, c->ctx);
+            mobagen_op_destroy(op);
+            continue;
+        }
         int *table = malloc(sizeof(int) * (size_t)batch * max_pages), *lens = malloc(sizeof(int) * batch);
         int *cuq = malloc(sizeof(int) * (batch + 1));
-        for (int b = 0; b < batch; b++) {
-            lens[b] = c->ctx;
-            for (int i = 0; i < max_pages; i++) table[b * max_pages + i] = b * max_pages + i;
-        }
+        for (int b = 0; b < batch; b++) lens[b] = c->ctx;
         for (int b = 0; b <= batch; b++) cuq[b] = b;
-        cu_deviceptr dtable = gpu_alloc(&env, 4 * (size_t)batch * max_pages), dlens = gpu_alloc(&env, 4 * batch);
+        mobagen_kv_cache *caches = calloc((size_t)layers, sizeof *caches);
+        cu_deviceptr *dtables = calloc((size_t)layers, sizeof *dtables), *dlens = calloc((size_t)layers, sizeof *dlens);
+        for (int l = 0; l < layers; l++) {
+            for (int b = 0; b < batch; b++)
+                for (int i = 0; i < max_pages; i++) table[b * max_pages + i] = (l * batch + b) * max_pages + i;
+            dtables[l] = gpu_alloc(&env, 4 * (size_t)batch * max_pages);
+            dlens[l] = gpu_alloc(&env, 4 * (size_t)batch);
+            gpu_upload(&env, dtables[l], table, 4 * (size_t)batch * max_pages);
+            gpu_upload(&env, dlens[l], lens, 4 * (size_t)batch);
+            caches[l] = (mobagen_kv_cache){.n_pages = n_pages, .page_size = PAGE, .max_pages = max_pages, .hkv = HKV,
+                                           .head_dim = D, .dtype = MOBAGEN_BF16, .k_pages = kp, .v_pages = vp,
+                                           .centroid_sum = cent + (size_t)l * cent_layer, .page_table = dtables[l],
+                                           .seq_lens = dlens[l]};
+        }
         cu_deviceptr dcu = gpu_alloc(&env, 4 * (batch + 1));
-        gpu_upload(&env, dtable, table, 4 * (size_t)batch * max_pages);
-        gpu_upload(&env, dlens, lens, 4 * batch);
         gpu_upload(&env, dcu, cuq, 4 * (batch + 1));
-        mobagen_kv_cache cache = {.n_pages = n_pages, .page_size = PAGE, .max_pages = max_pages, .hkv = HKV,
-                                  .head_dim = D, .dtype = MOBAGEN_BF16, .k_pages = kp, .v_pages = vp,
-                                  .centroid_sum = cent, .page_table = dtable, .seq_lens = dlens};
         size_t qn = (size_t)batch * HQ * D;
         cu_deviceptr dq = gpu_alloc(&env, 2 * qn), dout = gpu_alloc(&env, 2 * qn);
         cu_deviceptr dlse = gpu_alloc(&env, 4 * (size_t)batch * HQ), dsel = gpu_alloc(&env, 4 * (size_t)batch * HQ * c->k);
         fill_random(&env, dq, 2 * qn, &r);
-        mobagen_decode_args da = {.batch = batch, .hq = HQ, .max_q_len = 1, .total_q = batch, .max_seqlen = c->ctx + 1,
+        mobagen_decode_args da = {.batch = batch, .hq = HQ, .max_q_len = 1, .total_q = batch, .max_seqlen = c->ctx + PAGE,
                                   .q = dq, .out = dout, .lse = dlse, .sel = dsel, .cu_seqlens_q = dcu};
         size_t ws_bytes;
-        check(mobagen_decode_workspace_size(op, &cache, &da, &ws_bytes), op, "workspace");
+        check(mobagen_decode_workspace_size(op, &caches[0], &da, &ws_bytes), op, "workspace");
         cu_deviceptr ws = gpu_alloc(&env, ws_bytes);
-        check(mobagen_decode(op, &cache, &da, ws, ws_bytes, NULL), op, "decode");   /* warm-up */
-        float *t = malloc(sizeof(float) * reps);
-        for (int i = 0; i < reps; i++) {
-            cu->MemsetD32Async(flush, (unsigned)i, FLUSH_BYTES / 4, NULL);
-            cu->EventRecord(e0, NULL);
-            check(mobagen_decode(op, &cache, &da, ws, ws_bytes, NULL), op, "decode");
-            cu->EventRecord(e1, NULL);
-            cu->EventSynchronize(e1);
-            cu->EventElapsedTime(&t[i], e0, e1);
-        }
-        qsort(t, reps, sizeof(float), cmp_float);
-        float step_ms = t[reps / 2];
-        /* each stage alone (it reads what the earlier ones left in the workspace) */
-        float stage_ms[4];
-        for (int sidx = 0; sidx < 4; sidx++) {
-            for (int i = 0; i < reps; i++) {
-                cu->MemsetD32Async(flush, (unsigned)i, FLUSH_BYTES / 4, NULL);
+        /* passes over the layers: enough for about STEPS steps */
+        int passes = STEPS / layers;
+        if (passes < 3) passes = 3;
+        float t[MAX_PASSES];
+        if (passes > MAX_PASSES) passes = MAX_PASSES;
+        float stage_us[5];   /* whole step, then each stage alone */
+        for (int sidx = 0; sidx < 5; sidx++) {
+            unsigned stages = sidx == 0 ? MG_DECODE_ALL : 1u << (sidx - 1);
+            for (int l = 0; l < layers; l++)   /* warm-up */
+                check(mg_decode_stages(op, &caches[l], &da, ws, ws_bytes, NULL, MG_DECODE_ALL), op, "decode");
+            for (int i = 0; i < passes; i++) {
                 cu->EventRecord(e0, NULL);
-                check(mg_decode_stages(op, &cache, &da, ws, ws_bytes, NULL, 1u << sidx), op, "decode stage");
+                for (int l = 0; l < layers; l++)
+                    check(mg_decode_stages(op, &caches[l], &da, ws, ws_bytes, NULL, stages), op, "decode");
                 cu->EventRecord(e1, NULL);
                 cu->EventSynchronize(e1);
                 cu->EventElapsedTime(&t[i], e0, e1);
             }
-            qsort(t, reps, sizeof(float), cmp_float);
-            stage_ms[sidx] = t[reps / 2];
+            qsort(t, passes, sizeof(float), cmp_float);
+            stage_us[sidx] = t[passes / 2] * 1e3f / layers;
         }
-        /* union of the selected blocks per (sequence, kv head) */
+        /* union of the selected blocks per (sequence, kv head), from the last layer's selection */
         int *sel = malloc(sizeof(int) * (size_t)batch * HQ * c->k);
         gpu_download(&env, sel, dsel, 4 * (size_t)batch * HQ * c->k);
         long long u_total = 0;
-        int n_blocks = (c->ctx + c->B - 1) / c->B;
-        char *seen = calloc((size_t)n_blocks + 1, 1);
+        char *seen = calloc((size_t)n_blocks + 2, 1);
         for (int b = 0; b < batch; b++)
             for (int kvh = 0; kvh < HKV; kvh++) {
-                memset(seen, 0, (size_t)n_blocks + 1);
+                memset(seen, 0, (size_t)n_blocks + 2);
                 for (int g = 0; g < HQ / HKV; g++)
-                    for (int s = 0; s < c->k; s++) {
-                        int blk = sel[((size_t)b * HQ + kvh * (HQ / HKV) + g) * c->k + s];
+                    for (int s2 = 0; s2 < c->k; s2++) {
+                        int blk = sel[((size_t)b * HQ + kvh * (HQ / HKV) + g) * c->k + s2];
                         if (blk >= 0 && blk <= n_blocks && !seen[blk]) {
                             seen[blk] = 1;
                             u_total++;
@@ -202,48 +215,50 @@ int main(int argc, char **argv)
                     }
             }
         double avg_u = (double)u_total / (batch * HKV);
-        double cent_read = 4.0 * n_blocks * D, kv_block = 2.0 * c->B * D * 2;
         double bytes_target = (double)batch * HKV * (cent_read + c->k * kv_block);
         double bytes_union = (double)batch * HKV * (cent_read + avg_u * kv_block);
 
-        /* append of one token per sequence (k, v, centroid sums, lengths): positions ctx.. */
+        /* append of one token per sequence in every layer (k', v, centroid sums, lengths) */
         cu_deviceptr dk = gpu_alloc(&env, 2 * (size_t)batch * HKV * D), dv = gpu_alloc(&env, 2 * (size_t)batch * HKV * D);
         fill_random(&env, dk, 2 * (size_t)batch * HKV * D, &r);
         fill_random(&env, dv, 2 * (size_t)batch * HKV * D, &r);
         mobagen_append_args aa = {.batch = batch, .max_new = 1, .total_new = batch, .k = dk, .v = dv, .cu_seqlens_new = dcu};
-        int app_reps = reps < PAGE - 1 ? reps : PAGE - 1;   /* stays within the spare page */
-        for (int i = 0; i < app_reps; i++) {
-            cu->MemsetD32Async(flush, (unsigned)i, FLUSH_BYTES / 4, NULL);
+        int app_passes = PAGE - 1;   /* stays within the spare page */
+        for (int i = 0; i < app_passes; i++) {
             cu->EventRecord(e0, NULL);
-            check(mobagen_append(op, &cache, &aa, NULL), op, "append");
+            for (int l = 0; l < layers; l++) check(mobagen_append(op, &caches[l], &aa, NULL), op, "append");
             cu->EventRecord(e1, NULL);
             cu->EventSynchronize(e1);
             cu->EventElapsedTime(&t[i], e0, e1);
         }
-        qsort(t, app_reps, sizeof(float), cmp_float);
-        float app_ms = t[app_reps / 2];
-        gpu_upload(&env, dlens, lens, 4 * batch);
+        qsort(t, app_passes, sizeof(float), cmp_float);
+        float app_us = t[app_passes / 2] * 1e3f / layers;
 
-        long long splits = mg_decode_splits(op, &cache, &da);
-        double gbps_t = bytes_target / (step_ms * 1e-3) / 1e9, gbps_u = bytes_union / (step_ms * 1e-3) / 1e9;
-        printf("%5d %3d %5d %7d | %9.1f %9.2f %6.1f | %8.0f %8.0f %6lld | %8.1f %5.1f%% | %6.1f %6.1f %6.1f %6.1f\n",
-               c->B, c->k, batch, c->ctx, step_ms * 1e3, bytes_target / (1 << 20), avg_u, gbps_t, gbps_u, splits,
-               app_ms * 1e3, 100.0 * app_ms / step_ms, stage_ms[0] * 1e3, stage_ms[1] * 1e3, stage_ms[2] * 1e3,
-               stage_ms[3] * 1e3);
+        long long splits = mg_decode_splits(op, &caches[0], &da);
+        double step_s = stage_us[0] * 1e-6;
+        double gbps_t = bytes_target / step_s / 1e9, gbps_u = bytes_union / step_s / 1e9;
+        printf("%5d %3d %5d %7d %6d | %8.1f %8.2f %6.1f | %8.0f %8.0f %6lld | %7.1f %5.1f%% | %6.1f %6.1f %6.1f %6.1f\n",
+               c->B, c->k, batch, c->ctx, layers, stage_us[0], bytes_target / (1 << 20), avg_u, gbps_t, gbps_u, splits,
+               app_us, 100.0 * app_us / stage_us[0], stage_us[1], stage_us[2], stage_us[3], stage_us[4]);
         if (csv)
-            fprintf(csv, "%d,%d,%d,%d,%.2f,%.2f,%.0f,%.0f,%.2f,%.1f,%.1f,%lld,%.2f,%.2f,%.2f,%.2f\n", c->B, c->k, batch,
-                    c->ctx, step_ms * 1e3, app_ms * 1e3, bytes_target, bytes_union, avg_u, gbps_t, gbps_u, splits,
-                    stage_ms[0] * 1e3, stage_ms[1] * 1e3, stage_ms[2] * 1e3, stage_ms[3] * 1e3);
+            fprintf(csv, "%d,%d,%d,%d,%d,%.2f,%.2f,%.0f,%.0f,%.2f,%.1f,%.1f,%lld,%.2f,%.2f,%.2f,%.2f\n", c->B, c->k, batch,
+                    c->ctx, layers, stage_us[0], app_us, bytes_target, bytes_union, avg_u, gbps_t, gbps_u, splits,
+                    stage_us[1], stage_us[2], stage_us[3], stage_us[4]);
         fflush(stdout);
-        free(t); free(sel); free(seen); free(table); free(lens); free(cuq);
-        gpu_free(&env, dtable); gpu_free(&env, dlens); gpu_free(&env, dcu); gpu_free(&env, dq); gpu_free(&env, dout);
+        free(sel); free(seen); free(table); free(lens); free(cuq);
+        for (int l = 0; l < layers; l++) {
+            gpu_free(&env, dtables[l]);
+            gpu_free(&env, dlens[l]);
+        }
+        free(caches); free(dtables); free(dlens);
+        gpu_free(&env, dcu); gpu_free(&env, dq); gpu_free(&env, dout);
         gpu_free(&env, dlse); gpu_free(&env, dsel); gpu_free(&env, ws); gpu_free(&env, dk); gpu_free(&env, dv);
         mobagen_op_destroy(op);
     }
     if (csv) fclose(csv);
     cu->EventDestroy(e0);
     cu->EventDestroy(e1);
-    gpu_free(&env, kp); gpu_free(&env, vp); gpu_free(&env, cent); gpu_free(&env, flush);
+    gpu_free(&env, kp); gpu_free(&env, vp); gpu_free(&env, cent);
     gpu_env_close(&env);
     return 0;
 }

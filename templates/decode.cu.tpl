@@ -457,30 +457,51 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
     const elem_t *vp = reinterpret_cast<const elem_t *>(p.v_pages);
     const int n_tiles = mine * TILES_PER_BLOCK;
     // Tile `tile` of this CTA into stage buffer `st`: keys past the sequence are zero rows.
+    // Pages that hold whole 16-key tiles (page_size a multiple of 16, the usual case) need one
+    // page lookup per tile; others one per key.
+    const bool tile_pages = ps % 16 == 0;
+    const long long row_stride = p.hkv * MOBA_HEAD_DIM;
+    auto page_of = [&](int m, int pos, int first_page) -> int {
+        const int page = cached ? s_page[m * ppb + pos / ps - first_page] : __ldg(pt + pos / ps);
+        if (page < 0 || page >= (int)p.n_pages) {
+            dec_flag(p, DEC_ERR_PAGE);
+            return -1;
+        }
+        return page;
+    };
     auto load_tile = [&](int tile, int st) {
         if (tile < n_tiles) {
             const int m = tile / TILES_PER_BLOCK;
             const int blk = cached ? s_blk[m] : uni_blocks[split + m * splits];
             const int key0 = blk * MOBA_BLOCK + (tile % TILES_PER_BLOCK) * 16, first_page = blk * MOBA_BLOCK / ps;
             uint4 *ks = kv_s + st * 2 * 16 * CH, *vs = ks + 16 * CH;
+            long long tile_at = -1;
+            if (tile_pages && key0 < len) {
+                const int page = page_of(m, key0, first_page);
+                if (page >= 0) tile_at = (((long long)page * ps + key0 % ps) * p.hkv + kvh) * MOBA_HEAD_DIM;
+            }
+            if (tile_pages) {
+                const elem_t *kt = kp + (tile_at >= 0 ? tile_at : 0), *vt = vp + (tile_at >= 0 ? tile_at : 0);
 #pragma unroll
-            for (int e = lane; e < 16 * CH; e += 32) {
-                const int r = e / CH, c = e % CH, pos = key0 + r;
-                long long at = -1;
-                if (pos < len) {
-                    if (cached) {
-                        const int page = s_page[m * ppb + pos / ps - first_page];
-                        if (page >= 0 && page < (int)p.n_pages)
-                            at = (((long long)page * ps + pos % ps) * p.hkv + kvh) * MOBA_HEAD_DIM;
-                    } else {
-                        at = dec_row(p, b, pos, kvh);
-                    }
-                    if (at < 0) dec_flag(p, DEC_ERR_PAGE);
+                for (int e = lane; e < 16 * CH; e += 32) {
+                    const int r = e / CH, c = e % CH;
+                    const bool valid = tile_at >= 0 && key0 + r < len;
+                    const long long off = valid ? r * row_stride + c * 8 : 0;
+                    cp_async16(&ks[swizzle(r, c)], kt + off, valid);
+                    cp_async16(&vs[swizzle(r, c)], vt + off, valid);
                 }
-                const bool valid = at >= 0;
-                if (!valid) at = 0;
-                cp_async16(&ks[swizzle(r, c)], kp + at + c * 8, valid);
-                cp_async16(&vs[swizzle(r, c)], vp + at + c * 8, valid);
+            } else {
+                for (int e = lane; e < 16 * CH; e += 32) {
+                    const int r = e / CH, c = e % CH, pos = key0 + r;
+                    long long at = -1;
+                    if (pos < len) {
+                        const int page = page_of(m, pos, first_page);
+                        if (page >= 0) at = (((long long)page * ps + pos % ps) * p.hkv + kvh) * MOBA_HEAD_DIM;
+                    }
+                    const bool valid = at >= 0;
+                    cp_async16(&ks[swizzle(r, c)], kp + (valid ? at + c * 8 : 0), valid);
+                    cp_async16(&vs[swizzle(r, c)], vp + (valid ? at + c * 8 : 0), valid);
+                }
             }
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -558,12 +579,14 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
                 s[nt][e] = pr;
                 l[e >> 1] += pr;
             }
+        if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) {   // once the maxima settle, rarely
 #pragma unroll
-        for (int dt = 0; dt < DT; dt++) {
-            o[dt][0] *= alpha[0];
-            o[dt][1] *= alpha[0];
-            o[dt][2] *= alpha[1];
-            o[dt][3] *= alpha[1];
+            for (int dt = 0; dt < DT; dt++) {
+                o[dt][0] *= alpha[0];
+                o[dt][1] *= alpha[0];
+                o[dt][2] *= alpha[1];
+                o[dt][3] *= alpha[1];
+            }
         }
         const unsigned pa[4] = {pack_pair(s[0][0], s[0][1]), pack_pair(s[0][2], s[0][3]),
                                 pack_pair(s[1][0], s[1][1]), pack_pair(s[1][2], s[1][3])};
