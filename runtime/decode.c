@@ -74,6 +74,19 @@ static mg_status check_cache(const mg_spec *s, const mobagen_kv_cache *c, int ba
     return MG_OK;
 }
 
+/* What the decode template supports (its supported() gives other specs stub kernels). */
+static mg_status check_supported(const mg_spec *s, mg_diag *e)
+{
+    if (!s->causal) return mg_fail(e, MG_E_UNSUPPORTED, "spec '%s' is not causal: decode is causal only", s->name);
+    if (s->head_dim != 64 && s->head_dim != 128)
+        return mg_fail(e, MG_E_UNSUPPORTED, "spec '%s' has head_dim %d: decode supports 64 and 128", s->name,
+                       s->head_dim);
+    if (s->gqa_group > DECODE_ROWS)
+        return mg_fail(e, MG_E_UNSUPPORTED, "spec '%s' has gqa_group %d: decode takes at most %d", s->name,
+                       s->gqa_group, DECODE_ROWS);
+    return MG_OK;
+}
+
 static mg_status check_row_stride(mg_diag *e, const char *name, long long stride, long long min_row)
 {
     if (stride < min_row || stride % 8)
@@ -88,6 +101,8 @@ static mg_status check_append(mobagen_op *op, const mobagen_kv_cache *c, const m
     mg_diag *e = &op->err;
     const mg_spec *s = &op->spec;
     if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
+    mg_status st = check_supported(s, e);
+    if (st != MG_OK) return st;
     if (a->batch < 0 || a->max_new < 0 || a->total_new < 0)
         return mg_fail(e, MG_E_ARG, "batch (%d), max_new (%d) and total_new (%d) must be >= 0", a->batch,
                        a->max_new, a->total_new);
@@ -95,7 +110,7 @@ static mg_status check_append(mobagen_op *op, const mobagen_kv_cache *c, const m
     if ((long long)a->batch * a->max_new < a->total_new)
         return mg_fail(e, MG_E_ARG, "total_new (%d) exceeds batch (%d) x max_new (%d)", a->total_new, a->batch,
                        a->max_new);
-    mg_status st = check_cache(s, c, a->batch, e);
+    st = check_cache(s, c, a->batch, e);
     if (st != MG_OK) return st;
     if (c->hkv > 65535) return mg_fail(e, MG_E_ARG, "cache->hkv must be at most 65535, got %d", c->hkv);
     if ((long long)a->max_new > (long long)c->max_pages * c->page_size)
@@ -172,12 +187,13 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
     mg_diag *e = &op->err;
     const mg_spec *s = &op->spec;
     if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
-    if (!s->causal) return mg_fail(e, MG_E_UNSUPPORTED, "spec '%s' is not causal: decode is causal only", s->name);
+    mg_status st = check_supported(s, e);
+    if (st != MG_OK) return st;
     if (a->batch < 0 || a->max_q_len < 0 || a->total_q < 0 || a->max_seqlen < 0)
         return mg_fail(e, MG_E_ARG, "batch (%d), max_q_len (%d), total_q (%d) and max_seqlen (%d) must be >= 0",
                        a->batch, a->max_q_len, a->total_q, a->max_seqlen);
     if (a->batch > 65535) return mg_fail(e, MG_E_ARG, "batch must be at most 65535 (grid limit), got %d", a->batch);
-    mg_status st = check_cache(s, c, a->batch, e);
+    st = check_cache(s, c, a->batch, e);
     if (st != MG_OK) return st;
     if (c->hkv > 65535) return mg_fail(e, MG_E_ARG, "cache->hkv must be at most 65535, got %d", c->hkv);
     if (a->hq != (long long)c->hkv * s->gqa_group)

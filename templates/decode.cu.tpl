@@ -3,22 +3,34 @@
 %! -- mma.sync with the G query heads x q_len tokens of a kv head as the 16 rows of one tile,
 %! -- then a merge of the splits). Loaded on an op's first append or decode, not at creation.
 %! -- route_chunk: centroid blocks scored per routing CTA (each keeps its own top-k per row);
-%! -- stages: cp.async stages of 16-key tiles per attention warp.
-%! knobs = { route_chunk = {256}, stages = {3} }
+%! -- stages: cp.async stages of 16-key tiles per attention warp (3; 2 where 3 do not fit).
+%! knobs = { route_chunk = {256}, stages = {3, 2} }
 %! function attn_smem(spec, p)
 %!   -- q tile (16 rows) + per warp: stages x (k and v tiles of 16 keys); the warps' fp32 partials
 %!   -- (16 x (d + 2) each) reuse the tiles at the end
 %!   local tiles = 16 * spec.head_dim * 2 + 4 * p.stages * 2 * 16 * spec.head_dim * 2
 %!   return math.max(tiles, 4 * 16 * (spec.head_dim + 2) * 4 + 16 * spec.head_dim * 2)
 %! end
-%! function valid(spec, arch, p)
+%! -- What decode supports; other specs get stub kernels (never launched: runtime/decode.c refuses
+%! -- them first) so that their forward still expands and builds.
+%! function supported(spec)
 %!   if not spec.causal then return false, "decode is causal only" end
 %!   if spec.head_dim ~= 64 and spec.head_dim ~= 128 then return false, "decode supports head_dim 64 and 128" end
-%!   if arch.sm < 80 then return false, "decode needs mma.sync (sm_80+)" end
 %!   if spec.gqa_group > 16 then return false, "decode takes at most 16 query heads per kv head (one tile)" end
+%!   return true
+%! end
+%! function valid(spec, arch, p)
 %!   if p.route_chunk ~= 128 and p.route_chunk ~= 256 then return false, "route_chunk is 128 or 256" end
 %!   if p.stages < 2 or p.stages > 4 then return false, "stages is 2..4" end
-%!   if attn_smem(spec, p) > arch.max_smem then return false, "does not fit shared memory" end
+%!   if supported(spec) then
+%!     if attn_smem(spec, p) > arch.max_smem then return false, "does not fit shared memory" end
+%!     -- fewer stages only where three do not fit (sm_86/sm_89: 99 KB)
+%!     if p.stages < 3 and attn_smem(spec, { route_chunk = p.route_chunk, stages = 3 }) <= arch.max_smem then
+%!       return false, "three stages fit"
+%!     end
+%!   elseif p.stages ~= 3 then
+%!     return false, "one stub variant"
+%!   end
 %!   return true
 %! end
 %! function kernels(spec, p)
@@ -27,12 +39,21 @@
 %!            append = "moba_decode_append", append_commit = "moba_decode_commit" }
 %! end
 %! function launch(spec, p)
-%!   return { threads = 128, smem = attn_smem(spec, p), rows = p.route_chunk }
+%!   return { threads = 128, smem = supported(spec) and attn_smem(spec, p) or 0, rows = p.route_chunk }
 %! end
 % include("common.cuh.tpl")
-% include("mma.cuh.tpl")
 % include("decode_params.cuh.tpl")
 typedef mg_decode_params DecodeParams;
+% if not supported(spec) then
+// $(select(2, supported(spec))): stubs with the contract's names, never launched.
+template <int STAGES> __global__ void moba_decode_attn(const DecodeParams p) {}
+template <int CHUNK> __global__ void moba_decode_route(const DecodeParams p) {}
+__global__ void moba_decode_select(const DecodeParams p) {}
+__global__ void moba_decode_merge(const DecodeParams p) {}
+__global__ void moba_decode_append(const DecodeParams p) {}
+__global__ void moba_decode_commit(const DecodeParams p) {}
+% else
+% include("mma.cuh.tpl")
 
 #define DEC_ROWS 16                                   // query rows of a kv head: one mma tile
 #define DEC_OTHERS (MOBA_TOP_K - 1)                   // blocks routing picks besides the own one
@@ -696,3 +717,4 @@ __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
             reinterpret_cast<float *>(p.lse)[row * p.hq + h] = lsum > 0.f ? (m + __log2f(lsum)) * 0.6931471805599453f : 0.f;
     }
 }
+% end
