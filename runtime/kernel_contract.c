@@ -14,6 +14,9 @@ static const char *const block_list_roles[] = {MG_ROLE_COUNT, MG_ROLE_SCAN_REDUC
                                                MG_ROLE_SCAN_DOWN, MG_ROLE_SCATTER, MG_ROLE_FALLBACK,
                                                MG_ROLE_FINALIZE};
 #define N_BLOCK_LIST_ROLES ((int)(sizeof block_list_roles / sizeof block_list_roles[0]))
+static const char *const decode_roles[] = {MG_ROLE_DECODE_ROUTE, MG_ROLE_DECODE_SELECT,
+                                           MG_ROLE_DECODE_MERGE, MG_ROLE_APPEND, MG_ROLE_APPEND_COMMIT};
+#define N_DECODE_ROLES ((int)(sizeof decode_roles / sizeof decode_roles[0]))
 
 static int has_role(const mg_rendered *r, const char *role)
 {
@@ -22,20 +25,31 @@ static int has_role(const mg_rendered *r, const char *role)
     return 0;
 }
 
-static int block_list_role(const char *role)
+static int in_roles(const char *const *roles, int n, const char *role)
 {
-    for (int i = 0; i < N_BLOCK_LIST_ROLES; i++)
-        if (!strcmp(block_list_roles[i], role)) return 1;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(roles[i], role)) return 1;
     return 0;
+}
+
+/* A group of roles comes whole or not at all: the name of the first one missing, or NULL. */
+static const char *missing_role(const mg_rendered *r, const char *const *roles, int n, int present)
+{
+    if (present && present != n)
+        for (int i = 0; i < n; i++)
+            if (!has_role(r, roles[i])) return roles[i];
+    return NULL;
 }
 
 mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_diag *diag)
 {
-    int block_list = 0;
+    int block_list = 0, decode = 0;
     for (int i = 0; i < r->n_kernels; i++) {
         const char *role = r->kernels[i].role;
-        if (block_list_role(role)) {
+        if (in_roles(block_list_roles, N_BLOCK_LIST_ROLES, role)) {
             block_list++;
+        } else if (in_roles(decode_roles, N_DECODE_ROLES, role)) {
+            decode++;
         } else if (strcmp(role, MG_ROLE_MAIN)) {
             return mg_fail(diag, MG_E_TEMPLATE, "%s: kernel role '%s' is not one the runtime launches "
                            "(runtime/kernel_contract.h)", variant_id, role);
@@ -43,11 +57,13 @@ mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_dia
     }
     if (!has_role(r, MG_ROLE_MAIN))
         return mg_fail(diag, MG_E_TEMPLATE, "%s: kernels() has no '%s' kernel", variant_id, MG_ROLE_MAIN);
-    if (block_list && block_list != N_BLOCK_LIST_ROLES)
-        for (int i = 0; i < N_BLOCK_LIST_ROLES; i++)
-            if (!has_role(r, block_list_roles[i]))
-                return mg_fail(diag, MG_E_TEMPLATE, "%s: a block-list attention needs a '%s' kernel too",
-                               variant_id, block_list_roles[i]);
+    const char *missing = missing_role(r, block_list_roles, N_BLOCK_LIST_ROLES, block_list);
+    if (missing)
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: a block-list attention needs a '%s' kernel too",
+                       variant_id, missing);
+    if ((missing = missing_role(r, decode_roles, N_DECODE_ROLES, decode)))
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: a decode variant needs a '%s' kernel too", variant_id,
+                       missing);
     for (int i = 0; i < r->n_launch; i++) {
         const mg_launch_key *key = NULL;
         for (int k = 0; k < MG_N_LAUNCH_KEYS && !key; k++)

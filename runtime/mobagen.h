@@ -244,6 +244,82 @@ MOBAGEN_API mobagen_status mobagen_ctx_add_bundle(mobagen_ctx *ctx, const char *
 /* "nvrtc", or "bundle PATH (sm_90a)": where the op's kernels came from; NULL for a NULL op. */
 MOBAGEN_API const char *mobagen_op_origin(const mobagen_op *op);
 
+/* ---- Serving: append and decode over a paged KV cache (docs/decode.md) ----
+ * The cache (all device memory, row-major, a token's rows [hkv][head_dim]):
+ *   k_pages (k after the key convolution), v_pages, kraw_pages (raw k, only when the spec's
+ *   conv_width > 0, else 0): [n_pages][page_size][hkv][head_dim] in the spec's dtype
+ *   page_table int32 [batch][max_pages]: token p of sequence b is in page page_table[b][p /
+ *   page_size], slot p % page_size (vLLM's block table, FlashInfer's NHD pages)
+ *   seq_lens int32 [batch]: tokens held; mobagen_append advances it
+ *   centroid_sum fp32 [batch][max_blocks][hkv][head_dim], max_blocks =
+ *   ceil(max_pages * page_size / block_size): running sums of each block's keys
+ *   error: optional int32 the kernels OR a MOBAGEN_KV_E_* bit into when the device data is
+ *   inconsistent (they cannot return a status without a host sync); 0 for none
+ * The decode kernels are built on an op's first append, decode or workspace query (the
+ * forward's op creation does not pay for them). Every call is CUDA-graph friendly: host
+ * arguments are pointers and bounds only, no host synchronisation, allocation or memset. */
+typedef struct mobagen_kv_cache {
+    int n_pages, page_size, max_pages, hkv, head_dim;
+    mobagen_dtype dtype;
+    mobagen_devptr k_pages, v_pages, kraw_pages;
+    mobagen_devptr centroid_sum, page_table, seq_lens;
+    mobagen_devptr error;
+} mobagen_kv_cache;
+
+#define MOBAGEN_KV_E_PAGE 1   /* a page table entry in use is outside 0..n_pages-1 */
+#define MOBAGEN_KV_E_FULL 2   /* a sequence outgrows max_pages * page_size, or exceeds a host bound */
+#define MOBAGEN_KV_E_QLEN 4   /* a sequence has more new queries than cached tokens */
+
+/* Sequence b gets n_b = cu_seqlens_new[b+1] - cu_seqlens_new[b] >= 0 new tokens (rows of k, v
+ * [total_new][hkv][head_dim]) at positions seq_lens[b].. (prefill is an append of the prompt). */
+typedef struct mobagen_append_args {
+    int batch;                    /* 0: nothing to do */
+    int max_new;                  /* host bound: every n_b <= max_new */
+    int total_new;                /* rows of k and v (0: k, v may be 0) */
+    mobagen_devptr k, v;
+    long long k_row_stride, v_row_stride;   /* elements; 0: packed (hkv * head_dim) */
+    mobagen_devptr cu_seqlens_new;          /* int32 [batch + 1] */
+    mobagen_devptr conv_weight;   /* [hkv][conv_width][head_dim], required iff conv_width > 0 */
+} mobagen_append_args;
+
+/* Sequence b has q_len_b = cu_seqlens_q[b+1] - cu_seqlens_q[b] new query rows, the last q_len_b
+ * tokens already appended (row r at position r + seq_lens[b] - q_len_b, causal within them). */
+typedef struct mobagen_decode_args {
+    int batch, hq;
+    int max_q_len;                /* host bound on q_len_b; gqa_group * max_q_len <= 16 */
+    int total_q;                  /* rows of q and out (0: q, out, lse may be 0) */
+    int max_seqlen;               /* host bound on seq_lens[b] (sizes routing and splits) */
+    mobagen_devptr q, out;        /* [total_q][hq][head_dim] */
+    mobagen_devptr lse;           /* fp32 [total_q][hq], natural log */
+    mobagen_devptr sel;           /* optional int32 [total_q][hq][top_k], ascending, -1 padded */
+    long long q_row_stride, out_row_stride;  /* elements; 0: packed (heads packed within a row) */
+    mobagen_devptr cu_seqlens_q;  /* int32 [batch + 1] */
+    float softmax_scale;          /* 0: 1/sqrt(head_dim) */
+} mobagen_decode_args;
+
+/* Writes the new tokens' k' (key convolution over the sequence's previous keys), raw k, v into
+ * their pages, updates the centroid sums of the blocks they fall in (a block's first key
+ * restarts its sum) and advances seq_lens. */
+MOBAGEN_API mobagen_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache,
+                                          const mobagen_append_args *args, mobagen_stream stream);
+/* Bytes of device workspace mobagen_decode needs (256-byte aligned): routing candidates
+ * batch*hkv*gqa_group*max_q_len*ceil(n/256)*(top_k-1)*8 with n = ceil(max_seqlen/block_size),
+ * the union of each kv head's blocks batch*hkv*16*top_k*8, and the split partials
+ * batch*hkv*splits*16*(head_dim+2)*4. */
+MOBAGEN_API mobagen_status mobagen_decode_workspace_size(mobagen_op *op, const mobagen_kv_cache *cache,
+                                                         const mobagen_decode_args *args, size_t *bytes);
+/* MoBA attention of the new query rows against the cache: routing against the cached
+ * centroids (own block forced, as the forward), attention over the selected blocks split
+ * across CTAs, merged. */
+MOBAGEN_API mobagen_status mobagen_decode(mobagen_op *op, const mobagen_kv_cache *cache,
+                                          const mobagen_decode_args *args, mobagen_devptr workspace,
+                                          size_t workspace_bytes, mobagen_stream stream);
+/* Synchronises the stream, reads the cache's error word (MOBAGEN_KV_E_* bits into *bits when
+ * bits is not NULL), clears it, and returns MOBAGEN_E_ARG naming the problems when it was set.
+ * For tests and debugging, outside graph capture. MOBAGEN_OK when cache->error is 0. */
+MOBAGEN_API mobagen_status mobagen_kv_cache_check(mobagen_op *op, const mobagen_kv_cache *cache,
+                                                  mobagen_stream stream, int *bits);
+
 #ifdef __cplusplus
 }
 #endif

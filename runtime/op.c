@@ -8,6 +8,8 @@
 
 static const char *const kernel_templates[] = {"kconv_centroid", "route", "attn_fwd"};
 
+static mg_status build_and_load(mobagen_op *op, int decode, mg_diag *diag);
+
 static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_build_result *r,
                               mg_diag *diag)
 {
@@ -62,6 +64,13 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
     return MG_OK;
 }
 
+mg_status mg_op_load_decode(mobagen_op *op)
+{
+    if (op->decode_loaded) return MG_OK;
+    if (!op->ctx) return mg_fail(&op->err, MG_E_NO_DEVICE, "the op has no device to run on");
+    return build_and_load(op, 1, &op->err);
+}
+
 cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role)
 {
     for (int k = 0; k < v->n_kernels; k++)
@@ -76,7 +85,47 @@ static int first_variant_of(const mobagen_op *op, const char *template_name)
     return -1;
 }
 
-static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
+/* Decode variants are built on an op's first append or decode (mg_op_load_decode), so that
+ * creating a forward-only op compiles and loads none of them. */
+static int is_decode_template(const char *variant_id)
+{
+    return !strncmp(variant_id, "decode/", 7);
+}
+
+/* Moves the variants this load wants (decode ones or the others) to the front, with their
+ * results when there are any; returns how many. */
+static int partition_variants(mg_variant *vars, mg_build_result *results, int n, int decode)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (is_decode_template(vars[i].id) != decode) continue;
+        if (i != m) {
+            mg_variant tv = vars[m];
+            vars[m] = vars[i];
+            vars[i] = tv;
+            if (results) {
+                mg_build_result tr = results[m];
+                results[m] = results[i];
+                results[i] = tr;
+            }
+        }
+        m++;
+    }
+    return m;
+}
+
+static void select_decode(mobagen_op *op)
+{
+    for (int i = 0; i < op->n_variants && !op->decode_loaded; i++)
+        if (is_decode_template(op->variants[i].id)) {
+            op->selected_decode = i;
+            op->decode_loaded = 1;
+        }
+}
+
+/* decode 0: the forward's templates at op creation (from a bundle, every variant it holds);
+ * decode 1: the decode template, through the cache and NVRTC. */
+static mg_status build_and_load(mobagen_op *op, int decode, mg_diag *diag)
 {
     mobagen_ctx *ctx = op->ctx;
     mg_template_set *set = NULL;
@@ -87,37 +136,44 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
     const char *arch = ctx->arch;
     int from_bundle = 0;
     char nvrtc_version[16] = "";
-    mg_status st = mg_deploy_bundle_variants(op, &vars, &results, &n, &from_bundle, diag);
+    mg_status st = decode ? MG_OK : mg_deploy_bundle_variants(op, &vars, &results, &n, &from_bundle, diag);
+    int n_load = n;
     if (st == MG_OK && !from_bundle) {
         st = mg_template_set_open(ctx->template_dir[0] ? ctx->template_dir : NULL, &set, diag);
         if (st == MG_OK) st = mg_variants_expand(set, &op->spec, &arch, 1, &vars, &n, diag);
-        for (int t = 0; t < 3 && st == MG_OK; t++)
+        n_load = st == MG_OK ? partition_variants(vars, NULL, n, decode) : 0;
+        if (st == MG_OK && decode && n_load == 0)
+            st = mg_fail(diag, MG_E_UNSUPPORTED, "spec '%s' has no decode variant for %s (templates %s): "
+                         "decode needs causal, head_dim 64 or 128, gqa_group <= 16, sm_80+",
+                         op->spec.name, ctx->arch, mg_template_set_origin(set));
+        for (int t = 0; t < 3 && st == MG_OK && !decode; t++)
             if (!mg_template_set_find(set, kernel_templates[t]))
                 st = mg_fail(diag, MG_E_TEMPLATE, "templates (%s) lack '%s'", mg_template_set_origin(set),
                              kernel_templates[t]);
         if (st == MG_OK) st = mg_builder_open(ctx->cache_dir[0] ? ctx->cache_dir : NULL, &b, diag);
-        if (st == MG_OK && !(results = calloc((size_t)n, sizeof *results)))
+        if (st == MG_OK && !(results = calloc((size_t)(n ? n : 1), sizeof *results)))
             st = mg_fail(diag, MG_E_NOMEM, "out of memory");
         mg_build_options opts = {.on_result = mg_ctx_on_build_result, .on_result_user = ctx};
         mg_build_stats stats = {0};
         if (st == MG_OK) {
-            mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d variants for %s (cache %s)", op->spec.name, n,
-                       ctx->arch, mg_cache_dir(mg_builder_cache(b)));
-            st = mg_builder_build(b, vars, n, &opts, results, &stats, diag);
+            mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d %svariants for %s (cache %s)", op->spec.name,
+                       n_load, decode ? "decode " : "", ctx->arch, mg_cache_dir(mg_builder_cache(b)));
+            st = mg_builder_build(b, vars, n_load, &opts, results, &stats, diag);
             mg_ctx_log(ctx, MOBAGEN_LOG_INFO, "spec '%s': %d cached, %d compiled, %d failed in %.1f s",
                        op->spec.name, stats.hits, stats.misses, stats.failed, stats.seconds);
         }
         /* The NVRTC that compiled the kernels, as their cache entries recorded it: a warm start
          * never loads NVRTC just to name it. */
-        if (st == MG_OK && n > 0)
+        if (st == MG_OK && n_load > 0 && !decode)
             mg_cache_meta_get(results[0].entry.meta, "nvrtc", nvrtc_version, sizeof nvrtc_version);
     }
     if (st == MG_OK) st = mg_ctx_push(ctx, diag);
     if (st == MG_OK) {
-        for (int i = 0; i < n && st == MG_OK; i++) st = load_variant(op, &vars[i], &results[i], diag);
+        for (int i = 0; i < n_load && st == MG_OK; i++) st = load_variant(op, &vars[i], &results[i], diag);
         mg_ctx_pop(ctx);
     }
-    if (st == MG_OK) {
+    if (st == MG_OK) select_decode(op);
+    if (st == MG_OK && !decode) {
         op->selected_kconv = first_variant_of(op, "kconv_centroid");
         op->selected_route = first_variant_of(op, "route");
         op->selected_attn = first_variant_of(op, "attn_fwd");
@@ -142,7 +198,7 @@ mg_status mg_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_
     if (!op) return mg_fail(&ctx->err, MG_E_NOMEM, "out of memory");
     op->ctx = ctx;
     op->spec = *spec;
-    mg_status st = build_and_load(op, &ctx->err);
+    mg_status st = build_and_load(op, 0, &ctx->err);
     if (st != MG_OK) {
         mobagen_op_destroy(op);
         return st;
@@ -249,6 +305,7 @@ mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index
     if (!strcmp(template_name, "kconv_centroid")) op->selected_kconv = i;
     else if (!strcmp(template_name, "route")) op->selected_route = i;
     else if (!strcmp(template_name, "attn_fwd")) op->selected_attn = i;
+    else if (!strcmp(template_name, "decode")) op->selected_decode = i;
     else return mg_fail(&op->err, MG_E_ARG, "template '%s' is not selectable", template_name);
     mg_deploy_pin(op, template_name);
     return MG_OK;

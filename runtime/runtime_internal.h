@@ -66,12 +66,18 @@ struct mobagen_op {
     int n_variants;
     mg_loaded_variant variants[MG_MAX_LOADED];
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
+    int selected_decode;         /* valid once decode_loaded (mg_op_load_decode) */
+    int decode_loaded;
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     long long attn_chunk_rows;   /* impl 2's query rows per chunk and ring bytes; 0: defaults */
     long long attn_ring_bytes;
     mg_diag err;
     struct mg_op_deploy *deploy;  /* deploy.c: dispatch by tuning records */
 };
+
+/* Builds (or loads from the cache) the decode template's variants on first use; MG_OK at once
+ * when they are loaded. */
+mg_status mg_op_load_decode(mobagen_op *op);
 
 /* Builds (or loads from the cache) every variant of an already parsed spec. */
 mg_status mg_op_create_from_spec(mobagen_ctx *ctx, const mg_spec *spec, mobagen_op **out);
@@ -96,5 +102,12 @@ void mg_ctx_pop(mobagen_ctx *ctx);
 enum { MG_STAGE_CENTROIDS = 1, MG_STAGE_ROUTE = 2, MG_STAGE_ATTN = 4, MG_STAGE_ALL = 7 };
 mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *args, mobagen_devptr workspace,
                         size_t workspace_bytes, mobagen_stream stream, unsigned stages);
+
+/* The decode's stages, for benchmarks that time them one by one (each reads what the earlier
+ * ones left in the workspace), and the split count it runs with (-1 on invalid arguments). */
+enum { MG_DECODE_ROUTE = 1, MG_DECODE_SELECT = 2, MG_DECODE_ATTN = 4, MG_DECODE_MERGE = 8, MG_DECODE_ALL = 15 };
+mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a,
+                           mobagen_devptr workspace, size_t workspace_bytes, mobagen_stream stream, unsigned stages);
+long long mg_decode_splits(const mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a);
 
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "build.h"
+#include "decode_params.h"
 #include "fwd_params.h"
 #include "nvrtc.h"
 #include "spec.h"
@@ -244,13 +245,13 @@ static void test_compile_rejects_virtual_arch(void **state)
     mg_nvrtc_close(nv);
 }
 
-/* The parameter block is one text, templates/fwd_params.cuh.tpl, compiled by the C runtime and by
- * NVRTC: the kernel side must see the size the C side fills (and a wrong size must be caught). */
-static void test_param_block_is_one_definition(void **state)
+/* A parameter block is one text (templates/fwd_params.cuh.tpl, templates/decode_params.cuh.tpl),
+ * compiled by the C runtime and by NVRTC: the kernel side must see the size the C side fills
+ * (and a wrong size must be caught). */
+static void check_param_block(const char *file, const char *type, size_t c_size)
 {
-    (void)state;
     char path[1024];
-    snprintf(path, sizeof path, "%s/templates/fwd_params.cuh.tpl", tu_repo_root());
+    snprintf(path, sizeof path, "%s/templates/%s", tu_repo_root(), file);
     size_t len;
     char *text = tu_read_file(path, &len);
     assert_non_null(text);
@@ -262,9 +263,9 @@ static void test_param_block_is_one_definition(void **state)
         char *src = malloc(size);
         assert_non_null(src);
         snprintf(src, size,
-                 "%s\nstatic_assert(sizeof(mg_fwd_params) == %zu, \"C and CUDA disagree\");\n"
-                 "__global__ void k(mg_fwd_params p) { if (p.q == 1) *(int *)p.out = 0; }\n",
-                 text, sizeof(mg_fwd_params) + (wrong ? 8 : 0));
+                 "%s\nstatic_assert(sizeof(%s) == %zu, \"C and CUDA disagree\");\n"
+                 "__global__ void k(%s p) { if (p.q == 1) *(int *)p.out = 0; }\n",
+                 text, type, c_size + (wrong ? 8 : 0), type);
         mg_compiled c;
         const char *names[] = {"k"};
         mg_status st = mg_nvrtc_compile(nv, src, "params.cu", "sm_80", NULL, 0, names, 1, &c, &d);
@@ -280,6 +281,13 @@ static void test_param_block_is_one_definition(void **state)
     }
     mg_nvrtc_close(nv);
     free(text);
+}
+
+static void test_param_block_is_one_definition(void **state)
+{
+    (void)state;
+    check_param_block("fwd_params.cuh.tpl", "mg_fwd_params", sizeof(mg_fwd_params));
+    check_param_block("decode_params.cuh.tpl", "mg_decode_params", sizeof(mg_decode_params));
 }
 
 static void test_missing_nvrtc(void **state)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, over a tree that carries build/mobagen, build/gpu and build/libmobagen.so
 # (make gpu-kit here: the GPU machine has no Lua, libyaml or cmocka).
-#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench (default: all)
+#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench (default: all),
+#                                  and decode (only when named)
 #     specs       build every shipped spec for the device
 #     tests       the GPU test programs (forward grid and long cases, deployment) and the example
 #     sanitizers  compute-sanitizer memcheck of the grid, racecheck of the routing kernels
 #     python      the PyTorch binding's tests over build/libmobagen.so
 #     deploy      mobagen tune, bundle, inspect and bench from the bundle without NVRTC
 #     bench       bench_fwd (BENCH_CASES="spec:L ..." narrows it), op creation cold and warm, peers
+#     decode      test_gpu_decode, memcheck of one small decode case, bench_decode
+#                 (DECODE_CASES="B:k:batch:ctx ...") and the dense peer (DECODE_PEERS="batch:ctx ...")
 # Each step runs under a time limit (STEP_LIMIT seconds, default 300). Only a few files come back
 # from the device machine, so logs go into one folder packed into $OUT/logs.tgz after every step,
 # next to summary.txt and the benchmark CSVs: a call cut short still returns what it did.
@@ -29,7 +32,7 @@ note() { echo "$*" | tee -a "$summary"; }
 want() { [[ "$modes" == *" all "* || "$modes" == *" $1 "* ]]; }
 save() {
     tar czf "$RESULTS/logs.tgz" -C "$OUT" .
-    for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
+    for f in summary.txt bench_fwd.csv peers.csv bench_decode.csv peers_decode.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
 }
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 cmocka_counts() {
@@ -87,6 +90,38 @@ if want sanitizers && command -v compute-sanitizer >/dev/null; then
         note "racecheck ($c, routing kernels): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
     done
     note "racecheck: $(elapsed "$start")"
+    # Append and decode kernels on one small case (GQA 4, chunks of 4, key conv).
+    start=$(date +%s)
+    MOBAGEN_TEST_CASE=b32_k32_conv3 timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 9 \
+        build/gpu/tests/test_gpu_decode > "$OUT/memcheck_decode.log" 2>&1
+    note "memcheck (decode): exit $?, $(grep 'ERROR SUMMARY' "$OUT/memcheck_decode.log" | tail -1), $(elapsed "$start")"
+    save
+fi
+
+if [[ "$modes" == *" decode "* ]]; then
+    start=$(date +%s)
+    timeout "$limit" build/gpu/tests/test_gpu_decode > "$OUT/test_gpu_decode.log" 2>&1
+    note "test_gpu_decode: exit $?, $(cmocka_counts "$OUT/test_gpu_decode.log"), $(elapsed "$start")"
+    grep -E '^  [a-z0-9_]+ +rows|seed|error|FAIL|failed' "$OUT/test_gpu_decode.log" | head -30 | tee -a "$summary"
+    save
+    if command -v compute-sanitizer >/dev/null; then
+        start=$(date +%s)
+        MOBAGEN_TEST_CASE=b32_k32_conv3 timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 9 \
+            build/gpu/tests/test_gpu_decode > "$OUT/memcheck_decode.log" 2>&1
+        note "memcheck (decode): exit $?, $(grep 'ERROR SUMMARY' "$OUT/memcheck_decode.log" | tail -1), $(elapsed "$start")"
+        save
+    fi
+    start=$(date +%s)
+    timeout "$limit" build/gpu/bench/bench_decode --csv "$OUT/bench_decode.csv" ${DECODE_CASES:-} \
+        > "$OUT/bench_decode.log" 2>&1 || note "bench_decode FAILED"
+    note "bench_decode: $(elapsed "$start")"
+    cat "$OUT/bench_decode.log" >> "$summary"
+    save
+    start=$(date +%s)
+    timeout "$limit" python3 bench/peers_decode.py --csv "$OUT/peers_decode.csv" ${DECODE_PEERS:-} \
+        > "$OUT/peers_decode.log" 2>&1 || note "peers_decode.py FAILED"
+    note "peers_decode: $(elapsed "$start")"
+    cat "$OUT/peers_decode.log" >> "$summary"
     save
 fi
 

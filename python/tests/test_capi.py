@@ -7,7 +7,7 @@ import tempfile
 import unittest
 
 import support
-from mobagen import _capi
+from mobagen import _capi, _capi_decode
 from mobagen.errors import LibraryNotFoundError, MobagenError
 from mobagen.spec import SpecParams
 
@@ -15,7 +15,9 @@ HEADER = os.environ.get("MOBAGEN_TEST_HEADER") or os.path.join(support.REPO, "ru
 
 STRUCTS = {"mobagen_fwd_args": _capi.FwdArgs, "mobagen_spec_params": _capi.SpecParams,
            "mobagen_ctx_options": _capi.CtxOptions,
-           "mobagen_tuning_restriction": _capi.TuningRestriction}
+           "mobagen_tuning_restriction": _capi.TuningRestriction,
+           "mobagen_kv_cache": _capi_decode.KvCache, "mobagen_append_args": _capi_decode.AppendArgs,
+           "mobagen_decode_args": _capi_decode.DecodeArgs}
 CONSTANTS = ["MOBAGEN_VERSION_MAJOR", "MOBAGEN_VERSION_MINOR", "MOBAGEN_BF16", "MOBAGEN_FP16"] + \
     list(_capi.STATUS_NAMES)
 
@@ -69,7 +71,7 @@ class HeaderLayout(unittest.TestCase):
     def test_every_declared_function_is_in_the_header(self):
         with open(HEADER) as f:
             text = f.read()
-        for name in _capi._PROTOTYPES:
+        for name in list(_capi._PROTOTYPES) + list(_capi_decode._PROTOTYPES):
             self.assertIn(name + "(", text.replace(" (", "("), name)
 
 

@@ -1,0 +1,59 @@
+"""mobagen.torch.decode on a GPU: a prompt appended to a paged cache and its last tokens decoded
+one by one give the forward's rows (the same selection up to rare score ties, o and LSE within
+bf16 rounding); device-side errors surface through PagedKVCache.check()."""
+import unittest
+
+import support
+from support import torch
+
+if torch is not None:
+    import mobagen.torch as mt
+    from mobagen.torch.decode import PagedKVCache, append, decode
+    from mobagen.errors import MobagenError
+
+
+@support.needs_gpu
+class Decode(unittest.TestCase):
+    def test_decode_matches_forward(self):
+        g = torch.Generator(device="cuda").manual_seed(7)
+        hq, hkv, d, B, k, L, n = 8, 2, 128, 64, 4, 700, 5
+        q = torch.randn(L, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        kk = torch.randn(L, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(L, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        cu = torch.tensor([0, L], dtype=torch.int32, device="cuda")
+        with torch.no_grad():
+            out, lse, sel = mt.moba_attn_varlen(q, kk, v, cu, cu, L, L, block_size=B, top_k=k,
+                                                return_lse=True, return_selection=True)
+        page = 16
+        cache = PagedKVCache.allocate(batch=1, n_pages=64, page_size=page, max_pages=48, hkv=hkv, head_dim=d,
+                                      block_size=B, top_k=k, gqa_group=hq // hkv)
+        cache.page_table.copy_(torch.randperm(64, generator=torch.Generator().manual_seed(1))[:48]
+                               .to(torch.int32).view(1, 48))
+        append(cache, kk[:L - n], v[:L - n], torch.tensor([0, L - n], dtype=torch.int32, device="cuda"), L - n)
+        one = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+        swaps = 0
+        for t in range(L - n, L):
+            append(cache, kk[t:t + 1], v[t:t + 1], one, 1)
+            o, l, s = decode(cache, q[t:t + 1], one, max_q_len=1, max_seqlen=L, return_selection=True)
+            same = (s[0] == sel[t]).all(dim=-1)
+            swaps += int((~same).sum())
+            err = ((o[0] - out[t]).float().norm(dim=-1) / out[t].float().norm(dim=-1))[same]
+            self.assertLess(float(err.max()), 2e-2)
+            self.assertLess(float((l[0] - lse[t]).abs()[same].max()), 1e-3)
+        self.assertLessEqual(swaps, 2)
+        self.assertEqual(int(cache.seq_lens[0]), L)
+        cache.check()
+
+    def test_bad_page_is_reported(self):
+        cache = PagedKVCache.allocate(batch=1, n_pages=4, page_size=16, max_pages=4, hkv=1, head_dim=64,
+                                      block_size=16, top_k=2)
+        cache.page_table.fill_(9)   # outside the pool of 4 pages
+        x = torch.randn(3, 1, 64, device="cuda", dtype=torch.bfloat16)
+        append(cache, x, x, torch.tensor([0, 3], dtype=torch.int32, device="cuda"), 3)
+        with self.assertRaises(MobagenError) as e:
+            cache.check()
+        self.assertIn("page table", str(e.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
