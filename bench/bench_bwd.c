@@ -167,18 +167,34 @@ static void bench_one(gpu_env *env, const bench_case *c, FILE *csv)
     call.bwd = &b;
     call.run_fwd = 1;
     float both_ms = time_call(env, &call, reps);
+    /* Every backward variant, fast mode (the runtime's default is the first). */
+    call.run_fwd = 0;
+    char variants[512] = "";
+    float best_ms = INFINITY;
+    const char *best_id = "-";
+    for (int i = 0; i < mobagen_op_variant_count(op, "attn_bwd"); i++) {
+        if (mobagen_op_select(op, "attn_bwd", i) != MG_OK) continue;
+        float ms = time_call(env, &call, reps);
+        const char *id = strrchr(mobagen_op_variant_id(op, "attn_bwd", i), '/') + 1;
+        snprintf(variants + strlen(variants), sizeof variants - strlen(variants), "  %s %.3f", id, ms);
+        if (ms < best_ms) {
+            best_ms = ms;
+            best_id = id;
+        }
+    }
+    mobagen_op_select(op, "attn_bwd", 0);
 
     double fwd_flop = 4.0 * batch * heads * (double)L * s->top_k * s->block_size * d;
     double bwd_flop = 2.5 * fwd_flop;
     double bwd_tf = bwd_flop / (bwd_ms * 1e-3) / 1e12, both_tf = (fwd_flop + bwd_flop) / (both_ms * 1e-3) / 1e12;
     printf("%-26s %7d  fwd %8.3f  bwd %8.3f (%6.1f TFLOP/s)  det %8.3f (x%.2f)  fwd+bwd %8.3f (%6.1f TFLOP/s)"
-           "  ws fwd %.2f GiB bwd %.2f GiB det %.2f GiB\n",
+           "  ws fwd %.2f GiB bwd %.2f GiB det %.2f GiB\n    bwd variants:%s\n",
            c->spec, L, fwd_ms, bwd_ms, bwd_tf, det_ms, det_ms / bwd_ms, both_ms, both_tf,
-           fws_bytes / 1073741824.0, bws_bytes / 1073741824.0, det_bytes / 1073741824.0);
+           fws_bytes / 1073741824.0, bws_bytes / 1073741824.0, det_bytes / 1073741824.0, variants);
     if (csv) {
-        fprintf(csv, "%s,%d,%d,%d,%d,%.4f,%.4f,%.4f,%.4f,%.2f,%.2f,%zu,%zu,%zu\n", c->spec, L,
+        fprintf(csv, "%s,%d,%d,%d,%d,%.4f,%.4f,%.4f,%.4f,%.2f,%.2f,%zu,%zu,%zu,%s,%.4f\n", c->spec, L,
                 s->block_size, s->top_k, d, fwd_ms, bwd_ms, det_ms, both_ms, bwd_tf, both_tf, fws_bytes,
-                bws_bytes, det_bytes);
+                bws_bytes, det_bytes, best_id, best_ms);
         fflush(csv);
     }
     cu_deviceptr bufs[] = {q, k, v, o, lse, dout, dq, dk, dv, cu, conv, dconv, fws, bws};
@@ -217,7 +233,7 @@ int main(int argc, char **argv)
     }
     if (csv)
         fprintf(csv, "spec,L,B,k,d,fwd_ms,bwd_ms,bwd_det_ms,fwd_bwd_ms,bwd_tflops,fwd_bwd_tflops,"
-                     "fwd_workspace_bytes,bwd_workspace_bytes,bwd_det_workspace_bytes\n");
+                     "fwd_workspace_bytes,bwd_workspace_bytes,bwd_det_workspace_bytes,best_bwd_variant,best_bwd_ms\n");
     printf("device %s; batch 2, heads 16, causal; median ms; useful FLOP: fwd 4*L*k*B*d, bwd 10*L*k*B*d "
            "per sequence and head\n", mobagen_ctx_device_name(env.ctx));
     for (int i = 0; i < n; i++) bench_one(&env, &cases[i], csv);

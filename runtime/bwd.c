@@ -12,7 +12,9 @@
 #include "runtime_internal.h"
 
 #define WORKSPACE_ALIGN 256
-/* Deterministic mode: bytes of the per-(query, slot) dq partials of one chunk of rows. */
+/* Deterministic mode: bytes of the per-(query, slot) dq partials of one chunk of rows, at least
+ * (and the fast mode's fp32 dq rows where those are larger). Fewer rows per chunk mean shorter
+ * lists, so emptier 64-query tiles and more launches. */
 #define DET_PARTIAL_BYTES (256LL << 20)
 /* The template's constants: the longest list the sort takes, key rows per conv-backward CTA,
  * threads of the per-row kernels. */
@@ -49,14 +51,22 @@ static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
     w.chunk_rows = rows;
     if (a->deterministic) {
         long long per_row = (long long)(f->batch > 0 ? f->batch : 1) * f->hq * s->top_k * d * 4;
-        long long r = DET_PARTIAL_BYTES / per_row / 64 * 64;
+        long long budget = (long long)f->total_q * f->hq * d * 4;
+        if (budget < DET_PARTIAL_BYTES) budget = DET_PARTIAL_BYTES;
+        long long r = budget / per_row / 64 * 64;
         if (r < 64) r = 64;
         if (r > SORT_MAX_ROWS) r = SORT_MAX_ROWS;
         if (r < w.chunk_rows) w.chunk_rows = r;
     }
-    w.row_chunks = mg_ceil_div(rows, w.chunk_rows);
-    w.n_lists = w.row_chunks * f->batch * f->hq * w.blocks;
-    w.max_tiles = mg_ceil_div(slots, 64) + (w.n_lists < slots ? w.n_lists : slots);
+    /* Each list's tiles are 64-entry aligned; where short chunks would make the padding overflow
+     * the 32-bit entry index, the chunks grow (up to the sort's limit). */
+    for (;;) {
+        w.row_chunks = mg_ceil_div(rows, w.chunk_rows);
+        w.n_lists = w.row_chunks * f->batch * f->hq * w.blocks;
+        w.max_tiles = mg_ceil_div(slots, 64) + (w.n_lists < slots ? w.n_lists : slots);
+        if (w.max_tiles * 64 < (1LL << 31) || w.chunk_rows * 2 > SORT_MAX_ROWS || w.chunk_rows >= rows) break;
+        w.chunk_rows *= 2;
+    }
     w.kconv_tiles = mg_ceil_div(f->max_seqlen_k > 0 ? f->max_seqlen_k : 1, KCONV_ROWS);
     const int carry = w.row_chunks > 1;
     w.delta = mg_layout_add(&l, "D' (total_q x hq)", f->total_q, f->hq, 4, 1, 1);
@@ -236,13 +246,14 @@ mg_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr 
     if (w.total && (!workspace || workspace % WORKSPACE_ALIGN))
         return mg_fail(&op->err, MG_E_ARG, "workspace must be a %d-byte aligned device pointer",
                        WORKSPACE_ALIGN);
+    const int conv = s->conv_width > 0;
+    if (f->batch == 0 && !conv) return MG_OK;   /* nothing to write */
     if (!op->ctx) return mg_fail(&op->err, MG_E_NO_DEVICE, "the op has no device to run on");
     if (op->selected_bwd < 0)
         return mg_fail(&op->err, MG_E_UNSUPPORTED,
                        "op '%s' has no backward kernels (attn_bwd): its templates or bundle predate them",
                        s->name);
     const mg_loaded_variant *v = &op->variants[op->selected_bwd];
-    const int conv = s->conv_width > 0;
     /* k' (conv) and the selection (when not given) come from the forward's own stages. */
     unsigned stages = (conv ? MG_STAGE_CENTROIDS : 0) | (a->selection ? 0 : MG_STAGE_CENTROIDS | MG_STAGE_ROUTE);
     if (stages && !a->selection) st = mg_deploy_dispatch(op, f);

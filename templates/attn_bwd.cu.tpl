@@ -8,7 +8,7 @@
 %! -- (query, slot) that a finalize kernel sums in slot order (deterministic).
 %! -- Head dims above 128 are split in parts of at most 128 output columns per CTA (S and dP
 %! -- still use every column).
-%! knobs = { tile_n = {64, 32, 16} }
+%! knobs = { tile_n = {64, 128, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
 %! -- row data (entry, LSE, D', causal position)
@@ -22,8 +22,8 @@
 %! end
 %! function valid(spec, arch, p)
 %!   if spec.block_size % p.tile_n ~= 0 then return false, "tile_n must divide block_size" end
-%!   if p.tile_n == 16 and spec.block_size % 32 == 0 then
-%!     return false, "tile_n 16 only for block sizes that 32 does not divide"
+%!   if p.tile_n == 16 and spec.block_size % 32 == 0 and bwd_smem(spec, {tile_n = 32}, 1) <= arch.max_smem then
+%!     return false, "tile_n 16 only where 32 does not divide block_size or does not fit shared memory"
 %!   end
 %!   if arch.sm < 80 then return false, "the backward needs mma.sync with bf16 (sm_80+)" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
@@ -410,7 +410,11 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             }
             __syncthreads();
             // dQ = dS K': 16-query m-tiles shared among the warps.
-            for (int mt = warp; mt < 4; mt += BWD_NW) {
+            // Up to 4 warps take one 16-query m-tile each; more split the columns of their m-tile.
+            constexpr int DQ_SPLIT = BWD_NW > 4 ? BWD_NW / 4 : 1, DQ_DT = DT / DQ_SPLIT;
+            static_assert(DQ_DT % 2 == 0 && DQ_DT * DQ_SPLIT == DT, "dQ column parts are whole mma pairs");
+            const int dq_col0 = DQ_SPLIT > 1 ? warp / 4 * DQ_DT : 0;
+            for (int mt = warp % 4; mt < 4; mt += (BWD_NW < 4 ? BWD_NW : 4)) {
                 unsigned a[KT / 16][4];
                 const int rr = mt * 16 + (lane & 15);
 #pragma unroll
@@ -423,7 +427,8 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     slots[half] = e & 63;
                 }
 #pragma unroll
-                for (int dt = 0; dt < DT; dt += 2) {
+                for (int j = 0; j < DQ_DT; j += 2) {
+                    const int dt = dq_col0 + j;
                     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
                     for (int kk = 0; kk < KT / 16; kk++) {

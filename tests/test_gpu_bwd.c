@@ -207,12 +207,16 @@ static void run_case(const bwd_case *c, uint64_t seed)
         g[i].dv = malloc(2 * nk + 2);
         g[i].dw = malloc(4 * nw + 4);
     }
-    /* fast, deterministic, deterministic again (long cases: deterministic once) */
-    const int modes[3] = {0, 1, 1};
-    const int first_mode = c->long_case ? 1 : 0, last_mode = c->long_case ? 1 : 2;
+    /* Fast mode with every variant, then deterministic mode twice with one of them (long cases:
+     * deterministic once). */
+    const int nv = mobagen_op_variant_count(op, "attn_bwd");
+    assert_true(nv > 0);
+    const int n_runs = c->long_case ? 1 : nv + 2;
     const double tol = c->dtype == MG_BF16 ? 2e-2 : 4e-3;
-    for (int m = first_mode; m <= last_mode; m++) {
-        ba.deterministic = modes[m];
+    for (int run = 0; run < n_runs; run++) {
+        const int det = c->long_case || run >= nv, variant = det ? (int)(seed % (uint64_t)nv) : run;
+        assert_int_equal(mobagen_op_select(op, "attn_bwd", variant), MG_OK);
+        ba.deterministic = det;
         size_t ws_bytes;
         if (mobagen_bwd_workspace_size(op, &ba, &ws_bytes) != MG_OK)
             fail_msg("%s: mobagen_bwd_workspace_size: %s", c->label, mobagen_op_errmsg(op));
@@ -226,26 +230,27 @@ static void run_case(const bwd_case *c, uint64_t seed)
         if (mobagen_bwd(op, &ba, ws, ws_bytes, NULL) != MG_OK)
             fail_msg("%s: mobagen_bwd: %s", c->label, mobagen_op_errmsg(op));
         gpu_sync(&env);
-        grads *o = &g[m == 2];   /* the two deterministic runs land in g[0] and g[1] */
+        grads *o = &g[run == nv + 1];   /* the two deterministic runs land in g[0] and g[1] */
         gpu_download(&env, o->dq, g_dq, 2 * nq);
         gpu_download(&env, o->dk, g_dk, 2 * nk);
         gpu_download(&env, o->dv, g_dv, 2 * nk);
         if (nw) gpu_download(&env, o->dw, g_dw, 4 * nw);
         gpu_free(&env, ws);
         char label[160];
-        snprintf(label, sizeof label, "%s (%s)", c->label, modes[m] ? "deterministic" : "fast");
+        snprintf(label, sizeof label, "%s (%s, %s)", c->label, det ? "det" : "fast",
+                 strrchr(mobagen_op_variant_id(op, "attn_bwd", variant), '/') + 1);
         double e[4] = {rel_error(label, "dq", o->dq, NULL, rq, nq, c->dtype),
                        rel_error(label, "dk", o->dk, NULL, rk, nk, c->dtype),
                        rel_error(label, "dv", o->dv, NULL, rv, nk, c->dtype),
                        nw ? rel_error(label, "dw", NULL, o->dw, rw, nw, c->dtype) : 0};
-        printf("  %-44s ws %9.2f MiB  dq %.2e dk %.2e dv %.2e dw %.2e\n", label, ws_bytes / 1048576.0, e[0],
+        printf("  %-52s ws %9.2f MiB  dq %.2e dk %.2e dv %.2e dw %.2e\n", label, ws_bytes / 1048576.0, e[0],
                e[1], e[2], e[3]);
         static const char *const names[4] = {"dq", "dk", "dv", "dw"};
         for (int i = 0; i < 4; i++) {
             if (e[i] > worst_seen[i]) worst_seen[i] = e[i];
             if (e[i] > tol) fail_msg("%s: relative error of %s %.3g exceeds %.3g", label, names[i], e[i], tol);
         }
-        if (m == 2 && (memcmp(g[0].dq, g[1].dq, 2 * nq) || memcmp(g[0].dk, g[1].dk, 2 * nk) ||
+        if (!c->long_case && run == nv + 1 && (memcmp(g[0].dq, g[1].dq, 2 * nq) || memcmp(g[0].dk, g[1].dk, 2 * nk) ||
                        memcmp(g[0].dv, g[1].dv, 2 * nk) || memcmp(g[0].dw, g[1].dw, 4 * nw)))
             fail_msg("%s: two deterministic runs differ", c->label);
     }
