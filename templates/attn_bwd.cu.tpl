@@ -8,7 +8,7 @@
 %! -- (query, slot) that a finalize kernel sums in slot order (deterministic).
 %! -- Head dims above 128 are split in parts of at most 128 output columns per CTA (S and dP
 %! -- still use every column).
-%! knobs = { tile_n = {64, 128, 32, 16} }
+%! knobs = { tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
 %! -- row data (entry, LSE, D', causal position)
