@@ -227,14 +227,15 @@ typedef struct mobagen_bwd_args {
 
 /* Bytes of device workspace mobagen_bwd needs (256-byte aligned). With S = total_q*hq*top_k
  * selection slots, n = ceil(max_seqlen_k/block_size) blocks, R rows per chunk (max_seqlen_q in
- * fast mode; in deterministic mode the largest multiple of 64 in 64..8192 with
- * batch*R*hq*top_k*head_dim*4 <= 256 MiB, at most max_seqlen_q), C = ceil(max_seqlen_q/R)
- * chunks and N = C*batch*hq*n lists, it is about: the forward's workspace when selection is 0
- * or conv_width > 0 (mobagen_fwd_workspace_size: routing and k' run again there)
- * + 4*total_q*hq (D') + 12N (list counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries)
- * + dq accumulators: 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic:
- * one partial row per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when
- * conv_width > 0 or C > 1, and as much again for dv when C > 1 + the conv weights' partial sums
+ * fast mode; in deterministic mode the largest multiple of 64 up to 8192 and max_seqlen_q with
+ * batch*R*hq*top_k*head_dim*4 <= max(256 MiB, 4*total_q*hq*head_dim), doubled while the list
+ * entries below would pass 2^31), C = ceil(max_seqlen_q/R) chunks and N = C*batch*hq*n lists,
+ * it is about: the forward's workspace when selection is 0 or conv_width > 0
+ * (mobagen_fwd_workspace_size: routing and k' run again there) + 4*total_q*hq (D') + 12N (list
+ * counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries) + dq accumulators:
+ * 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic: one partial row
+ * per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when conv_width > 0 or C > 1,
+ * and as much again for dv when C > 1 + the conv weights' partial sums
  * (batch*ceil(max_seqlen_k/256)*hkv*conv_width*head_dim*4). */
 MOBAGEN_API mobagen_status mobagen_bwd_workspace_size(mobagen_op *op, const mobagen_bwd_args *args,
                                                       size_t *bytes);
