@@ -17,6 +17,10 @@ static const char *const block_list_roles[] = {MG_ROLE_COUNT, MG_ROLE_SCAN_REDUC
 static const char *const decode_roles[] = {MG_ROLE_DECODE_ROUTE, MG_ROLE_DECODE_SELECT,
                                            MG_ROLE_DECODE_MERGE, MG_ROLE_APPEND, MG_ROLE_APPEND_COMMIT};
 #define N_DECODE_ROLES ((int)(sizeof decode_roles / sizeof decode_roles[0]))
+static const char *const bwd_roles[] = {MG_ROLE_BWD_COUNT, MG_ROLE_BWD_ALLOC,
+                                        MG_ROLE_BWD_SCATTER, MG_ROLE_BWD_SORT, MG_ROLE_BWD_DQ,
+                                        MG_ROLE_BWD_KCONV, MG_ROLE_BWD_DW};
+#define N_BWD_ROLES ((int)(sizeof bwd_roles / sizeof bwd_roles[0]))
 
 static int has_role(const mg_rendered *r, const char *role)
 {
@@ -43,13 +47,15 @@ static const char *missing_role(const mg_rendered *r, const char *const *roles, 
 
 mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_diag *diag)
 {
-    int block_list = 0, decode = 0;
+    int block_list = 0, decode = 0, bwd = 0;
     for (int i = 0; i < r->n_kernels; i++) {
         const char *role = r->kernels[i].role;
         if (in_roles(block_list_roles, N_BLOCK_LIST_ROLES, role)) {
             block_list++;
         } else if (in_roles(decode_roles, N_DECODE_ROLES, role)) {
             decode++;
+        } else if (in_roles(bwd_roles, N_BWD_ROLES, role)) {
+            bwd++;
         } else if (strcmp(role, MG_ROLE_MAIN)) {
             return mg_fail(diag, MG_E_TEMPLATE, "%s: kernel role '%s' is not one the runtime launches "
                            "(runtime/kernel_contract.h)", variant_id, role);
@@ -64,6 +70,8 @@ mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_dia
     if ((missing = missing_role(r, decode_roles, N_DECODE_ROLES, decode)))
         return mg_fail(diag, MG_E_TEMPLATE, "%s: a decode variant needs a '%s' kernel too", variant_id,
                        missing);
+    if ((missing = missing_role(r, bwd_roles, N_BWD_ROLES, bwd)))
+        return mg_fail(diag, MG_E_TEMPLATE, "%s: a backward needs a '%s' kernel too", variant_id, missing);
     for (int i = 0; i < r->n_launch; i++) {
         const mg_launch_key *key = NULL;
         for (int k = 0; k < MG_N_LAUNCH_KEYS && !key; k++)
