@@ -158,7 +158,7 @@ static void test_list(void **state)
                                "kconv_centroid/sm_90a/threads=128\nkconv_centroid/sm_90a/threads=256\n"
                                "route/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n";
     assert_string_equal(out, want);
-    assert_non_null(strstr(err, "10 variants of spec 'clitest'"));
+    assert_non_null(strstr(err, "12 variants of spec 'clitest'"));
     assert_non_null(strstr(err, "(embedded)"));
     free(out);
     free(err);
@@ -268,8 +268,8 @@ static void test_gen(void **state)
     expect_code(rc, 0, out, err);
     int n = 0;
     assert_true(check_generated(out_dir, &n));
-    assert_int_equal(n, 10);
-    assert_int_equal(count_lines_with(out, out_dir), 10);   /* prints each path */
+    assert_int_equal(n, 12);
+    assert_int_equal(count_lines_with(out, out_dir), 12);   /* prints each path */
     char one[900];
     snprintf(one, sizeof one, "%s/sm_90a/kconv_centroid.threads-256.cu", out_dir);
     char *text = tu_read_file(one, NULL);
@@ -295,7 +295,7 @@ static void test_build_then_cache_commands(void **state)
 
     rc = RUN(&out, &err, "build", spec_path, "--jobs", "2");
     expect_code(rc, 0, out, err);
-    assert_non_null(strstr(out, "10 variants, 0 cached, 10 compiled, 0 failed"));
+    assert_non_null(strstr(out, "12 variants, 0 cached, 12 compiled, 0 failed"));
     free(out);
     free(err);
     rc = RUN(&out, &err, "build", spec_path);
@@ -315,7 +315,7 @@ static void test_build_then_cache_commands(void **state)
 
     rc = RUN(&out, &err, "cache", "clean");
     expect_code(rc, 0, out, err);
-    assert_non_null(strstr(out, "removed 10 files"));
+    assert_non_null(strstr(out, "removed 12 files"));
     free(out);
     free(err);
     rc = RUN(&out, &err, "cache", "ls");

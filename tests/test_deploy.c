@@ -793,7 +793,7 @@ static void test_cli_bundle_reproducible(void **state)
     mg_bundle *bundle;
     mg_diag d;
     assert_int_equal(mg_bundle_open(f1, &bundle, &d), MG_OK);
-    assert_int_equal(bundle->n_kernels, 4);
+    assert_int_equal(bundle->n_kernels, 5);
     assert_non_null(strstr(bundle->kernels[0].entry, "kernel.main="));
     mg_bundle_close(bundle);
 }
