@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, over a tree that carries build/mobagen, build/gpu and build/libmobagen.so
 # (make gpu-kit here: the GPU machine has no Lua, libyaml or cmocka).
-#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench train (default: all)
+#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench (default: all)
 #     specs       build every shipped spec for the device
 #     tests       the GPU test programs (forward grid and long cases, deployment) and the example
 #     sanitizers  compute-sanitizer memcheck of the grid, racecheck of the routing kernels
 #     python      the PyTorch binding's tests over build/libmobagen.so
 #     deploy      mobagen tune, bundle, inspect and bench from the bundle without NVRTC
 #     bench       bench_fwd (BENCH_CASES="spec:L ..." narrows it), op creation cold and warm, peers
-#     train       forward + backward through the PyTorch binding against SDPA flash and cuDNN
-#                 (bench/bench_train.py; TRAIN_ARGS="--lengths 8192,32768 ..." narrows it)
 # Each step runs under a time limit (STEP_LIMIT seconds, default 300). Only a few files come back
 # from the device machine, so logs go into one folder packed into $OUT/logs.tgz after every step,
 # next to summary.txt and the benchmark CSVs: a call cut short still returns what it did.
@@ -31,7 +29,7 @@ note() { echo "$*" | tee -a "$summary"; }
 want() { [[ "$modes" == *" all "* || "$modes" == *" $1 "* ]]; }
 save() {
     tar czf "$RESULTS/logs.tgz" -C "$OUT" .
-    for f in summary.txt bench_fwd.csv peers.csv bench_train.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
+    for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
 }
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 cmocka_counts() {
@@ -102,6 +100,24 @@ if want python; then
     save
 fi
 
+# Mode train: forward + backward through the PyTorch binding against SDPA flash and cuDNN, on
+# the same tensors in one process (bench/bench_train.py; TRAIN_ARGS="--lengths 8192,32768 ..."
+# narrows it); bench/report_train.py turns its CSV into the RESULTS.md table. No tuning
+# database: the default choice is timed, as in mode bench.
+if want train; then
+    start=$(date +%s)
+    MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TUNING_DB=/nonexistent/none.db \
+        timeout "$limit" python3 bench/bench_train.py --csv "$OUT/bench_train.csv" ${TRAIN_ARGS:-} \
+        > "$OUT/bench_train.log" 2>&1 || note "bench_train FAILED (exit $?)"
+    note "bench_train: $(elapsed "$start")"
+    grep -E '^  |failed' "$OUT/bench_train.log" >> "$summary"
+    if [ -f "$OUT/bench_train.csv" ]; then
+        python3 bench/report_train.py "$OUT/bench_train.csv" >> "$summary" 2>&1
+        cp "$OUT/bench_train.csv" "$RESULTS/"
+    fi
+    save
+fi
+
 # Deployment: tune the default spec, bundle it with its records, then bench from the bundle
 # with NVRTC made unavailable (docs/tuning.md, docs/bundles.md).
 if want deploy; then
@@ -143,18 +159,6 @@ if want bench; then
         || note "peers.py FAILED"
     note "peers: $(elapsed "$start")"
     tail -n 8 "$OUT/peers.log" >> "$summary"
-    save
-fi
-if want train; then
-    # Same card, same tensors: each length's SDPA runs and MoBA configurations in one process;
-    # bench/report_train.py turns the CSV into the RESULTS.md table. No tuning database, as above.
-    start=$(date +%s)
-    MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TUNING_DB=/nonexistent/none.db \
-        timeout "$limit" python3 bench/bench_train.py --csv "$OUT/bench_train.csv" ${TRAIN_ARGS:-} \
-        > "$OUT/bench_train.log" 2>&1 || note "bench_train FAILED (exit $?)"
-    note "bench_train: $(elapsed "$start")"
-    grep -E '^  |failed' "$OUT/bench_train.log" >> "$summary"
-    [ -f "$OUT/bench_train.csv" ] && python3 bench/report_train.py "$OUT/bench_train.csv" >> "$summary" 2>&1
     save
 fi
 save
