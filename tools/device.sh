@@ -107,14 +107,12 @@ fi
 if want train; then
     start=$(date +%s)
     MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TUNING_DB=/nonexistent/none.db \
-        timeout "$limit" python3 bench/bench_train.py --csv "$OUT/bench_train.csv" ${TRAIN_ARGS:-} \
+        timeout "$limit" python3 bench/bench_train.py --csv "$RESULTS/bench_train.csv" ${TRAIN_ARGS:-} \
         > "$OUT/bench_train.log" 2>&1 || note "bench_train FAILED (exit $?)"
     note "bench_train: $(elapsed "$start")"
     grep -E '^  |failed' "$OUT/bench_train.log" >> "$summary"
-    if [ -f "$OUT/bench_train.csv" ]; then
-        python3 bench/report_train.py "$OUT/bench_train.csv" >> "$summary" 2>&1
-        cp "$OUT/bench_train.csv" "$RESULTS/"
-    fi
+    # The CSV goes straight to the results (row by row), so a call cut short keeps its rows.
+    [ -f "$RESULTS/bench_train.csv" ] && python3 bench/report_train.py "$RESULTS/bench_train.csv" >> "$summary" 2>&1
     save
 fi
 
