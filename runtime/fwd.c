@@ -378,3 +378,23 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *a, mobagen_devpt
     mg_ctx_pop(op->ctx);
     return st;
 }
+
+/* For the backward (bwd.c): the forward's checks, and where its regions lie. */
+mg_status mg_fwd_regions(mobagen_op *op, const mobagen_fwd_args *a, mg_fwd_region_offsets *out)
+{
+    workspace_layout w;
+    mg_status st = checked_layout(op, a, &w);
+    if (st != MG_OK) return st;
+    out->kprime = w.kprime;
+    out->sel = w.sel;
+    out->total = w.total;
+    return MG_OK;
+}
+
+void mg_fwd_strides(const mobagen_fwd_args *a, long long strides[8]) { resolve_strides(a, strides); }
+
+int mg_extent_fits(long long rows, long long heads, long long row_stride, long long head_stride,
+                   long long head_dim)
+{
+    return extent_fits(rows, heads, row_stride, head_stride, head_dim);
+}

@@ -14,6 +14,10 @@ static const char *const block_list_roles[] = {MG_ROLE_COUNT, MG_ROLE_SCAN_REDUC
                                                MG_ROLE_SCAN_DOWN, MG_ROLE_SCATTER, MG_ROLE_TILES_MAX,
                                                MG_ROLE_FINALIZE};
 #define N_BLOCK_LIST_ROLES ((int)(sizeof block_list_roles / sizeof block_list_roles[0]))
+static const char *const bwd_roles[] = {MG_ROLE_BWD_COUNT, MG_ROLE_BWD_ALLOC,
+                                        MG_ROLE_BWD_SCATTER, MG_ROLE_BWD_SORT, MG_ROLE_BWD_DQ,
+                                        MG_ROLE_BWD_KCONV, MG_ROLE_BWD_DW};
+#define N_BWD_ROLES ((int)(sizeof bwd_roles / sizeof bwd_roles[0]))
 
 static int has_role(const mg_rendered *r, const char *role)
 {
@@ -22,20 +26,34 @@ static int has_role(const mg_rendered *r, const char *role)
     return 0;
 }
 
-static int block_list_role(const char *role)
+static int role_in(const char *role, const char *const *set, int n)
 {
-    for (int i = 0; i < N_BLOCK_LIST_ROLES; i++)
-        if (!strcmp(block_list_roles[i], role)) return 1;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(set[i], role)) return 1;
     return 0;
+}
+
+/* A group of roles that come all together or not at all. */
+static mg_status check_group(const char *variant_id, const mg_rendered *r, const char *const *set, int n,
+                             int present, const char *what, mg_diag *diag)
+{
+    if (present && present != n)
+        for (int i = 0; i < n; i++)
+            if (!has_role(r, set[i]))
+                return mg_fail(diag, MG_E_TEMPLATE, "%s: %s needs a '%s' kernel too", variant_id, what,
+                               set[i]);
+    return MG_OK;
 }
 
 mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_diag *diag)
 {
-    int block_list = 0;
+    int block_list = 0, bwd = 0;
     for (int i = 0; i < r->n_kernels; i++) {
         const char *role = r->kernels[i].role;
-        if (block_list_role(role)) {
+        if (role_in(role, block_list_roles, N_BLOCK_LIST_ROLES)) {
             block_list++;
+        } else if (role_in(role, bwd_roles, N_BWD_ROLES)) {
+            bwd++;
         } else if (strcmp(role, MG_ROLE_MAIN)) {
             return mg_fail(diag, MG_E_TEMPLATE, "%s: kernel role '%s' is not one the runtime launches "
                            "(runtime/kernel_contract.h)", variant_id, role);
@@ -43,11 +61,10 @@ mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_dia
     }
     if (!has_role(r, MG_ROLE_MAIN))
         return mg_fail(diag, MG_E_TEMPLATE, "%s: kernels() has no '%s' kernel", variant_id, MG_ROLE_MAIN);
-    if (block_list && block_list != N_BLOCK_LIST_ROLES)
-        for (int i = 0; i < N_BLOCK_LIST_ROLES; i++)
-            if (!has_role(r, block_list_roles[i]))
-                return mg_fail(diag, MG_E_TEMPLATE, "%s: a block-list attention needs a '%s' kernel too",
-                               variant_id, block_list_roles[i]);
+    mg_status st = check_group(variant_id, r, block_list_roles, N_BLOCK_LIST_ROLES, block_list,
+                               "a block-list attention", diag);
+    if (st == MG_OK) st = check_group(variant_id, r, bwd_roles, N_BWD_ROLES, bwd, "a backward", diag);
+    if (st != MG_OK) return st;
     for (int i = 0; i < r->n_launch; i++) {
         const mg_launch_key *key = NULL;
         for (int k = 0; k < MG_N_LAUNCH_KEYS && !key; k++)

@@ -19,6 +19,14 @@
 #define MG_ROLE_SCATTER "scatter"
 #define MG_ROLE_TILES_MAX "tiles_max"
 #define MG_ROLE_FINALIZE "finalize"
+/* The backward (attn_bwd) has all of these besides main, or none. */
+#define MG_ROLE_BWD_COUNT "bwd_count"
+#define MG_ROLE_BWD_ALLOC "bwd_alloc"
+#define MG_ROLE_BWD_SCATTER "bwd_scatter"
+#define MG_ROLE_BWD_SORT "bwd_sort"
+#define MG_ROLE_BWD_DQ "bwd_dq"
+#define MG_ROLE_BWD_KCONV "bwd_kconv"
+#define MG_ROLE_BWD_DW "bwd_dw"
 
 /* The launch() values the runtime reads: default when a template leaves one out, and range. */
 typedef struct mg_launch_key {
@@ -32,7 +40,7 @@ extern const mg_launch_key mg_launch_keys[MG_N_LAUNCH_KEYS];
 
 /* MG_OK when the variant's kernel roles and launch values keep the contract; otherwise
  * MG_E_TEMPLATE naming the variant and what is wrong (an unknown role or key, a missing main,
- * half of the block-list roles, a value out of range). */
+ * half of the block-list or backward roles, a value out of range). */
 mg_status mg_contract_check(const char *variant_id, const mg_rendered *r, mg_diag *diag);
 
 /* A launch value of a variant that passed mg_contract_check (its default when absent). */

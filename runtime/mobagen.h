@@ -2,7 +2,7 @@
  * the GPU at hand through the CUDA driver API.
  *
  *   mobagen_ctx   one CUDA device (its primary context) and the driver, loaded with dlopen
- *   mobagen_op    one spec's forward pass, its kernels loaded into the ctx's context
+ *   mobagen_op    one spec's forward and backward passes, their kernels loaded into the ctx's context
  *
  * Every call returns a mobagen_status (or, for lookups, NULL / -1 / 0 as documented); no call
  * crashes on a NULL handle or pointer. The text of the last failure is mobagen_ctx_errmsg (for
@@ -200,6 +200,52 @@ MOBAGEN_API mobagen_status mobagen_fwd(mobagen_op *op, const mobagen_fwd_args *a
  * (mobagen_op_errmsg says why) or op is NULL. */
 MOBAGEN_API mobagen_devptr mobagen_fwd_selection(mobagen_op *op, const mobagen_fwd_args *args,
                                                  mobagen_devptr workspace);
+
+/* ---- Backward (docs/backward.md) ----
+ * Gradients of the forward's outputs o and LSE with respect to q, k, v and the key convolution's
+ * weights, for the selection the forward used (routing is a hard choice: nothing flows through
+ * it). Strides are in elements, 0 means packed, as for the forward. A null device pointer is
+ * accepted exactly where its tensor has no elements (dout and dq when total_q == 0, dk and dv
+ * when total_k == 0). Outputs are overwritten, all of them: dk and dv of keys no query sees are
+ * 0, dq of rows without keys is 0. */
+typedef struct mobagen_bwd_args {
+    mobagen_fwd_args fwd;        /* the forward call's arguments; fwd.out and fwd.lse hold its o and LSE */
+    mobagen_devptr dout;         /* dL/do, element type, [total_q][hq][head_dim] */
+    long long dout_row_stride, dout_head_stride;
+    mobagen_devptr dlse;         /* dL/dLSE, fp32 [total_q][hq] contiguous, or 0 for none */
+    mobagen_devptr selection;    /* the forward's selection ([total_q][hq][top_k] int32 as
+                                    mobagen_fwd_selection gives it), or 0: routing runs again */
+    mobagen_devptr dq, dk, dv;   /* outputs, element type, overwritten */
+    long long dq_row_stride, dq_head_stride;
+    long long dk_row_stride, dk_head_stride;
+    long long dv_row_stride, dv_head_stride;
+    mobagen_devptr dconv_weight; /* fp32 [hkv][conv_width][head_dim], overwritten; required iff conv_width > 0 */
+    int deterministic;           /* 1: bitwise-identical gradients across runs */
+} mobagen_bwd_args;
+
+/* Bytes of device workspace mobagen_bwd needs (256-byte aligned). With S = total_q*hq*top_k
+ * selection slots, n = ceil(max_seqlen_k/block_size) blocks, R rows per chunk (max_seqlen_q in
+ * fast mode; in deterministic mode the largest multiple of 64 in 64..8192 with
+ * batch*R*hq*top_k*head_dim*4 <= 256 MiB, at most max_seqlen_q), C = ceil(max_seqlen_q/R)
+ * chunks and N = C*batch*hq*n lists, it is about: the forward's workspace when selection is 0
+ * or conv_width > 0 (mobagen_fwd_workspace_size: routing and k' run again there)
+ * + 4*total_q*hq (D') + 12N (list counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries)
+ * + dq accumulators: 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic:
+ * one partial row per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when
+ * conv_width > 0 or C > 1, and as much again for dv when C > 1 + the conv weights' partial sums
+ * (batch*ceil(max_seqlen_k/256)*hkv*conv_width*head_dim*4). */
+MOBAGEN_API mobagen_status mobagen_bwd_workspace_size(mobagen_op *op, const mobagen_bwd_args *args,
+                                                      size_t *bytes);
+
+/* The MoBA backward on `stream`; the forward's arguments are checked as mobagen_fwd checks them,
+ * then the backward's, naming the wrong one. No host synchronisation, no allocation. Fast mode
+ * adds dq in fp32 reductions and builds the query lists in whatever order atomics give, so two
+ * runs agree to rounding; deterministic mode sorts the lists and sums dq per slot in a fixed
+ * order, so two runs agree bit for bit. MOBAGEN_E_UNSUPPORTED where the op has no backward
+ * kernels (templates or a bundle from before them). */
+MOBAGEN_API mobagen_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *args,
+                                       mobagen_devptr workspace, size_t workspace_bytes,
+                                       mobagen_stream stream);
 
 /* ---- Deployment: tuning, dispatch and kernel bundles (docs/tuning.md, docs/bundles.md) ----
  * mobagen_fwd runs, for each call, the variants the tuning database recorded as fastest for the

@@ -46,10 +46,12 @@ static mg_status load_variant(mobagen_op *op, const mg_variant *v, const mg_buil
     }
     if (st == MG_OK) lv->fn = mg_variant_kernel(lv, MG_ROLE_MAIN);
     /* Every kernel of the variant may be launched with launch()'s shared memory (impl 2 runs
-     * two passes of its tile kernel). */
+     * two passes of its tile kernel), but the backward's helpers (bwd_*), which have static
+     * shared memory of their own, run with none. */
     for (int k = 0; k < lv->n_kernels && st == MG_OK && lv->smem > 48 * 1024; k++)
-        st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fns[k], CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
-                           "cuFuncSetAttribute(max dynamic shared memory)", diag);
+        if (strncmp(lv->roles[k], "bwd_", 4))
+            st = mg_cuda_check(cu, cu->FuncSetAttribute(lv->fns[k], CU_FUNC_ATTR_MAX_DYNAMIC_SMEM, lv->smem),
+                               "cuFuncSetAttribute(max dynamic shared memory)", diag);
     if (st != MG_OK) {
         if (lv->module) cu->ModuleUnload(lv->module);
         char why[MG_ERRMSG_MAX];
@@ -121,6 +123,7 @@ static mg_status build_and_load(mobagen_op *op, mg_diag *diag)
         op->selected_kconv = first_variant_of(op, "kconv_centroid");
         op->selected_route = first_variant_of(op, "route");
         op->selected_attn = first_variant_of(op, "attn_fwd");
+        op->selected_bwd = first_variant_of(op, "attn_bwd");
         st = mg_deploy_op_init(op, nvrtc_version, diag);
     }
     mg_build_results_free(results, n);
@@ -156,6 +159,7 @@ mg_status mg_op_create_detached(const mg_spec *spec, mobagen_op **out)
     *out = calloc(1, sizeof **out);
     if (!*out) return MG_E_NOMEM;
     (*out)->spec = *spec;
+    (*out)->selected_bwd = -1;
     return MG_OK;
 }
 
@@ -249,6 +253,7 @@ mg_status mobagen_op_select(mobagen_op *op, const char *template_name, int index
     if (!strcmp(template_name, "kconv_centroid")) op->selected_kconv = i;
     else if (!strcmp(template_name, "route")) op->selected_route = i;
     else if (!strcmp(template_name, "attn_fwd")) op->selected_attn = i;
+    else if (!strcmp(template_name, "attn_bwd")) op->selected_bwd = i;
     else return mg_fail(&op->err, MG_E_ARG, "template '%s' is not selectable", template_name);
     mg_deploy_pin(op, template_name);
     return MG_OK;

@@ -66,6 +66,7 @@ struct mobagen_op {
     int n_variants;
     mg_loaded_variant variants[MG_MAX_LOADED];
     int selected_kconv, selected_route, selected_attn;  /* indices into variants */
+    int selected_bwd;            /* the backward's variant (attn_bwd), or -1 where none was built */
     int has_block_lists;         /* some attention variant transposes the selection (impl 2) */
     long long attn_chunk_rows;   /* impl 2's query rows per chunk and ring bytes; 0: defaults */
     long long attn_ring_bytes;
@@ -96,5 +97,17 @@ void mg_ctx_pop(mobagen_ctx *ctx);
 enum { MG_STAGE_CENTROIDS = 1, MG_STAGE_ROUTE = 2, MG_STAGE_ATTN = 4, MG_STAGE_ALL = 7 };
 mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *args, mobagen_devptr workspace,
                         size_t workspace_bytes, mobagen_stream stream, unsigned stages);
+
+/* The backward (bwd.c) builds on the forward: its argument checks, and the regions where the
+ * forward's stages leave k' and the selection. */
+typedef struct mg_fwd_region_offsets {
+    size_t kprime, sel, total;
+} mg_fwd_region_offsets;
+mg_status mg_fwd_regions(mobagen_op *op, const mobagen_fwd_args *a, mg_fwd_region_offsets *out);
+/* q, k, v, out row and head strides, packed ones where the caller gave 0. */
+void mg_fwd_strides(const mobagen_fwd_args *a, long long strides[8]);
+/* Whether rows x heads with these strides stay within 2^63 bytes. */
+int mg_extent_fits(long long rows, long long heads, long long row_stride, long long head_stride,
+                   long long head_dim);
 
 #endif

@@ -28,7 +28,7 @@ static void test_shipped_templates_keep_the_contract(void **state)
     mg_diag d = {{0}};
     mg_template_set *set = NULL;
     assert_int_equal(mg_template_set_open(NULL, &set, &d), MG_OK);
-    int checked = 0, block_lists = 0;
+    int checked = 0, block_lists = 0, backward = 0;
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         mg_spec spec;
         if (mg_spec_parse(specs[i], strlen(specs[i]), "contract.yaml", &spec, &d) != MG_OK)
@@ -41,12 +41,14 @@ static void test_shipped_templates_keep_the_contract(void **state)
             if (st != MG_OK) print_error("%s\n", d.msg);
             assert_int_equal(st, MG_OK);
             block_lists += mg_rendered_kernel(&v[j].rendered, MG_ROLE_SCATTER) != NULL;
+            backward += mg_rendered_kernel(&v[j].rendered, MG_ROLE_BWD_SORT) != NULL;
         }
         mg_variants_free(v, n);
     }
     mg_template_set_free(set);
     assert_true(checked > 50);
     assert_true(block_lists > 0);   /* the block-list attention was among them */
+    assert_true(backward >= 5 * 5);   /* a backward for every spec and arch */
 }
 
 static mg_rendered rendered(const char *const *roles, int n_roles, const char *const *keys,
@@ -95,6 +97,9 @@ static void test_breaches_are_refused(void **state)
     const char *half[] = {"main", "count", "scatter"};
     r = rendered(half, 3, threads, t128, 1);
     expect_breach(&r, "needs a 'scan_reduce' kernel");
+    const char *half_bwd[] = {"main", "bwd_count", "bwd_alloc"};
+    r = rendered(half_bwd, 3, threads, t128, 1);
+    expect_breach(&r, "a backward needs a 'bwd_scatter' kernel");
     const char *keys[] = {"threads", "warps"};
     const long long values[] = {128, 4};
     r = rendered(main_only, 1, keys, values, 2);

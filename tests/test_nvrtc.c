@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "build.h"
+#include "bwd_params.h"
 #include "fwd_params.h"
 #include "nvrtc.h"
 #include "spec.h"
@@ -48,6 +49,7 @@ static void test_shipped_specs_compile(void **state)
     assert_true(mg_template_set_count(set) >= 3);
     assert_non_null(mg_template_set_find(set, "route"));
     assert_non_null(mg_template_set_find(set, "attn_fwd"));
+    assert_non_null(mg_template_set_find(set, "attn_bwd"));
 
     /* Every spec's variants, in one list, built through one cache. */
     static const char *const archs[] = {"sm_80", "sm_90a"};
@@ -244,13 +246,13 @@ static void test_compile_rejects_virtual_arch(void **state)
     mg_nvrtc_close(nv);
 }
 
-/* The parameter block is one text, templates/fwd_params.cuh.tpl, compiled by the C runtime and by
- * NVRTC: the kernel side must see the size the C side fills (and a wrong size must be caught). */
-static void test_param_block_is_one_definition(void **state)
+/* A parameter block is one text (templates/fwd_params.cuh.tpl, bwd_params.cuh.tpl), compiled by
+ * the C runtime and by NVRTC: the kernel side must see the size the C side fills (and a wrong
+ * size must be caught). */
+static void check_param_block(const char *file, const char *type, size_t c_size, const char *use)
 {
-    (void)state;
     char path[1024];
-    snprintf(path, sizeof path, "%s/templates/fwd_params.cuh.tpl", tu_repo_root());
+    snprintf(path, sizeof path, "%s/templates/%s", tu_repo_root(), file);
     size_t len;
     char *text = tu_read_file(path, &len);
     assert_non_null(text);
@@ -262,9 +264,9 @@ static void test_param_block_is_one_definition(void **state)
         char *src = malloc(size);
         assert_non_null(src);
         snprintf(src, size,
-                 "%s\nstatic_assert(sizeof(mg_fwd_params) == %zu, \"C and CUDA disagree\");\n"
-                 "__global__ void k(mg_fwd_params p) { if (p.q == 1) *(int *)p.out = 0; }\n",
-                 text, sizeof(mg_fwd_params) + (wrong ? 8 : 0));
+                 "%s\nstatic_assert(sizeof(%s) == %zu, \"C and CUDA disagree\");\n"
+                 "__global__ void k(%s p) { %s }\n",
+                 text, type, c_size + (wrong ? 8 : 0), type, use);
         mg_compiled c;
         const char *names[] = {"k"};
         mg_status st = mg_nvrtc_compile(nv, src, "params.cu", "sm_80", NULL, 0, names, 1, &c, &d);
@@ -272,7 +274,7 @@ static void test_param_block_is_one_definition(void **state)
             assert_int_equal(st, MG_E_COMPILE);
             assert_non_null(strstr(d.msg, "C and CUDA disagree"));
         } else {
-            if (st != MG_OK) print_error("%s\n", d.msg);
+            if (st != MG_OK) print_error("%s: %s\n", file, d.msg);
             assert_int_equal(st, MG_OK);
         }
         mg_compiled_free(&c);
@@ -280,6 +282,15 @@ static void test_param_block_is_one_definition(void **state)
     }
     mg_nvrtc_close(nv);
     free(text);
+}
+
+static void test_param_block_is_one_definition(void **state)
+{
+    (void)state;
+    check_param_block("fwd_params.cuh.tpl", "mg_fwd_params", sizeof(mg_fwd_params),
+                      "if (p.q == 1) *(int *)p.out = 0;");
+    check_param_block("bwd_params.cuh.tpl", "mg_bwd_params", sizeof(mg_bwd_params),
+                      "if (p.q == 1) *(double *)p.dq = p.softmax_scale;");
 }
 
 static void test_missing_nvrtc(void **state)

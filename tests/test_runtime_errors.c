@@ -87,6 +87,13 @@ static void test_null_probe(void **state)
     assert_int_equal(bytes, 7);
     assert_int_equal(mobagen_fwd(NULL, &args, 0, 0, NULL), MOBAGEN_E_ARG);
     assert_int_equal(mobagen_fwd_selection(NULL, &args, 0), 0);
+    mobagen_bwd_args bargs;
+    memset(&bargs, 0, sizeof bargs);
+    assert_int_equal(mobagen_bwd_workspace_size(NULL, &bargs, &bytes), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_bwd_workspace_size(NULL, NULL, NULL), MOBAGEN_E_ARG);
+    assert_int_equal(bytes, 7);
+    assert_int_equal(mobagen_bwd(NULL, &bargs, 0, 0, NULL), MOBAGEN_E_ARG);
+    assert_int_equal(mobagen_bwd(NULL, NULL, 0, 0, NULL), MOBAGEN_E_ARG);
     mobagen_spec_params params;
     memset(&params, 0, sizeof params);
     assert_int_equal(mobagen_op_create_from_params(NULL, &params, &op), MOBAGEN_E_ARG);

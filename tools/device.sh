@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, over a tree that carries build/mobagen, build/gpu and build/libmobagen.so
 # (make gpu-kit here: the GPU machine has no Lua, libyaml or cmocka).
-#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench (default: all)
+#   tools/device.sh [MODE ...]     modes: specs tests sanitizers python deploy bench bwd (default: all)
 #     specs       build every shipped spec for the device
 #     tests       the GPU test programs (forward grid and long cases, deployment) and the example
 #     sanitizers  compute-sanitizer memcheck of the grid, racecheck of the routing kernels
 #     python      the PyTorch binding's tests over build/libmobagen.so
 #     deploy      mobagen tune, bundle, inspect and bench from the bundle without NVRTC
 #     bench       bench_fwd (BENCH_CASES="spec:L ..." narrows it), op creation cold and warm, peers
+#     bwd         the backward: test_gpu_bwd, then bench_bwd (BWD_CASES="spec:L ..." narrows it)
 # Each step runs under a time limit (STEP_LIMIT seconds, default 300). Only a few files come back
 # from the device machine, so logs go into one folder packed into $OUT/logs.tgz after every step,
 # next to summary.txt and the benchmark CSVs: a call cut short still returns what it did.
@@ -29,7 +30,7 @@ note() { echo "$*" | tee -a "$summary"; }
 want() { [[ "$modes" == *" all "* || "$modes" == *" $1 "* ]]; }
 save() {
     tar czf "$RESULTS/logs.tgz" -C "$OUT" .
-    for f in summary.txt bench_fwd.csv peers.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
+    for f in summary.txt bench_fwd.csv peers.csv bench_bwd.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done
 }
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 cmocka_counts() {
@@ -87,6 +88,14 @@ if want sanitizers && command -v compute-sanitizer >/dev/null; then
         note "racecheck ($c, routing kernels): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
     done
     note "racecheck: $(elapsed "$start")"
+    # The backward on one small case: bounds, and the races of its shared-memory tiles.
+    start=$(date +%s)
+    for tool in memcheck racecheck; do
+        MOBAGEN_TEST_QUICK=1 MOBAGEN_TEST_CASE=d64_b128_k4_lq timeout "$limit" compute-sanitizer \
+            --tool $tool --error-exitcode 9 build/gpu/tests/test_gpu_bwd > "$OUT/bwd_$tool.log" 2>&1
+        note "$tool (backward, d64_b128_k4_lq): exit $?, $(grep 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/bwd_$tool.log" | tail -1)"
+    done
+    note "backward sanitizers: $(elapsed "$start")"
     save
 fi
 
@@ -157,6 +166,21 @@ if want bench; then
         || note "peers.py FAILED"
     note "peers: $(elapsed "$start")"
     tail -n 8 "$OUT/peers.log" >> "$summary"
+    save
+fi
+if want bwd; then
+    start=$(date +%s)
+    timeout "$limit" build/gpu/tests/test_gpu_bwd > "$OUT/bwd_tests.log" 2>&1
+    rc=$?
+    grep -E 'seed|device|worst' "$OUT/bwd_tests.log" | tee -a "$summary"
+    note "test_gpu_bwd: exit $rc, $(cmocka_counts "$OUT/bwd_tests.log"), $(elapsed "$start")"
+    grep -E 'error|Error|FAIL' "$OUT/bwd_tests.log" | head -20 | tee -a "$summary"
+    save
+    start=$(date +%s)
+    MOBAGEN_TUNING_DB=/nonexistent/none.db timeout "$limit" build/gpu/bench/bench_bwd \
+        --csv "$OUT/bench_bwd.csv" ${BWD_CASES:-} > "$OUT/bench_bwd.log" 2>&1 || note "bench_bwd FAILED"
+    note "bench_bwd: $(elapsed "$start")"
+    cat "$OUT/bench_bwd.log" >> "$summary"
     save
 fi
 save

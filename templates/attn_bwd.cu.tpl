@@ -1,0 +1,593 @@
+%! -- The backward pass (docs/backward.md): dq, dk, dv of the attention over the selected blocks,
+%! -- then dk and dw through the key convolution. Key-block centric, so that dk' and dv stay on
+%! -- chip: the selection is transposed into lists of (query row, slot) per (row chunk, sequence,
+%! -- query head, key block); one CTA per key tile of tile_n keys walks the 64-query gathered
+%! -- tiles of the lists of every query head of its GQA group on mma.sync and accumulates
+%! -- dV += P^T dO and dK' += dS^T Q in registers; dQ = dS K' leaves through shared memory, as
+%! -- fp32 reductions into one row per query (fast), or as plain stores into one partial row per
+%! -- (query, slot) that a finalize kernel sums in slot order (deterministic).
+%! -- Head dims above 128 are split in parts of at most 128 output columns per CTA (S and dP
+%! -- still use every column).
+%! knobs = { tile_n = {128, 64, 32, 16} }
+%! function dparts(spec) return (spec.head_dim + 127) // 128 end
+%! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
+%! -- row data (entry, LSE, D', causal position)
+%! function bwd_smem(spec, p, stages)
+%!   local d = spec.head_dim
+%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * 64 * 16
+%! end
+%! function bwd_stages(spec, arch, p)
+%!   if bwd_smem(spec, p, 2) <= arch.max_smem then return 2 end
+%!   return 1
+%! end
+%! function valid(spec, arch, p)
+%!   if spec.block_size % p.tile_n ~= 0 then return false, "tile_n must divide block_size" end
+%!   if p.tile_n == 16 and spec.block_size % 32 == 0 and bwd_smem(spec, {tile_n = 32}, 1) <= arch.max_smem then
+%!     return false, "tile_n 16 only where 32 does not divide block_size or does not fit shared memory"
+%!   end
+%!   if arch.sm < 80 then return false, "the backward needs mma.sync with bf16 (sm_80+)" end
+%!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
+%!   if bwd_smem(spec, p, 1) > arch.max_smem then return false, "does not fit shared memory" end
+%!   return true
+%! end
+%! function kernels(spec, p)
+%!   return { main = "moba_bwd_tiles", bwd_count = "moba_bwd_count",
+%!            bwd_alloc = "moba_bwd_alloc", bwd_scatter = "moba_bwd_scatter", bwd_sort = "moba_bwd_sort",
+%!            bwd_dq = "moba_bwd_dq", bwd_kconv = "moba_bwd_kconv", bwd_dw = "moba_bwd_dw" }
+%! end
+%! function launch(spec, p)
+%!   return { threads = p.tile_n // 16 * 32, smem = bwd_smem(spec, p, bwd_stages(spec, arch, p)), rows = 64 }
+%! end
+% include("common.cuh.tpl")
+% include("mma.cuh.tpl")
+% include("bwd_params.cuh.tpl")
+typedef mg_bwd_params BwdParams;
+#define BWD_KT $(point.tile_n)                 // keys per CTA tile
+#define BWD_NW (BWD_KT / 16)                  // warps: 16 keys each
+#define BWD_STAGES $(bwd_stages(spec, arch, point))
+#define BWD_NDP $(dparts(spec))                // parts of the head dim per key tile
+#define BWD_DP (MOBA_HEAD_DIM / BWD_NDP)      // output columns per CTA
+#define BWD_SORT_MAX 8192                     // the deterministic mode's longest list (rows per chunk)
+#define BWD_KCONV_ROWS 256                    // key rows per CTA of the conv backward
+#define BWD_ROW_THREADS 128                   // threads of the per-row kernels
+static_assert(BWD_DP % 16 == 0, "each part of the head dim is whole 16-column mma tiles");
+
+// Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
+__device__ __forceinline__ void bwd_red_add2(float *a, float x, float y)
+{
+% if arch.sm >= 90 then
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(a), "f"(x), "f"(y) : "memory");
+% else
+    atomicAdd(a, x);
+    atomicAdd(a + 1, y);
+% end
+}
+
+// Rows of CH 16-byte chunks: the chunk index xor (row % 8) within each whole group of 8 chunks
+// spreads the rows one ldmatrix reads over all banks.
+template <int CH>
+__device__ __forceinline__ int bsw(int row, int c)
+{
+    if (CH >= 8) return ((c & ~7) + 8 <= CH) ? (c ^ (row & 7)) : c;
+    return c ^ (row & (CH - 1));
+}
+
+__device__ __forceinline__ void bwd_seq(const BwdParams &p, int b, int &q0, int &len_q, int &k0, int &len_k)
+{
+    const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
+    const int *cu_k = reinterpret_cast<const int *>(p.cu_seqlens_k);
+    q0 = cu_q[b];
+    len_q = cu_q[b + 1] - q0;
+    k0 = cu_k[b];
+    len_k = cu_k[b + 1] - k0;
+}
+
+// The usable entries of a selection row, as docs/backward.md defines them for the forward's
+// ascending rows: in range, each greater than the last one used (-1 padding and repeats drop).
+template <class F>
+__device__ __forceinline__ void for_each_block(const int *sel, int n_blocks, F f)
+{
+    int last = -1;
+    for (int s = 0; s < MOBA_TOP_K; s++) {
+        const int blk = sel[s];
+        if (blk > last && blk < n_blocks) {
+            f(s, blk);
+            last = blk;
+        }
+    }
+}
+
+// List of (row chunk, sequence, query head, key block): the lists of one key block's GQA group
+// are adjacent, so a CTA walks them in one range.
+__device__ __forceinline__ long long bwd_list(const BwdParams &p, int rc, int b, int h, int blk)
+{
+    const int kvh = h / MOBA_GQA, g = h % MOBA_GQA;
+    return ((((long long)rc * p.batch + b) * p.hkv + kvh) * p.max_blocks + blk) * MOBA_GQA + g;
+}
+
+// 1. Per (row, head): D'_t = rowsum(dO_t o_t) - dLSE_t (0 for a row without keys, LSE = -inf)
+// and the row's entries counted into its lists.
+__global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_count(const BwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM;
+    const int h = blockIdx.y, b = blockIdx.z;
+    int q0, len_q, k0, len_k;
+    bwd_seq(p, b, q0, len_q, k0, len_k);
+    const int row = blockIdx.x * BWD_ROW_THREADS + threadIdx.x;
+    if (row >= len_q) return;
+    const long long qr = q0 + row, at = qr * p.hq + h;
+    const elem_t *o = reinterpret_cast<const elem_t *>(p.out) + qr * p.o_row_stride + h * p.o_head_stride;
+    const elem_t *g = reinterpret_cast<const elem_t *>(p.dout) + qr * p.do_row_stride + h * p.do_head_stride;
+    float sum = 0.f;
+    for (int c = 0; c < D; c += 8) {
+        float ov[8], gv[8];
+        load8(o + c, ov);
+        load8(g + c, gv);
+#pragma unroll
+        for (int i = 0; i < 8; i++) sum = fmaf(ov[i], gv[i], sum);
+    }
+    const float lse = reinterpret_cast<const float *>(p.lse)[at];
+    const float dlse = p.dlse ? reinterpret_cast<const float *>(p.dlse)[at] : 0.f;
+    reinterpret_cast<float *>(p.delta)[at] = lse == -INFINITY ? 0.f : sum - dlse;
+
+    const int rc = row / (int)p.chunk_rows, n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+    const int *sel = reinterpret_cast<const int *>(p.sel) + at * MOBA_TOP_K;
+    int *count = reinterpret_cast<int *>(p.list_count);
+    for_each_block(sel, n_blocks, [&](int, int blk) { atomicAdd(&count[bwd_list(p, rc, b, h, blk)], 1); });
+}
+
+// 2. Each list's tiles (64 entries each) out of one counter, a warp's lists at a time. Where a
+// list lands varies run to run; what it holds does not (after the sort, in deterministic mode).
+__global__ void __launch_bounds__(256) moba_bwd_alloc(const BwdParams p)
+{
+    const long long list = (long long)blockIdx.x * 256 + threadIdx.x;
+    const int lane = threadIdx.x % 32;
+    const int n = list < p.n_lists ? reinterpret_cast<const int *>(p.list_count)[list] : 0;
+    const int tiles = (n + 63) / 64;
+    int incl = tiles;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+        const int x = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += x;
+    }
+    int base = 0;
+    if (lane == 31) base = atomicAdd(reinterpret_cast<int *>(p.tile_counter), incl);
+    base = __shfl_sync(0xffffffffu, base, 31);
+    if (list < p.n_lists) {
+        const int first = base + incl - tiles;
+        reinterpret_cast<int *>(p.list_begin)[list] = first;
+        reinterpret_cast<int *>(p.list_cursor)[list] = first * 64;
+    }
+}
+
+// 3. (row << 6 | slot) into the lists, in whatever order the atomics give.
+__global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_scatter(const BwdParams p)
+{
+    const int h = blockIdx.y, b = blockIdx.z;
+    int q0, len_q, k0, len_k;
+    bwd_seq(p, b, q0, len_q, k0, len_k);
+    const int row = blockIdx.x * BWD_ROW_THREADS + threadIdx.x;
+    if (row >= len_q) return;
+    const int rc = row / (int)p.chunk_rows, n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+    const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
+    int *cursor = reinterpret_cast<int *>(p.list_cursor);
+    unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
+    for_each_block(sel, n_blocks, [&](int s, int blk) {
+        entries[atomicAdd(&cursor[bwd_list(p, rc, b, h, blk)], 1)] = ((unsigned)row << 6) | (unsigned)s;
+    });
+}
+
+// 4. Deterministic mode: each list sorted by row (bitonic, in shared memory; a list has at most
+// one entry per row of its chunk, and chunks are at most BWD_SORT_MAX rows).
+__global__ void __launch_bounds__(512) moba_bwd_sort(const BwdParams p)
+{
+    __shared__ unsigned key[BWD_SORT_MAX];
+    const long long list = blockIdx.x;
+    const int n = reinterpret_cast<const int *>(p.list_count)[list];
+    if (n < 2) return;
+    unsigned *e = reinterpret_cast<unsigned *>(p.entries) + (long long)reinterpret_cast<const int *>(p.list_begin)[list] * 64;
+    int m = 1;
+    while (m < n) m <<= 1;
+    for (int i = threadIdx.x; i < m; i += 512) key[i] = i < n ? e[i] : 0xffffffffu;
+    __syncthreads();
+    for (int k = 2; k <= m; k <<= 1)
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = threadIdx.x; i < m; i += 512) {
+                const int x = i ^ j;
+                if (x > i) {
+                    const unsigned a = key[i], c = key[x];
+                    if ((a > c) == ((i & k) == 0)) {
+                        key[i] = c;
+                        key[x] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    for (int i = threadIdx.x; i < n; i += 512) e[i] = key[i];
+}
+
+// 5. The tiles. CTA (key tile or key block, kv head x head-dim part, sequence); in fast mode one
+// key tile per CTA, in deterministic mode every key tile of the block in turn (so that one
+// thread owns each dq partial element across them). Warp w owns keys 16w..16w+15 of the tile:
+// S^T = K' Q^T and dP^T = V dO^T (16 x 64 per warp), P = exp2(S scale log2e - LSE log2e),
+// dS = P (dP - D') scale, dV += P^T dO and dK' += dS^T Q in registers, dS^T to shared memory,
+// dQ = dS K' by all warps.
+__global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM, CH = D / 8, DP = BWD_DP, DT = DP / 8, KT = BWD_KT, KCH = KT / 8;
+    constexpr int NTH = BWD_NW * 32, NT = 32 / 8, G = MOBA_GQA, ST = BWD_STAGES;
+    constexpr float LOG2E = 1.4426950408889634f;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    uint4 *k_s = reinterpret_cast<uint4 *>(smem_raw);
+    uint4 *v_s = k_s + KT * CH;
+    uint4 *q_s = v_s + KT * CH;                 // [ST][64 * CH]
+    uint4 *do_s = q_s + ST * 64 * CH;           // [ST][64 * CH]
+    uint4 *ds_s = do_s + ST * 64 * CH;          // [64 queries][KT keys]
+    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], LSE log2e (+inf: no row)
+    float *dlt_s = lse_s + ST * 64;             // [ST][64]
+    int *ent_s = reinterpret_cast<int *>(dlt_s + ST * 64);       // [ST][64], -1: no row
+    int *tq_s = ent_s + ST * 64;                // [ST][64], causal position of the row
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int b = blockIdx.z, kvh = blockIdx.y / BWD_NDP, d0 = (blockIdx.y % BWD_NDP) * DP;
+    constexpr int KTPB = MOBA_BLOCK / KT;
+    const bool det = p.deterministic != 0;
+    const int blk = det ? (int)blockIdx.x : (int)blockIdx.x / KTPB;
+    const int kt_begin = det ? 0 : (int)blockIdx.x % KTPB, kt_end = det ? KTPB : kt_begin + 1;
+    int q0, len_q, k0, len_k;
+    bwd_seq(p, b, q0, len_q, k0, len_k);
+    const int blk_begin = blk * MOBA_BLOCK;
+    if (blk_begin + kt_begin * KT >= len_k) return;
+    const int key_end = min(blk_begin + MOBA_BLOCK, len_k);
+    const int rc = (int)p.chunk;
+    const bool acc_first = rc == 0, acc_last = rc == (int)p.row_chunks - 1;
+    const long long list0 = bwd_list(p, rc, b, kvh * G, blk);
+    const int *count = reinterpret_cast<const int *>(p.list_count);
+    const int *begin = reinterpret_cast<const int *>(p.list_begin);
+    const unsigned *entries = reinterpret_cast<const unsigned *>(p.entries);
+    const float scale = (float)p.softmax_scale, scale_log2 = scale * LOG2E;
+    const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
+    const elem_t *vbase = reinterpret_cast<const elem_t *>(p.v);
+    const elem_t *qbase = reinterpret_cast<const elem_t *>(p.q);
+    const elem_t *dobase = reinterpret_cast<const elem_t *>(p.dout);
+    const float *lse_g = reinterpret_cast<const float *>(p.lse);
+    const float *delta_g = reinterpret_cast<const float *>(p.delta);
+
+    int n_tiles_total = 0;
+    for (int g = 0; g < G; g++) n_tiles_total += (count[list0 + g] + 63) / 64;
+    // A chunk without tiles here only carries the accumulators on, when there is nothing to carry
+    // or keep nothing is done.
+    if (n_tiles_total == 0 && !acc_first && !acc_last) return;
+
+    // Tile j of the walk: the list (head) and the tile within it.
+    auto locate = [&](int j, int &g, int &t) {
+        g = 0;
+        t = j;
+        for (; g < G; g++) {
+            const int n = (count[list0 + g] + 63) / 64;
+            if (t < n) return;
+            t -= n;
+        }
+    };
+    // Gathered queries and upstream gradients of walk tile j into stage buffer `buf`.
+    auto load_tile = [&](int j, int buf) {
+        int g, t;
+        locate(j, g, t);
+        const int h = kvh * G + g;
+        const long long list = list0 + g;
+        const int n_rows = min(64, count[list] - t * 64);
+        const unsigned *ent = entries + ((long long)begin[list] + t) * 64;
+        for (int i = tid; i < 64 * CH; i += NTH) {
+            const int r = i / CH, c = i % CH;
+            const bool ok = r < n_rows;
+            const long long row = q0 + (ok ? (long long)(ent[r] >> 6) : 0);
+            cp_async16(&q_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], qbase + row * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
+            cp_async16(&do_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], dobase + row * p.do_row_stride + h * p.do_head_stride + c * 8, ok);
+        }
+        for (int r = tid; r < 64; r += NTH) {
+            int e = -1, tq = -1;
+            float l2 = INFINITY, dl = 0.f;
+            if (r < n_rows) {
+                e = (int)ent[r];
+                const int row = e >> 6;
+                const long long at = (long long)(q0 + row) * p.hq + h;
+                const float lse = lse_g[at];
+                l2 = lse == -INFINITY ? INFINITY : lse * LOG2E;   // no keys: P = 0
+                dl = delta_g[at];
+                tq = row + len_k - len_q;
+            }
+            ent_s[buf * 64 + r] = e;
+            lse_s[buf * 64 + r] = l2;
+            dlt_s[buf * 64 + r] = dl;
+            tq_s[buf * 64 + r] = tq;
+        }
+    };
+
+    float *dq_acc = reinterpret_cast<float *>(p.dq_acc);
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int key0 = blk_begin + kt * KT;
+        if (key0 >= key_end) break;
+        __syncthreads();   // the previous key tile is done with shared memory
+        for (int i = tid; i < KT * CH; i += NTH) {
+            const int r = i / CH, c = i % CH, key = key0 + r;
+            const bool ok = key < key_end;
+            const long long krow = k0 + (ok ? key : key0);
+            cp_async16(&k_s[r * CH + bsw<CH>(r, c)], kbase + krow * p.kp_row_stride + kvh * p.kp_head_stride + c * 8, ok);
+            cp_async16(&v_s[r * CH + bsw<CH>(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+        }
+        float dk[DT][4], dv[DT][4];
+#pragma unroll
+        for (int i = 0; i < DT; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+
+        if (ST == 2 && n_tiles_total > 0) load_tile(0, 0);
+        for (int j = 0; j < n_tiles_total; j++) {
+            const int buf = ST == 2 ? (j & 1) : 0;
+            if (ST == 1) load_tile(j, 0);
+            cp_async_wait_all();
+            __syncthreads();   // tile j has landed; everyone is done with tile j - 1
+            if (ST == 2 && j + 1 < n_tiles_total) load_tile(j + 1, buf ^ 1);
+            int g, t;
+            locate(j, g, t);
+            const int h = kvh * G + g;
+            const uint4 *qb = q_s + buf * 64 * CH, *dob = do_s + buf * 64 * CH;
+            const float *lse_b = lse_s + buf * 64, *dlt_b = dlt_s + buf * 64;
+            const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + buf * 64;
+
+            // Two halves of 32 queries, so that S and dP of a half (32 registers) live beside
+            // the dK' and dV accumulators.
+#pragma unroll 1
+            for (int qh = 0; qh < 2; qh++) {
+                float s[NT][4], dp[NT][4];
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.f;
+                const int ar = warp * 16 + (lane & 15);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    unsigned ka[4], va[4];
+                    ldsm_x4(smem_addr(&k_s[ar * CH + bsw<CH>(ar, 2 * kk + (lane >> 4))]), ka);
+                    ldsm_x4(smem_addr(&v_s[ar * CH + bsw<CH>(ar, 2 * kk + (lane >> 4))]), va);
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt += 2) {
+                        const int mat = lane >> 3, br = qh * 32 + (nt + (mat >> 1)) * 8 + (lane & 7), bc = 2 * kk + (mat & 1);
+                        unsigned qf[4], of[4];
+                        ldsm_x4(smem_addr(&qb[br * CH + bsw<CH>(br, bc)]), qf);
+                        ldsm_x4(smem_addr(&dob[br * CH + bsw<CH>(br, bc)]), of);
+                        mma_16816(s[nt], ka, qf[0], qf[1]);
+                        mma_16816(s[nt + 1], ka, qf[2], qf[3]);
+                        mma_16816(dp[nt], va, of[0], of[1]);
+                        mma_16816(dp[nt + 1], va, of[2], of[3]);
+                    }
+                }
+                // P and dS; keys past the block or the sequence, and (causal) after the row, are 0.
+                const int key_lo = key0 + warp * 16 + lane / 4;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), key = key_lo + (e >> 1) * 8;
+% if spec.causal then
+                        const bool ok = key < key_end && key <= tq_b[qc];
+% else
+                        const bool ok = key < key_end;
+% end
+                        const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_b[qc]) : 0.f;
+                        s[nt][e] = pr;
+                        dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
+                    }
+                // dV += P^T dO and dK' += dS^T Q: the score accumulators become A fragments.
+#pragma unroll
+                for (int kk = 0; kk < NT / 2; kk++) {
+                    const unsigned pa[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1]), pack_pair(s[2 * kk][2], s[2 * kk][3]),
+                                            pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                    const unsigned da[4] = {pack_pair(dp[2 * kk][0], dp[2 * kk][1]), pack_pair(dp[2 * kk][2], dp[2 * kk][3]),
+                                            pack_pair(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack_pair(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+                    for (int dt = 0; dt < DT; dt += 2) {
+                        const int mat = lane >> 3, br = qh * 32 + kk * 16 + (mat & 1) * 8 + (lane & 7), bc = d0 / 8 + dt + (mat >> 1);
+                        unsigned of[4], qf[4];
+                        ldsm_x4_trans(smem_addr(&dob[br * CH + bsw<CH>(br, bc)]), of);
+                        ldsm_x4_trans(smem_addr(&qb[br * CH + bsw<CH>(br, bc)]), qf);
+                        mma_16816(dv[dt], pa, of[0], of[1]);
+                        mma_16816(dv[dt + 1], pa, of[2], of[3]);
+                        mma_16816(dk[dt], da, qf[0], qf[1]);
+                        mma_16816(dk[dt + 1], da, qf[2], qf[3]);
+                    }
+                }
+                // dS^T into shared memory as dS [query][key].
+                elem_t *ds_e = reinterpret_cast<elem_t *>(ds_s);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), kl = warp * 16 + lane / 4 + (e >> 1) * 8;
+                        ds_e[(qc * KCH + bsw<KCH>(qc, kl / 8)) * 8 + kl % 8] = float_to_elem(dp[nt][e]);
+                    }
+            }
+            __syncthreads();
+            // dQ = dS K': 16-query m-tiles shared among the warps.
+            // Up to 4 warps take one 16-query m-tile each; more split the columns of their m-tile.
+            constexpr int DQ_SPLIT = BWD_NW > 4 ? BWD_NW / 4 : 1, DQ_DT = DT / DQ_SPLIT;
+            static_assert(DQ_DT % 2 == 0 && DQ_DT * DQ_SPLIT == DT, "dQ column parts are whole mma pairs");
+            const int dq_col0 = DQ_SPLIT > 1 ? warp / 4 * DQ_DT : 0;
+            for (int mt = warp % 4; mt < 4; mt += (BWD_NW < 4 ? BWD_NW : 4)) {
+                unsigned a[KT / 16][4];
+                const int rr = mt * 16 + (lane & 15);
+#pragma unroll
+                for (int kk = 0; kk < KT / 16; kk++) ldsm_x4(smem_addr(&ds_s[rr * KCH + bsw<KCH>(rr, 2 * kk + (lane >> 4))]), a[kk]);
+                int rows[2], slots[2];
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int e = ent_b[mt * 16 + lane / 4 + half * 8];
+                    rows[half] = e < 0 ? -1 : (e >> 6);
+                    slots[half] = e & 63;
+                }
+#pragma unroll
+                for (int j = 0; j < DQ_DT; j += 2) {
+                    const int dt = dq_col0 + j;
+                    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+                    for (int kk = 0; kk < KT / 16; kk++) {
+                        const int mat = lane >> 3, br = kk * 16 + (mat & 1) * 8 + (lane & 7), bc = d0 / 8 + dt + (mat >> 1);
+                        unsigned kf[4];
+                        ldsm_x4_trans(smem_addr(&k_s[br * CH + bsw<CH>(br, bc)]), kf);
+                        mma_16816(acc[0], a[kk], kf[0], kf[1]);
+                        mma_16816(acc[1], a[kk], kf[2], kf[3]);
+                    }
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        if (rows[half] < 0) continue;
+#pragma unroll
+                        for (int i = 0; i < 2; i++) {
+                            const int col = d0 + (dt + i) * 8 + (lane & 3) * 2;
+                            const float x = acc[i][2 * half], y = acc[i][2 * half + 1];
+                            if (!det) {
+                                bwd_red_add2(dq_acc + ((long long)(q0 + rows[half]) * p.hq + h) * D + col, x, y);
+                            } else {
+                                const long long prow = ((((long long)b * p.chunk_rows + rows[half] - (long long)rc * p.chunk_rows) * p.hq + h) * MOBA_TOP_K + slots[half]);
+                                float2 *pp = reinterpret_cast<float2 *>(dq_acc + prow * D + col);
+                                if (kt == kt_begin) *pp = make_float2(x, y);
+                                else {
+                                    const float2 o = *pp;
+                                    *pp = make_float2(o.x + x, o.y + y);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // dK' and dV of the tile's keys: carried over chunks in fp32, the last chunk writes them.
+        float *dk_acc = reinterpret_cast<float *>(p.dk_acc), *dv_acc = reinterpret_cast<float *>(p.dv_acc);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int key = key0 + warp * 16 + lane / 4 + half * 8;
+            if (key >= key_end) continue;
+            const long long krow = k0 + key;
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                const int col = d0 + dt * 8 + (lane & 3) * 2;
+                float2 gk = make_float2(dk[dt][2 * half], dk[dt][2 * half + 1]);
+                float2 gv = make_float2(dv[dt][2 * half], dv[dt][2 * half + 1]);
+                float2 *ak = reinterpret_cast<float2 *>(dk_acc + (krow * p.hkv + kvh) * D + col);
+                float2 *av = reinterpret_cast<float2 *>(dv_acc + (krow * p.hkv + kvh) * D + col);
+                if (!acc_first) {
+                    const float2 ok = *ak, ov = *av;
+                    gk.x += ok.x; gk.y += ok.y;
+                    gv.x += ov.x; gv.y += ov.y;
+                }
+% if spec.conv_width > 0 then
+                *ak = gk;   // the key convolution's backward reads dk' in fp32
+% else
+                if (acc_last)
+                    *reinterpret_cast<unsigned *>(reinterpret_cast<elem_t *>(p.dk) + krow * p.dk_row_stride + kvh * p.dk_head_stride + col) =
+                        (unsigned)float_to_elem(gk.x) | ((unsigned)float_to_elem(gk.y) << 16);
+                else
+                    *ak = gk;
+% end
+                if (acc_last)
+                    *reinterpret_cast<unsigned *>(reinterpret_cast<elem_t *>(p.dv) + krow * p.dv_row_stride + kvh * p.dv_head_stride + col) =
+                        (unsigned)float_to_elem(gv.x) | ((unsigned)float_to_elem(gv.y) << 16);
+                else
+                    *av = gv;
+            }
+        }
+    }
+}
+
+// 6. dq of the rows of chunk p.chunk (deterministic: the partials of the row's usable slots in
+// slot order) or of every row (fast: the fp32 row). One warp per (row, head), 8 columns a lane.
+__global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_dq(const BwdParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, h = blockIdx.y, b = blockIdx.z;
+    int q0, len_q, k0, len_k;
+    bwd_seq(p, b, q0, len_q, k0, len_k);
+    const int local = blockIdx.x * (BWD_ROW_THREADS / 32) + warp;
+    const int row = (int)(p.chunk * p.chunk_rows) + local;
+    if (local >= p.chunk_rows || row >= len_q || lane * 8 >= D) return;
+    const long long qr = q0 + row;
+    const float *acc = reinterpret_cast<const float *>(p.dq_acc);
+    float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (!p.deterministic) {
+        const float4 *a = reinterpret_cast<const float4 *>(acc + (qr * p.hq + h) * D + lane * 8);
+        const float4 x = a[0], y = a[1];
+        sum[0] = x.x; sum[1] = x.y; sum[2] = x.z; sum[3] = x.w;
+        sum[4] = y.x; sum[5] = y.y; sum[6] = y.z; sum[7] = y.w;
+    } else {
+        const int n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+        const int *sel = reinterpret_cast<const int *>(p.sel) + (qr * p.hq + h) * MOBA_TOP_K;
+        const long long prow = ((long long)b * p.chunk_rows + local) * p.hq + h;
+        for_each_block(sel, n_blocks, [&](int s, int) {
+            const float4 *a = reinterpret_cast<const float4 *>(acc + (prow * MOBA_TOP_K + s) * D + lane * 8);
+            const float4 x = a[0], y = a[1];
+            sum[0] += x.x; sum[1] += x.y; sum[2] += x.z; sum[3] += x.w;
+            sum[4] += y.x; sum[5] += y.y; sum[6] += y.z; sum[7] += y.w;
+        });
+    }
+    store8(reinterpret_cast<elem_t *>(p.dq) + qr * p.dq_row_stride + h * p.dq_head_stride + lane * 8, sum);
+}
+
+// 7. Key convolution backward (docs/backward.md): du_t = dk'_t SiLU'(u_t) with u recomputed
+// as the forward computes it, dk_s = dk'_s + sum_l w_l du_{s+l}, and each CTA's part of
+// dw_l = sum_t du_t k_{t-l}. CTA (BWD_KCONV_ROWS keys, kv head, sequence), one thread per column.
+__global__ void __launch_bounds__(256) moba_bwd_kconv(const BwdParams p)
+{
+% if spec.conv_width > 0 then
+    constexpr int D = MOBA_HEAD_DIM, W = MOBA_CONV_WIDTH;
+    const int c = threadIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int q0, len_q, k0, len_k;
+    bwd_seq(p, b, q0, len_q, k0, len_k);
+    const int t0 = blockIdx.x * BWD_KCONV_ROWS, t1 = min(t0 + BWD_KCONV_ROWS, len_k);
+    const elem_t *k = reinterpret_cast<const elem_t *>(p.k) + (long long)k0 * p.k_row_stride + kvh * p.k_head_stride + c;
+    const elem_t *w = reinterpret_cast<const elem_t *>(p.conv_w) + (long long)kvh * W * D + c;
+    const float *dkp = reinterpret_cast<const float *>(p.dk_acc) + ((long long)k0 * p.hkv + kvh) * D + c;
+    float taps[W], dw[W];
+#pragma unroll
+    for (int l = 0; l < W; l++) {
+        taps[l] = elem_to_float(w[l * D]);
+        dw[l] = 0.f;
+    }
+    auto du = [&](int t) {
+        float u = 0.f;
+#pragma unroll
+        for (int l = 0; l < W; l++)
+            if (t - l >= 0) u += taps[l] * elem_to_float(k[(long long)(t - l) * p.k_row_stride]);
+        const float sg = 1.f / (1.f + __expf(-u));
+        return dkp[(long long)t * p.hkv * D] * sg * (1.f + u * (1.f - sg));
+    };
+    for (int t = t0; t < t1; t++) {
+        float g = dkp[(long long)t * p.hkv * D];
+#pragma unroll
+        for (int l = 0; l < W; l++)
+            if (t + l < len_k) g += taps[l] * du(t + l);
+        reinterpret_cast<elem_t *>(p.dk)[(long long)(k0 + t) * p.dk_row_stride + kvh * p.dk_head_stride + c] = float_to_elem(g);
+        const float d = du(t);
+#pragma unroll
+        for (int l = 0; l < W; l++)
+            if (t - l >= 0) dw[l] += d * elem_to_float(k[(long long)(t - l) * p.k_row_stride]);
+    }
+    float *part = reinterpret_cast<float *>(p.dw_part) + (((long long)b * p.kconv_tiles + blockIdx.x) * p.hkv + kvh) * W * D + c;
+#pragma unroll
+    for (int l = 0; l < W; l++) part[l * D] = dw[l];
+% end
+}
+
+// 8. dw: the parts summed in (sequence, tile) order. CTA (kv head, tap), one thread per column.
+__global__ void __launch_bounds__(256) moba_bwd_dw(const BwdParams p)
+{
+% if spec.conv_width > 0 then
+    constexpr int D = MOBA_HEAD_DIM, W = MOBA_CONV_WIDTH;
+    const int c = threadIdx.x, kvh = blockIdx.x, l = blockIdx.y;
+    const float *part = reinterpret_cast<const float *>(p.dw_part) + ((long long)kvh * W + l) * D + c;
+    const long long n = p.batch * p.kconv_tiles, step = p.hkv * W * D;
+    float sum = 0.f;
+    for (long long i = 0; i < n; i++) sum += part[i * step];
+    reinterpret_cast<float *>(p.dconv_w)[((long long)kvh * W + l) * D + c] = sum;
+% end
+}

@@ -1,0 +1,199 @@
+/* The backward's argument checks and workspace sizing without a GPU, on an op detached from any
+ * device (the same checks and layout code as a real one; any launch is refused). */
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "runtime_internal.h"
+
+static mobagen_op *detached_op(int conv_width)
+{
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "name: bwd_args\nhead_dim: 128\nblock_size: 128\ntop_k: 8\ngqa_group: 2\n"
+             "conv_width: %d\n", conv_width);
+    mg_spec spec;
+    mg_diag d;
+    if (mg_spec_parse(yaml, strlen(yaml), "bwd_args", &spec, &d) != MG_OK) fail_msg("%s", d.msg);
+    mobagen_op *op = NULL;
+    assert_int_equal(mg_op_create_detached(&spec, &op), MOBAGEN_OK);
+    op->has_block_lists = 1;
+    return op;
+}
+
+/* Two sequences of 100 and 156 tokens; fake but aligned device pointers. */
+static mobagen_bwd_args good_args(void)
+{
+    mobagen_bwd_args a = {.fwd = {.batch = 2, .hq = 4, .hkv = 2, .head_dim = 128, .total_q = 256,
+                                  .total_k = 256, .max_seqlen_q = 156, .max_seqlen_k = 156,
+                                  .dtype = MOBAGEN_BF16, .q = 0x10000, .k = 0x20000, .v = 0x30000,
+                                  .out = 0x40000, .lse = 0x50000, .cu_seqlens_q = 0x60000,
+                                  .cu_seqlens_k = 0x60000},
+                          .dout = 0x70000, .dq = 0x80000, .dk = 0x90000, .dv = 0xa0000};
+    return a;
+}
+
+static void expect_refused(mobagen_op *op, const mobagen_bwd_args *a, mobagen_status want, const char *needle)
+{
+    size_t bytes = 12345;
+    mobagen_status st = mobagen_bwd_workspace_size(op, a, &bytes);
+    if (st != want || !strstr(mobagen_op_errmsg(op), needle))
+        fail_msg("workspace_size gave %s '%s'; wanted %s naming '%s'", mobagen_status_name(st),
+                 mobagen_op_errmsg(op), mobagen_status_name(want), needle);
+    assert_int_equal(bytes, 12345);
+    assert_int_equal(mobagen_bwd(op, a, 0x100000, (size_t)1 << 40, NULL), want);
+    if (!strstr(mobagen_op_errmsg(op), needle)) fail_msg("mobagen_bwd: '%s' lacks '%s'", mobagen_op_errmsg(op), needle);
+}
+
+static void test_good_args_size_and_no_device(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached_op(0);
+    mobagen_bwd_args a = good_args();
+    size_t bytes = 0, fwd_bytes = 0, given = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    assert_int_equal(mobagen_fwd_workspace_size(op, &a.fwd, &fwd_bytes), MOBAGEN_OK);
+    /* Routing runs again inside: the forward's workspace, then at least the fp32 dq rows. */
+    assert_true(bytes >= fwd_bytes + (size_t)256 * 4 * 128 * 4);
+    assert_int_equal(bytes % 256, 0);
+    a.selection = 0xb0000;   /* given: no forward workspace */
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &given), MOBAGEN_OK);
+    assert_true(given < bytes && given >= (size_t)256 * 4 * 128 * 4);
+    assert_int_equal(mobagen_bwd(op, &a, 0x100000, given, NULL), MOBAGEN_E_NO_DEVICE);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "no device"));
+    assert_int_equal(mobagen_bwd(op, &a, 0x100000, given - 1, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "too small"));
+    assert_int_equal(mobagen_bwd(op, &a, 0x100008, given, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "aligned"));
+
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "bytes"));
+    assert_int_equal(mobagen_bwd_workspace_size(op, NULL, &bytes), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "args is NULL"));
+    assert_int_equal(mobagen_bwd(op, NULL, 0x100000, bytes, NULL), MOBAGEN_E_ARG);
+    mobagen_op_destroy(op);
+}
+
+static void test_bad_arguments_are_named(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached_op(0);
+    mobagen_bwd_args a = good_args();
+    a.fwd.head_dim = 64;   /* the forward's checks run first */
+    expect_refused(op, &a, MOBAGEN_E_ARG, "head_dim");
+    a = good_args();
+    a.deterministic = 2;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "deterministic");
+    a = good_args();
+    a.dk = 0x90002;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "dk (0x90002) must be 16-byte aligned");
+    a = good_args();
+    a.dlse = 0x90001;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "dlse");
+    a = good_args();
+    a.selection = 0x90002;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "selection");
+    a = good_args();
+    a.dconv_weight = 0xc0000;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "dconv_weight must be 0");
+    const char *strides[] = {"dout_row_stride", "dout_head_stride", "dq_row_stride", "dq_head_stride",
+                             "dk_row_stride", "dk_head_stride", "dv_row_stride", "dv_head_stride"};
+    for (int i = 0; i < 8; i++) {
+        a = good_args();
+        long long *s[] = {&a.dout_row_stride, &a.dout_head_stride, &a.dq_row_stride, &a.dq_head_stride,
+                          &a.dk_row_stride, &a.dk_head_stride, &a.dv_row_stride, &a.dv_head_stride};
+        *s[i] = 100;   /* not a multiple of 8 */
+        expect_refused(op, &a, MOBAGEN_E_ARG, strides[i]);
+        *s[i] = (long long)1 << 62;
+        expect_refused(op, &a, MOBAGEN_E_ARG, strides[i]);
+    }
+    mobagen_op_destroy(op);
+    op = detached_op(3);
+    a = good_args();
+    a.fwd.conv_weight = 0xc0000;
+    expect_refused(op, &a, MOBAGEN_E_ARG, "dconv_weight is a null device pointer");
+    a.dconv_weight = 0xd0000;
+    size_t bytes;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    mobagen_op_destroy(op);
+}
+
+static void test_null_pointers_only_for_empty_tensors(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached_op(0);
+    mobagen_bwd_args a = good_args();
+    const char *names[] = {"dout", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; i++) {
+        a = good_args();
+        mobagen_devptr *fields[] = {&a.dout, &a.dq, &a.dk, &a.dv};
+        *fields[i] = 0;
+        char needle[64];
+        snprintf(needle, sizeof needle, "%s is a null device pointer", names[i]);
+        expect_refused(op, &a, MOBAGEN_E_ARG, needle);
+    }
+    size_t bytes;
+    a = good_args();   /* no queries: q, out, lse, dout and dq may be null */
+    a.fwd.total_q = a.fwd.max_seqlen_q = 0;
+    a.fwd.q = a.fwd.out = a.fwd.lse = a.dout = a.dq = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    a.dk = 0;   /* but dk is not empty */
+    expect_refused(op, &a, MOBAGEN_E_ARG, "dk is a null device pointer");
+    a = good_args();   /* no keys: k, v, dk and dv may be null */
+    a.fwd.total_k = a.fwd.max_seqlen_k = 0;
+    a.fwd.k = a.fwd.v = a.dk = a.dv = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    /* An empty batch with every pointer null writes nothing and needs no device. */
+    a = good_args();
+    a.fwd.batch = a.fwd.total_q = a.fwd.total_k = a.fwd.max_seqlen_q = a.fwd.max_seqlen_k = 0;
+    a.fwd.q = a.fwd.k = a.fwd.v = a.fwd.out = a.fwd.lse = a.dout = a.dq = a.dk = a.dv = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    assert_int_equal(mobagen_bwd(op, &a, bytes ? 0x100000 : 0, bytes, NULL), MOBAGEN_OK);
+    mobagen_op_destroy(op);
+}
+
+/* Deterministic mode keeps its per-(query, slot) partials to a chunk of rows: the workspace
+ * grows with the selection and its lists, not with top_k x head_dim per query. */
+static void test_deterministic_workspace_is_bounded(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached_op(0);
+    mobagen_bwd_args a = good_args();
+    a.fwd.batch = 2;
+    a.fwd.hq = 16;
+    a.fwd.hkv = 8;
+    a.fwd.total_q = a.fwd.total_k = 2 * 131072;
+    a.fwd.max_seqlen_q = a.fwd.max_seqlen_k = 131072;
+    a.selection = 0xb0000;
+    size_t fast = 0, det = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &fast), MOBAGEN_OK);
+    a.deterministic = 1;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &det), MOBAGEN_OK);
+    size_t slots = (size_t)2 * 131072 * 16 * 8;
+    size_t dq_rows = (size_t)2 * 131072 * 16 * 128 * 4;
+    assert_true(fast >= dq_rows + slots * 4);
+    /* One fp32 partial row per (query, slot) would take slots x 512 bytes (16 GiB here); the
+     * chunks keep it to the fast mode's dq rows, next to the fp32 dk' and dv carried from chunk
+     * to chunk and the lists of more chunks. */
+    size_t carry = (size_t)2 * 2 * 131072 * 8 * 128 * 4;
+    printf("workspace: fast %.2f GiB, deterministic %.2f GiB\n", fast / 1073741824.0, det / 1073741824.0);
+    assert_true(det > carry && det < fast + carry + ((size_t)512 << 20));
+    assert_true(det < slots * 128 * 4 / 3);
+    mobagen_op_destroy(op);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_args_size_and_no_device),
+        cmocka_unit_test(test_bad_arguments_are_named),
+        cmocka_unit_test(test_null_pointers_only_for_empty_tensors),
+        cmocka_unit_test(test_deterministic_workspace_is_bounded),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
