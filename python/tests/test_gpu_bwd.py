@@ -114,6 +114,7 @@ def errors(got, want):
     """(relative L2 error, max abs error / max |want|); (0, 0) for empty or all-zero pairs."""
     if want.numel() == 0:
         return 0.0, 0.0
+    got, want = got.detach(), want.detach()
     err = got.double() - want
     scale = float(want.abs().max())
     if scale == 0:
