@@ -114,6 +114,28 @@ def _fwd_args(p, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, conv_weight):
     return a
 
 
+def _device_runtime(t):
+    return runtime(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def _launch(rt, spec, args, device, workspace_size_fn, run_fn, what):
+    """Sizes the workspace of `args`, takes it from PyTorch's caching allocator and runs the op
+    of `spec` on the device's current stream: (op, workspace). Call with rt.lock held. The
+    allocator's reuse of the workspace is ordered after this launch by the stream, as for any
+    tensor freed after an op that used it."""
+    lib = rt.lib
+    op = rt.op(spec)
+    errmsg = lambda: lib.op_errmsg(op)  # noqa: E731
+    size = ctypes.c_size_t()
+    lib.check(workspace_size_fn(op, ctypes.byref(args), ctypes.byref(size)), errmsg,
+              what + "_workspace_size")
+    workspace = torch.empty(size.value, dtype=torch.uint8, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    lib.check(run_fn(op, ctypes.byref(args), _ptr(workspace), size.value, ctypes.c_void_p(stream)),
+              errmsg, what)
+    return op, workspace
+
+
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_seqlen_k,
             block_size, top_k, causal, softmax_scale, return_selection):
     """The MoBA forward on the current stream of q's device: (out, lse, selection); selection is
@@ -124,26 +146,17 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_
     lse = torch.empty((p.total_q, p.hq), dtype=torch.float32, device=q.device)
     selection = torch.empty((p.total_q if return_selection else 0, p.hq, p.spec.top_k),
                             dtype=torch.int32, device=q.device)
-    rt = runtime(q.device.index if q.device.index is not None else torch.cuda.current_device())
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    rt = _device_runtime(q)
     args = _fwd_args(p, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, conv_weight)
     lib = rt.lib
     with rt.lock:
-        op = rt.op(p.spec)
-        errmsg = lambda: lib.op_errmsg(op)  # noqa: E731
-        size = ctypes.c_size_t()
-        lib.check(lib.fwd_workspace_size(op, ctypes.byref(args), ctypes.byref(size)), errmsg,
-                  "mobagen_fwd_workspace_size")
-        # From PyTorch's caching allocator on the current stream: reuse is ordered after this
-        # launch by the stream, as for any tensor freed after an op that used it.
-        workspace = torch.empty(size.value, dtype=torch.uint8, device=q.device)
-        ws_ptr = workspace.data_ptr() if size.value else 0
-        lib.check(lib.fwd(op, ctypes.byref(args), ws_ptr, size.value, ctypes.c_void_p(stream)),
-                  errmsg, "mobagen_fwd")
+        op, workspace = _launch(rt, p.spec, args, q.device, lib.fwd_workspace_size, lib.fwd,
+                                "mobagen_fwd")
+        ws_ptr = _ptr(workspace)
         if return_selection and p.total_q:
             at = lib.fwd_selection(op, ctypes.byref(args), ws_ptr)
             if not at:
-                lib.check(_capi.E_ARG, errmsg, "mobagen_fwd_selection")
+                lib.check(_capi.E_ARG, lambda: lib.op_errmsg(op), "mobagen_fwd_selection")
     if return_selection and p.total_q:
         offset = at - ws_ptr
         view = workspace[offset:offset + selection.numel() * 4].view(torch.int32)
@@ -180,7 +193,7 @@ def backward(dout, q, k, v, out, lse, dlse, selection, cu_seqlens_q, cu_seqlens_
         tensors[name] = tensors[name].contiguous()
     if selection is not None and selection.shape[0] == 0:
         tensors["selection"] = None
-    rt = runtime(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    rt = _device_runtime(q)
     rt.lib.require_backward()
     dq = torch.empty((p.total_q, p.hq, p.head_dim), dtype=q.dtype, device=q.device)
     dk = torch.empty((p.total_k, p.hkv, p.head_dim), dtype=q.dtype, device=q.device)
@@ -192,15 +205,6 @@ def backward(dout, q, k, v, out, lse, dlse, selection, cu_seqlens_q, cu_seqlens_
                     conv_weight)
     args = _bwd_args(p, fwd, tensors["dout"], tensors["dlse"], tensors["selection"], dq, dk, dv,
                      dconv, deterministic)
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    lib = rt.lib
     with rt.lock:
-        op = rt.op(p.spec)
-        errmsg = lambda: lib.op_errmsg(op)  # noqa: E731
-        size = ctypes.c_size_t()
-        lib.check(lib.bwd_workspace_size(op, ctypes.byref(args), ctypes.byref(size)), errmsg,
-                  "mobagen_bwd_workspace_size")
-        workspace = torch.empty(size.value, dtype=torch.uint8, device=q.device)
-        lib.check(lib.bwd(op, ctypes.byref(args), _ptr(workspace), size.value,
-                          ctypes.c_void_p(stream)), errmsg, "mobagen_bwd")
+        _launch(rt, p.spec, args, q.device, rt.lib.bwd_workspace_size, rt.lib.bwd, "mobagen_bwd")
     return dq, dk, dv, dconv
