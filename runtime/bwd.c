@@ -7,7 +7,6 @@
 
 #include "bwd_params.h"
 #include "checked_size.h"
-#include "deploy.h"
 #include "kernel_contract.h"
 #include "runtime_internal.h"
 
@@ -254,10 +253,11 @@ mg_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr 
                        "op '%s' has no backward kernels (attn_bwd): its templates or bundle predate them",
                        s->name);
     const mg_loaded_variant *v = &op->variants[op->selected_bwd];
-    /* k' (conv) and the selection (when not given) come from the forward's own stages. */
+    /* k' (conv) and the selection (when not given) come from the forward's own stages, with the
+     * variants the op has selected (no dispatch: routing is exact in every variant, and tuning
+     * on first use would allocate). */
     unsigned stages = (conv ? MG_STAGE_CENTROIDS : 0) | (a->selection ? 0 : MG_STAGE_CENTROIDS | MG_STAGE_ROUTE);
-    if (stages && !a->selection) st = mg_deploy_dispatch(op, f);
-    if (st == MG_OK && stages) st = mg_fwd_stages(op, f, workspace, w.fwd_bytes, stream, stages);
+    if (stages) st = mg_fwd_stages(op, f, workspace, w.fwd_bytes, stream, stages);
     if (st != MG_OK) return st;
 
     long long fs[8];

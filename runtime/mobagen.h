@@ -113,7 +113,7 @@ MOBAGEN_API const char *mobagen_ctx_device_name(const mobagen_ctx *ctx);
 
 /* One restriction of a template's tuning space: knob -> allowed values (a spec's `tuning:`). */
 typedef struct mobagen_tuning_restriction {
-    const char *template_name;  /* "route", "attn_fwd", "kconv_centroid" */
+    const char *template_name;  /* "route", "attn_fwd", "kconv_centroid", "attn_bwd" */
     const char *knob;           /* "impl", "block_m", ... (docs/templates.md) */
     const int *values;
     int n_values;
@@ -146,9 +146,9 @@ MOBAGEN_API const char *mobagen_op_errmsg(const mobagen_op *op);
 /* The op's spec: every field but tuning (NULL, 0); name points into the op. */
 MOBAGEN_API mobagen_status mobagen_op_params(const mobagen_op *op, mobagen_spec_params *out);
 
-/* The tuning variants of one template ("route", "attn_fwd", "kconv_centroid") and which one
- * runs; the first valid point is chosen until mobagen_op_select says otherwise. The count is -1
- * and the id NULL for a NULL op or template name. */
+/* The tuning variants of one template ("route", "attn_fwd", "kconv_centroid", "attn_bwd") and
+ * which one runs; the first valid point is chosen until mobagen_op_select says otherwise. The
+ * count is -1 and the id NULL for a NULL op or template name. */
 MOBAGEN_API int mobagen_op_variant_count(const mobagen_op *op, const char *template_name);
 MOBAGEN_API const char *mobagen_op_variant_id(const mobagen_op *op, const char *template_name,
                                               int index);
@@ -215,6 +215,8 @@ typedef struct mobagen_bwd_args {
     mobagen_devptr dlse;         /* dL/dLSE, fp32 [total_q][hq] contiguous, or 0 for none */
     mobagen_devptr selection;    /* the forward's selection ([total_q][hq][top_k] int32 as
                                     mobagen_fwd_selection gives it), or 0: routing runs again */
+                                 /* (not inside the backward's own workspace; entries that are not
+                                    ascending are ignored) */
     mobagen_devptr dq, dk, dv;   /* outputs, element type, overwritten */
     long long dq_row_stride, dq_head_stride;
     long long dk_row_stride, dk_head_stride;
@@ -225,14 +227,15 @@ typedef struct mobagen_bwd_args {
 
 /* Bytes of device workspace mobagen_bwd needs (256-byte aligned). With S = total_q*hq*top_k
  * selection slots, n = ceil(max_seqlen_k/block_size) blocks, R rows per chunk (max_seqlen_q in
- * fast mode; in deterministic mode the largest multiple of 64 in 64..8192 with
- * batch*R*hq*top_k*head_dim*4 <= 256 MiB, at most max_seqlen_q), C = ceil(max_seqlen_q/R)
- * chunks and N = C*batch*hq*n lists, it is about: the forward's workspace when selection is 0
- * or conv_width > 0 (mobagen_fwd_workspace_size: routing and k' run again there)
- * + 4*total_q*hq (D') + 12N (list counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries)
- * + dq accumulators: 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic:
- * one partial row per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when
- * conv_width > 0 or C > 1, and as much again for dv when C > 1 + the conv weights' partial sums
+ * fast mode; in deterministic mode the largest multiple of 64 up to 8192 and max_seqlen_q with
+ * batch*R*hq*top_k*head_dim*4 <= max(256 MiB, 4*total_q*hq*head_dim), doubled while the list
+ * entries below would pass 2^31), C = ceil(max_seqlen_q/R) chunks and N = C*batch*hq*n lists,
+ * it is about: the forward's workspace when selection is 0 or conv_width > 0
+ * (mobagen_fwd_workspace_size: routing and k' run again there) + 4*total_q*hq (D') + 12N (list
+ * counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries) + dq accumulators:
+ * 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic: one partial row
+ * per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when conv_width > 0 or C > 1,
+ * and as much again for dv when C > 1 + the conv weights' partial sums
  * (batch*ceil(max_seqlen_k/256)*hkv*conv_width*head_dim*4). */
 MOBAGEN_API mobagen_status mobagen_bwd_workspace_size(mobagen_op *op, const mobagen_bwd_args *args,
                                                       size_t *bytes);

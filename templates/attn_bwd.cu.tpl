@@ -11,10 +11,10 @@
 %! knobs = { tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
-%! -- row data (entry, LSE, D', causal position)
+%! -- row data (entry, LSE, D', causal position) and the least causal position of each half
 %! function bwd_smem(spec, p, stages)
 %!   local d = spec.head_dim
-%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * 64 * 16
+%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 16 + 8)
 %! end
 %! function bwd_stages(spec, arch, p)
 %!   if bwd_smem(spec, p, 2) <= arch.max_smem then return 2 end
@@ -228,6 +228,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     float *dlt_s = lse_s + ST * 64;             // [ST][64]
     int *ent_s = reinterpret_cast<int *>(dlt_s + ST * 64);       // [ST][64], -1: no row
     int *tq_s = ent_s + ST * 64;                // [ST][64], causal position of the row
+    int *tqmin_s = tq_s + ST * 64;              // [ST][2], least position of rows 0-31, 32-63
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int b = blockIdx.z, kvh = blockIdx.y / BWD_NDP, d0 = (blockIdx.y % BWD_NDP) * DP;
@@ -301,6 +302,10 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             lse_s[buf * 64 + r] = l2;
             dlt_s[buf * 64 + r] = dl;
             tq_s[buf * 64 + r] = tq;
+            // whole warps run this loop (64 rows, NTH a multiple of 32); rows past the tile are
+            // all-masked already (P = 0) and do not count
+            const int least = __reduce_min_sync(0xffffffffu, r < n_rows ? tq : 0x7fffffff);
+            if (lane == 0) tqmin_s[buf * 2 + r / 32] = least;
         }
     };
 
@@ -364,21 +369,40 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     }
                 }
                 // P and dS; keys past the block or the sequence, and (causal) after the row, are 0.
+                // Only a tile that reaches past the keys or (causal) past some row's position
+                // needs the mask: the diagonal block's.
                 const int key_lo = key0 + warp * 16 + lane / 4;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), key = key_lo + (e >> 1) * 8;
 % if spec.causal then
-                        const bool ok = key < key_end && key <= tq_b[qc];
+                const bool need_mask = key0 + KT > key_end || tqmin_s[buf * 2 + qh] < key0 + KT - 1;
 % else
-                        const bool ok = key < key_end;
+                const bool need_mask = key0 + KT > key_end;
 % end
-                        const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_b[qc]) : 0.f;
-                        s[nt][e] = pr;
-                        dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
-                    }
+                if (need_mask) {
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), key = key_lo + (e >> 1) * 8;
+% if spec.causal then
+                            const bool ok = key < key_end && key <= tq_b[qc];
+% else
+                            const bool ok = key < key_end;
+% end
+                            const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_b[qc]) : 0.f;
+                            s[nt][e] = pr;
+                            dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
+                        }
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1);
+                            const float pr = exp2f(s[nt][e] * scale_log2 - lse_b[qc]);
+                            s[nt][e] = pr;
+                            dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
+                        }
+                }
                 // dV += P^T dO and dK' += dS^T Q: the score accumulators become A fragments.
 #pragma unroll
                 for (int kk = 0; kk < NT / 2; kk++) {

@@ -762,7 +762,7 @@ static void test_cli_bundle_reproducible(void **state)
     tu_write_file(work, "small.yaml",
                   "name: small\nhead_dim: 64\nblock_size: 64\ntop_k: 4\ntuning:\n"
                   "  kconv_centroid: { threads: 128 }\n  route: { block_m: 64, impl: 1 }\n"
-                  "  attn_fwd: { impl: 1, warps: 4 }\n", spec, sizeof spec);
+                  "  attn_fwd: { impl: 1, warps: 4 }\n  attn_bwd: { tile_n: 64 }\n", spec, sizeof spec);
     snprintf(f1, sizeof f1, "%s/one.mgb", work);
     snprintf(f2, sizeof f2, "%s/two.mgb", work);
     snprintf(cache, sizeof cache, "MOBAGEN_CACHE_DIR=%s/bundle-cache", work);
@@ -778,7 +778,7 @@ static void test_cli_bundle_reproducible(void **state)
         skip();
     }
     if (rc != 0) fail_msg("mobagen bundle exited %d: %s", rc, err);
-    assert_non_null(strstr(out, "1 specs, 3 kernels for sm_80"));
+    assert_non_null(strstr(out, "1 specs, 4 kernels for sm_80"));   /* the backward's too */
     free(out);
     free(err);
     assert_int_equal(tu_run(argv2, env, &out, &err), 0);
@@ -793,7 +793,7 @@ static void test_cli_bundle_reproducible(void **state)
     mg_bundle *bundle;
     mg_diag d;
     assert_int_equal(mg_bundle_open(f1, &bundle, &d), MG_OK);
-    assert_int_equal(bundle->n_kernels, 3);
+    assert_int_equal(bundle->n_kernels, 4);
     assert_non_null(strstr(bundle->kernels[0].entry, "kernel.main="));
     mg_bundle_close(bundle);
 }

@@ -212,7 +212,8 @@ static void run_case(const bwd_case *c, uint64_t seed)
     const int nv = mobagen_op_variant_count(op, "attn_bwd");
     assert_true(nv > 0);
     const int n_runs = c->long_case ? 1 : nv + 2;
-    const double tol = c->dtype == MG_BF16 ? 2e-2 : 4e-3;
+    /* The forward test's tolerances: the outputs' own rounding (bf16 about 2.4e-3, fp16 3e-4 seen). */
+    const double tol = c->dtype == MG_BF16 ? 1e-2 : 2e-3;
     for (int run = 0; run < n_runs; run++) {
         const int det = c->long_case || run >= nv, variant = det ? (int)(seed % (uint64_t)nv) : run;
         assert_int_equal(mobagen_op_select(op, "attn_bwd", variant), MG_OK);
