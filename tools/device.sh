@@ -145,6 +145,22 @@ if want python; then
     save
 fi
 
+# Mode train: forward + backward through the PyTorch binding against SDPA flash and cuDNN, on
+# the same tensors in one process (bench/bench_train.py; TRAIN_ARGS="--lengths 8192,32768 ..."
+# narrows it); bench/report_train.py turns its CSV into the RESULTS.md table. No tuning
+# database: the default choice is timed, as in mode bench.
+if want train; then
+    start=$(date +%s)
+    MOBAGEN_LIBRARY="$root/build/libmobagen.so" MOBAGEN_TUNING_DB=/nonexistent/none.db \
+        timeout "$limit" python3 bench/bench_train.py --csv "$RESULTS/bench_train.csv" ${TRAIN_ARGS:-} \
+        > "$OUT/bench_train.log" 2>&1 || note "bench_train FAILED (exit $?)"
+    note "bench_train: $(elapsed "$start")"
+    grep -E '^  |failed' "$OUT/bench_train.log" >> "$summary"
+    # The CSV goes straight to the results (row by row), so a call cut short keeps its rows.
+    [ -f "$RESULTS/bench_train.csv" ] && python3 bench/report_train.py "$RESULTS/bench_train.csv" >> "$summary" 2>&1
+    save
+fi
+
 # Deployment: tune the default spec, bundle it with its records, then bench from the bundle
 # with NVRTC made unavailable (docs/tuning.md, docs/bundles.md).
 if want deploy; then

@@ -90,6 +90,30 @@ class FwdArgs(ctypes.Structure):
     ]
 
 
+class BwdArgs(ctypes.Structure):
+    """struct mobagen_bwd_args: the forward call's arguments (fwd.out and fwd.lse hold its o and
+    LSE), the upstream gradients and the gradient outputs."""
+    _fields_ = [
+        ("fwd", FwdArgs),
+        ("dout", devptr),
+        ("dout_row_stride", ctypes.c_longlong),
+        ("dout_head_stride", ctypes.c_longlong),
+        ("dlse", devptr),
+        ("selection", devptr),
+        ("dq", devptr),
+        ("dk", devptr),
+        ("dv", devptr),
+        ("dq_row_stride", ctypes.c_longlong),
+        ("dq_head_stride", ctypes.c_longlong),
+        ("dk_row_stride", ctypes.c_longlong),
+        ("dk_head_stride", ctypes.c_longlong),
+        ("dv_row_stride", ctypes.c_longlong),
+        ("dv_head_stride", ctypes.c_longlong),
+        ("dconv_weight", devptr),
+        ("deterministic", ctypes.c_int),
+    ]
+
+
 class CtxOptions(ctypes.Structure):
     """struct mobagen_ctx_options (zero fields take their defaults)"""
     _fields_ = [
@@ -118,6 +142,12 @@ _PROTOTYPES = {
     "mobagen_fwd_workspace_size": (ctypes.c_int, [_P, ctypes.POINTER(FwdArgs), ctypes.POINTER(ctypes.c_size_t)]),
     "mobagen_fwd": (ctypes.c_int, [_P, ctypes.POINTER(FwdArgs), devptr, ctypes.c_size_t, ctypes.c_void_p]),
     "mobagen_fwd_selection": (devptr, [_P, ctypes.POINTER(FwdArgs), devptr]),
+}
+# The backward: bound when the library has it (None otherwise), so that a forward-only library
+# still serves inference; a backward call on one says what is missing.
+_OPTIONAL_PROTOTYPES = {
+    "mobagen_bwd_workspace_size": (ctypes.c_int, [_P, ctypes.POINTER(BwdArgs), ctypes.POINTER(ctypes.c_size_t)]),
+    "mobagen_bwd": (ctypes.c_int, [_P, ctypes.POINTER(BwdArgs), devptr, ctypes.c_size_t, ctypes.c_void_p]),
 }
 
 LIBRARY_ENV = "MOBAGEN_LIBRARY"
@@ -189,6 +219,11 @@ class Library:
             fn = getattr(cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
             setattr(self, name[len("mobagen_"):], fn)
+        for name, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
+            fn = getattr(cdll, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = restype, argtypes
+            setattr(self, name[len("mobagen_"):], fn)
         self.version_text = self.version().decode(errors="replace")
         try:
             major, minor, _ = parse_version(self.version_text)
@@ -198,6 +233,18 @@ class Library:
             raise LibraryNotFoundError(
                 "%s is version %s; this package needs %d.x with x >= %d (C API %d.%d)"
                 % (path, self.version_text, API_MAJOR, API_MINOR, API_MAJOR, API_MINOR))
+
+    @property
+    def has_backward(self):
+        return self.bwd is not None and self.bwd_workspace_size is not None
+
+    def require_backward(self):
+        """Raises NotImplementedError naming this library when it has no mobagen_bwd."""
+        if not self.has_backward:
+            raise NotImplementedError(
+                "%s (version %s) has no MoBA backward (mobagen_bwd, mobagen_bwd_workspace_size): "
+                "it is a forward-only build. Build a newer libmobagen (`make build/libmobagen.so`) "
+                "to train; for inference run under torch.no_grad()." % (self.path, self.version_text))
 
     def status_text(self, status):
         name = self.status_name(status)

@@ -21,9 +21,3 @@ class ArgumentError(ValueError):
 class LibraryArgumentError(MobagenError, ArgumentError):
     """The library refused an argument (MOBAGEN_E_ARG): both a MobagenError and a ValueError."""
 
-
-BACKWARD_UNAVAILABLE = (
-    "mobagen: the MoBA backward is not available in this version (forward only). For inference, "
-    "call it under torch.no_grad() or torch.inference_mode(), or pass tensors that do not require "
-    "grad (.detach()); mobagen.reference.moba_attn_varlen_reference gives gradients through a "
-    "plain PyTorch implementation for small problems.")

@@ -126,7 +126,8 @@ def moba_attn_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size, 
     block indices, -1 padded, e.g. the GPU's), replaces routing: the attention then runs over
     those blocks, which separates routing near-ties from attention errors in tests.
     kprime_dtype (e.g. q.dtype) rounds k' to that dtype when there is a key convolution, as the
-    kernels store it, before routing and attention. out and lse are differentiable in q, k, v
+    kernels store it, before routing and attention (its gradient passes straight through the
+    rounding). out and lse are differentiable in q, k, v
     and conv_weight."""
     cu_q = [int(x) for x in cu_seqlens_q.tolist()]
     cu_k = [int(x) for x in cu_seqlens_k.tolist()]
@@ -139,7 +140,9 @@ def moba_attn_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size, 
         qs, ks, vs = qf[cu_q[b]:cu_q[b + 1]], kf[cu_k[b]:cu_k[b + 1]], vf[cu_k[b]:cu_k[b + 1]]
         kprime = key_conv(ks, wf)
         if wf is not None and kprime_dtype is not None:
-            kprime = kprime.to(kprime_dtype).to(dtype)
+            # The rounded values, with the exact gradient: a cast's backward would round the
+            # gradient through k' as well, which the kernels do not do.
+            kprime = kprime + (kprime.to(kprime_dtype).to(dtype) - kprime).detach()
         n = -(-ks.shape[0] // block_size)
         if selection is None:
             with torch.no_grad():

@@ -39,24 +39,44 @@ def effective_strides(info):
     return row, head
 
 
-def _check_layout(name, info):
+def layout_problem(name, info):
+    """Why the library cannot read a [rows, heads, head_dim] tensor as it is laid out (a
+    message), or None when it can."""
     shape = _shape(info)
     if shape[0] * shape[1] * shape[2] == 0:
-        return
+        return None
     if int(info.stride[2]) != 1:
-        raise ArgumentError("%s must be contiguous in its last dim (stride 1), got strides %s"
-                            % (name, tuple(info.stride)))
+        return ("%s must be contiguous in its last dim (stride 1), got strides %s"
+                % (name, tuple(info.stride)))
     row, head = effective_strides(info)
     for what, value in (("row", row), ("head", head)):
         if value % STRIDE_MULTIPLE or value < shape[2]:
-            raise ArgumentError(
-                "%s's %s stride must be a multiple of %d elements and >= head_dim %d, got %d "
-                "(strides %s); .contiguous() gives a packed copy"
-                % (name, what, STRIDE_MULTIPLE, shape[2], value, tuple(info.stride)))
+            return ("%s's %s stride must be a multiple of %d elements and >= head_dim %d, got %d "
+                    "(strides %s); .contiguous() gives a packed copy"
+                    % (name, what, STRIDE_MULTIPLE, shape[2], value, tuple(info.stride)))
     if info.data_ptr % ALIGN_BYTES:
-        raise ArgumentError("%s's data must be %d-byte aligned, got address 0x%x (a view at an odd "
-                            "offset?); .contiguous() gives an aligned copy"
-                            % (name, ALIGN_BYTES, info.data_ptr))
+        return ("%s's data must be %d-byte aligned, got address 0x%x (a view at an odd "
+                "offset?); .contiguous() gives an aligned copy" % (name, ALIGN_BYTES, info.data_ptr))
+    return None
+
+
+def _check_layout(name, info):
+    problem = layout_problem(name, info)
+    if problem:
+        raise ArgumentError(problem)
+
+
+def is_contiguous(info):
+    """Row-major packed (dims of size <= 1 may have any stride), or empty."""
+    shape = _shape(info)
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(tuple(info.stride))):
+        if n == 0:
+            return True
+        if n > 1 and int(s) != expected:
+            return False
+        expected *= n
+    return True
 
 
 def _check_cu_seqlens(name, info, entries=None):
@@ -146,3 +166,33 @@ def validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
     return Problem(spec, batch, hq, hkv, head_dim, total_q, total_k, max_seqlen_q, max_seqlen_k,
                    scale, str(device))
+
+
+def validate_backward(problem, out, lse, dout, dlse=None, selection=None):
+    """Checks the backward's other tensors (TensorInfo; dlse and selection may be None) against
+    the forward's Problem: out and dout [total_q, hq, head_dim] of q's dtype, lse and dlse
+    [total_q, hq] float32, selection [total_q, hq, top_k] int32 (or with no rows: none), all on
+    q's device. Shapes, dtypes and devices are errors; layouts are not: returns the names of
+    the tensors the library cannot read as they are laid out (a gradient may come expanded or
+    transposed), which the binding then passes as contiguous copies."""
+    p = problem
+    rows = (p.total_q, p.hq, p.head_dim)
+    wanted = [("out", out, rows, p.spec.dtype), ("dout", dout, rows, p.spec.dtype),
+              ("lse", lse, rows[:2], "float32")]
+    if dlse is not None:
+        wanted.append(("dlse", dlse, rows[:2], "float32"))
+    if selection is not None and _shape(selection)[:1] != (0,):
+        wanted.append(("selection", selection, rows[:2] + (p.spec.top_k,), "int32"))
+    copies = []
+    for name, info, shape, dtype in wanted:
+        if _shape(info) != shape:
+            raise ArgumentError("%s must have shape %s (from q and top_k), got %s"
+                                % (name, list(shape), _shape(info)))
+        if info.dtype != dtype:
+            raise ArgumentError("%s must be %s, got %s" % (name, dtype, info.dtype))
+        _check_device(name, info, p.device)
+        usable = layout_problem(name, info) is None if len(shape) == 3 and name != "selection" \
+            else is_contiguous(info)
+        if not usable:
+            copies.append(name)
+    return copies

@@ -22,12 +22,23 @@ CONSTANTS = ["MOBAGEN_VERSION_MAJOR", "MOBAGEN_VERSION_MINOR", "MOBAGEN_BF16", "
     list(_capi.STATUS_NAMES)
 
 
-def _header_has_api():
+def _header_text():
     try:
         with open(HEADER) as f:
-            return "mobagen_spec_params" in f.read()
+            return f.read()
     except OSError:
-        return False
+        return ""
+
+
+def _header_has_api():
+    return "mobagen_spec_params" in _header_text()
+
+
+# The backward's declarations are checked once the header has them (C API with mobagen_bwd);
+# before that this package binds them as optional and the check says it was skipped.
+HEADER_HAS_BWD = "mobagen_bwd_args" in _header_text()
+if HEADER_HAS_BWD:
+    STRUCTS["mobagen_bwd_args"] = _capi.BwdArgs
 
 
 @support.needs_cc
@@ -74,6 +85,15 @@ class HeaderLayout(unittest.TestCase):
         for name in list(_capi._PROTOTYPES) + list(_capi_decode._PROTOTYPES):
             self.assertIn(name + "(", text.replace(" (", "("), name)
 
+    @unittest.skipUnless(HEADER_HAS_BWD, "runtime/mobagen.h has no mobagen_bwd_args yet (backward C API)")
+    def test_backward_declarations(self):
+        text = _header_text().replace(" (", "(")
+        for name in _capi._OPTIONAL_PROTOTYPES:
+            self.assertIn(name + "(", text, name)
+        self.assertEqual(ctypes.sizeof(_capi.BwdArgs), self.seen["mobagen_bwd_args sizeof"])
+        self.assertEqual(_capi.BwdArgs.fwd.offset, 0)
+        self.assertEqual(_capi.BwdArgs.fwd.size, ctypes.sizeof(_capi.FwdArgs))
+
 
 class SearchOrder(unittest.TestCase):
     def test_explicit_path_is_the_only_candidate(self):
@@ -118,10 +138,11 @@ class SearchOrder(unittest.TestCase):
                 _capi.parse_version(bad)
 
 
-def _fake_library(version, skip=()):
+def _fake_library(version, skip=(), backward=True):
     """A shared library that exports _capi's functions with a given mobagen_version()."""
     lines = ['const char *mobagen_version(void) { return "%s"; }' % version]
-    for name in _capi._PROTOTYPES:
+    names = list(_capi._PROTOTYPES) + (list(_capi._OPTIONAL_PROTOTYPES) if backward else [])
+    for name in names:
         if name != "mobagen_version" and name not in skip:
             lines.append("void %s(void) {}" % name)
     return support.compile_c("\n".join(lines), shared=True)
@@ -150,6 +171,20 @@ class VersionCheck(unittest.TestCase):
         with self.assertRaises(LibraryNotFoundError) as cm:
             _capi.load_library(path)
         self.assertIn("lacks mobagen_fwd_selection", str(cm.exception))
+
+    def test_forward_only_library_loads_and_refuses_the_backward(self):
+        version = "%d.%d.0" % (_capi.API_MAJOR, _capi.API_MINOR)
+        lib = _capi.load_library(_fake_library(version, backward=False))
+        self.assertFalse(lib.has_backward)
+        self.assertIsNone(lib.bwd)
+        with self.assertRaises(NotImplementedError) as cm:
+            lib.require_backward()
+        self.assertIn("has no MoBA backward (mobagen_bwd", str(cm.exception))
+        self.assertIn(lib.path, str(cm.exception))
+        full = _capi.load_library(_fake_library(version))
+        self.assertTrue(full.has_backward)
+        full.require_backward()
+        self.assertEqual(full.bwd.argtypes[1], ctypes.POINTER(_capi.BwdArgs))
 
     def test_matching_version_loads(self):
         lib = _capi.load_library(_fake_library("%d.%d.7" % (_capi.API_MAJOR, _capi.API_MINOR + 3)))

@@ -4,6 +4,7 @@ import ctypes
 import math
 import os
 import unittest
+from unittest import mock
 
 import support
 from support import torch
@@ -190,6 +191,29 @@ class Gradients(unittest.TestCase):
             finite = torch.isfinite(r.lse)
             return r.out, torch.where(finite, r.lse, torch.zeros_like(r.lse))
         self.assertTrue(torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True))
+
+    def test_rounded_kprime_passes_the_exact_gradient(self):
+        """kprime_dtype rounds k' (the values the kernels see) but not the gradient through it:
+        the gradients equal those of the same forward with the rounding added as a constant."""
+        from mobagen.reference import key_conv
+        g = torch.Generator().manual_seed(5)
+        q, k, v, w, cu_q, cu_k = random_case(([12], [12], 2, 1, 8, 4, 2, True, 2), g)
+        rounding = (key_conv(k, w).to(torch.bfloat16).double() - key_conv(k, w))
+        self.assertGreater(float(rounding.abs().max()), 0)
+        upstream = torch.randn(12, 2, 8, generator=g, dtype=torch.float64)
+
+        def grads(kprime_dtype, offset):
+            import mobagen.reference as reference
+            kk, ww = k.clone().requires_grad_(), w.clone().requires_grad_()
+            conv = reference.key_conv
+            shifted = conv if offset is None else (lambda k_, w_: conv(k_, w_) + offset)
+            with mock.patch.object(reference, "key_conv", shifted):
+                r = moba_attn_varlen_reference(q, kk, v, cu_q, cu_k, 4, 2, True, ww, kprime_dtype=kprime_dtype)
+            (r.out * upstream).sum().backward()
+            return kk.grad, ww.grad
+        got, want = grads(torch.bfloat16, None), grads(None, rounding)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,30 @@ class Marshalling(unittest.TestCase):
         self.assertEqual((a.k, a.v, a.conv_weight, a.k_row_stride, a.k_head_stride), (0, 0, 0, 0, 0))
         self.assertAlmostEqual(a.softmax_scale, 0.125)
 
+    def test_backward_arguments(self):
+        q, k, v, cu_q, cu_k = tensors(hkv=1)
+        w = torch.zeros(1, 3, 64, dtype=torch.bfloat16)
+        p = self.problem(q, k, v, cu_q, cu_k, w)
+        out, lse = torch.empty_like(q), torch.empty(10, 4)
+        fused = torch.zeros(10, 2, 4, 64, dtype=torch.bfloat16)
+        dout, dlse, sel = fused[:, 0], torch.zeros(10, 4), torch.zeros(10, 4, 2, dtype=torch.int32)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dw = torch.empty(1, 3, 64)
+        fwd = _runtime._fwd_args(p, q, k, v, out, lse, cu_q, cu_k, w)
+        a = _runtime._bwd_args(p, fwd, dout, dlse, sel, dq, dk, dv, dw, True)
+        self.assertEqual((a.fwd.q, a.fwd.out, a.fwd.lse, a.fwd.conv_weight),
+                         (q.data_ptr(), out.data_ptr(), lse.data_ptr(), w.data_ptr()))
+        self.assertEqual((a.dout, a.dout_row_stride, a.dout_head_stride), (dout.data_ptr(), 2 * 4 * 64, 64))
+        self.assertEqual((a.dlse, a.selection, a.dconv_weight, a.deterministic),
+                         (dlse.data_ptr(), sel.data_ptr(), dw.data_ptr(), 1))
+        self.assertEqual((a.dq, a.dk, a.dv), (dq.data_ptr(), dk.data_ptr(), dv.data_ptr()))
+        self.assertEqual((a.dq_row_stride, a.dq_head_stride, a.dk_row_stride, a.dk_head_stride),
+                         (256, 64, 64, 0))
+        none = _runtime._bwd_args(p, fwd, dout, None, torch.empty(0, 4, 2, dtype=torch.int32), dq,
+                                  torch.empty(0, 1, 64), torch.empty(0, 1, 64), None, False)
+        self.assertEqual((none.dlse, none.selection, none.dk, none.dv, none.dconv_weight, none.deterministic),
+                         (0, 0, 0, 0, 0, 0))
+
     def test_context_failure_is_reported_and_not_cached(self):
         saved = os.environ.get("MOBAGEN_LIBCUDA")
         os.environ["MOBAGEN_LIBCUDA"] = "/nonexistent/mobagen-pytest/libcuda.so.1"
@@ -123,30 +147,170 @@ class Marshalling(unittest.TestCase):
                 os.environ["MOBAGEN_LIBCUDA"] = saved
 
 
-@support.needs_torch
-class Backward(unittest.TestCase):
-    def test_grad_required_is_refused_with_the_way_out(self):
-        q, k, v, cu_q, cu_k = tensors()
-        q.requires_grad_()
-        with self.assertRaises(NotImplementedError) as cm:
-            mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2)
-        self.assertIn("backward is not available", str(cm.exception))
-        self.assertIn("torch.no_grad()", str(cm.exception))
-        # Under no_grad the same call goes on to the checks (and stops at the CPU device).
-        with torch.no_grad(), self.assertRaises(ArgumentError):
-            mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2)
-        weight = torch.zeros(2, 3, 64, dtype=torch.bfloat16, requires_grad=True)
-        with self.assertRaises(NotImplementedError):
-            mt.moba_attn_varlen(q.detach(), k, v, cu_q, cu_k, 6, 7, 16, 2, conv_weight=weight)
+def meta(**kw):
+    return tuple(t.to("meta") for t in tensors(**kw))
 
-    def test_direct_op_backward_raises(self):
-        q, k, v, cu_q, cu_k = (t.to("meta") for t in tensors())
-        q.requires_grad_()
-        out, lse, _ = torch.ops.mobagen.moba_attn_varlen_fwd(q, k, v, cu_q, cu_k, None, 6, 7, 16, 2,
-                                                             True, None, False)
-        with self.assertRaises(NotImplementedError) as cm:
+
+class RecordingBackward:
+    """Replaces the backward op that the autograd rule calls with a recorder that runs its fake
+    implementation (the meta tensors' kernel), so that a test sees what reached it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        names = ("dout", "q", "k", "v", "out", "lse", "dlse", "selection", "cu_seqlens_q",
+                 "cu_seqlens_k", "conv_weight", "max_seqlen_q", "max_seqlen_k", "block_size",
+                 "top_k", "causal", "softmax_scale", "deterministic")
+        self.calls.append(dict(zip(names, args)))
+        return self.real(*args)
+
+    def __enter__(self):
+        self.real = mt._ops.moba_attn_varlen_bwd
+        mt._ops.moba_attn_varlen_bwd = self
+        return self
+
+    def __exit__(self, *exc):
+        mt._ops.moba_attn_varlen_bwd = self.real
+
+
+@support.needs_torch
+class Autograd(unittest.TestCase):
+    """The forward's autograd rule on meta tensors: what it saves, what it passes to the
+    backward op, and the gradients' shapes and dtypes."""
+
+    def test_gradients_of_every_input(self):
+        q, k, v, cu_q, cu_k = meta()
+        weight = torch.empty(2, 3, 64, device="meta", requires_grad=True)   # fp32, cast per call
+        for t in (q, k, v):
+            t.requires_grad_()
+        with RecordingBackward() as rec:
+            out = mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2, conv_weight=weight.to(q.dtype),
+                                      softmax_scale=0.3, deterministic=True)
             out.sum().backward()
-        self.assertIn("backward is not available", str(cm.exception))
+        for t, like in ((q.grad, q), (k.grad, k), (v.grad, v)):
+            self.assertEqual((t.shape, t.dtype), (like.shape, like.dtype))
+        self.assertEqual((weight.grad.shape, weight.grad.dtype), ((2, 3, 64), torch.float32))
+        (call,) = rec.calls
+        self.assertIsNone(call["dlse"], "no dlse when the LSE is not used")
+        self.assertEqual(tuple(call["selection"].shape), (10, 4, 2), "the forward's selection is kept")
+        self.assertEqual((call["max_seqlen_q"], call["max_seqlen_k"], call["block_size"], call["top_k"],
+                          call["causal"], call["softmax_scale"], call["deterministic"]),
+                         (6, 7, 16, 2, True, 0.3, True))
+        self.assertEqual(call["conv_weight"].dtype, torch.bfloat16)
+
+    def test_lse_gradient_reaches_the_backward(self):
+        q, k, v, cu_q, cu_k = meta()
+        q.requires_grad_()
+        with RecordingBackward() as rec:
+            out, lse = mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2, return_lse=True)
+            (out.sum() + lse.sum()).backward()
+            self.assertEqual(tuple(rec.calls[-1]["dlse"].shape), (10, 4))
+            self.assertFalse(rec.calls[-1]["deterministic"])
+            _, lse = mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2, return_lse=True)
+            lse.sum().backward()   # o unused: its gradient is zeros
+            self.assertEqual(tuple(rec.calls[-1]["dout"].shape), (10, 4, 64))
+        self.assertEqual(len(rec.calls), 2)
+        self.assertIsNone(k.grad)
+
+    def test_only_inputs_that_require_grad_get_one(self):
+        q, k, v, cu_q, cu_k = meta()
+        v.requires_grad_()
+        mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2).sum().backward()
+        self.assertEqual(v.grad.shape, v.shape)
+        self.assertIsNone(q.grad)
+        with torch.no_grad():   # no graph, and the selection is not kept
+            self.assertFalse(mt.moba_attn_varlen(q, k, v, cu_q, cu_k, 6, 7, 16, 2).requires_grad)
+
+    def test_direct_op_without_selection_routes_again(self):
+        q, k, v, cu_q, cu_k = meta()
+        q.requires_grad_()
+        with RecordingBackward() as rec:
+            out, _, sel = torch.ops.mobagen.moba_attn_varlen_fwd(q, k, v, cu_q, cu_k, None, 6, 7, 16, 2,
+                                                                 True, None, False)
+            self.assertEqual(sel.shape[0], 0)
+            out.sum().backward()
+        self.assertIsNone(rec.calls[0]["selection"])
+        self.assertFalse(rec.calls[0]["deterministic"])   # the op's default
+
+    def test_padded_wrapper_and_module(self):
+        q = torch.empty(2, 9, 4, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        k = torch.empty(2, 11, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        out, lse = mt.moba_attn_func(q, k, k, 16, 2, return_lse=True)
+        (out.sum() + lse.sum()).backward()
+        self.assertEqual((q.grad.shape, k.grad.shape), ((2, 9, 4, 64), (2, 11, 2, 64)))
+        layer = mt.MobaAttention(64, 4, 2, block_size=16, top_k=2, conv_width=3, device="meta",
+                                 deterministic=True)
+        with RecordingBackward() as rec:
+            layer(q.detach(), k.detach(), k.detach()).sum().backward()
+        self.assertEqual(layer.conv_weight.grad.shape, (2, 3, 64))
+        self.assertTrue(rec.calls[0]["deterministic"])
+
+    def test_empty_inputs(self):
+        for total_q, total_k in ((0, 0), (10, 0), (0, 12)):
+            q, k, v, _, _ = meta(total_q=total_q, total_k=total_k)
+            cu = torch.zeros(3, dtype=torch.int32, device="meta")
+            for t in (q, k, v):
+                t.requires_grad_()
+            mt.moba_attn_varlen(q, k, v, cu, cu, 6, 7, 16, 2).sum().backward()
+            self.assertEqual((q.grad.shape, k.grad.shape), (q.shape, k.shape))
+
+
+@support.needs_torch
+class BackwardOp(unittest.TestCase):
+    def args(self, **change):
+        q, k, v, cu_q, cu_k = meta()
+        a = dict(dout=torch.empty_like(q), q=q, k=k, v=v, out=torch.empty_like(q),
+                 lse=torch.empty(10, 4, device="meta"), dlse=None,
+                 selection=torch.empty(10, 4, 2, dtype=torch.int32, device="meta"),
+                 cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, conv_weight=None, max_seqlen_q=6,
+                 max_seqlen_k=7, block_size=16, top_k=2, causal=True, softmax_scale=None,
+                 deterministic=False)
+        a.update(change)
+        return a
+
+    def test_fake_shapes(self):
+        dq, dk, dv, dw = mt.moba_attn_varlen_bwd(**self.args())
+        self.assertEqual([t.shape for t in (dq, dk, dv, dw)], [(10, 4, 64), (12, 2, 64), (12, 2, 64), (0,)])
+        self.assertEqual({t.dtype for t in (dq, dk, dv)}, {torch.bfloat16})
+        w = torch.empty(2, 3, 64, dtype=torch.float16, device="meta")
+        q, k, v, _, _ = meta(dtype=torch.float16)
+        dq, dk, dv, dw = mt.moba_attn_varlen_bwd(**self.args(q=q, k=k, v=v, dout=torch.empty_like(q),
+                                                            out=torch.empty_like(q), conv_weight=w))
+        self.assertEqual((dq.dtype, dw.shape, dw.dtype), (torch.float16, (2, 3, 64), torch.float32))
+        self.assertTrue(all(t.is_contiguous() for t in (dq, dk, dv, dw)))
+
+    def test_fake_checks_rank_and_dtype(self):
+        q = self.args()["q"]
+        for change, message in ((dict(dout=q.half()), "dout must be torch.bfloat16, got torch.float16"),
+                                (dict(lse=torch.empty(10, 4, device="meta", dtype=torch.bfloat16)),
+                                 "lse must be torch.float32"),
+                                (dict(dlse=torch.empty(10, device="meta")), "dlse must be 2-D"),
+                                (dict(selection=torch.empty(10, 4, 2, device="meta", dtype=torch.int64)),
+                                 "selection must be torch.int32"),
+                                (dict(q=q.float()), "q must be bfloat16 or float16")):
+            with self.assertRaises(ArgumentError) as cm:
+                mt.moba_attn_varlen_bwd(**self.args(**change))
+            self.assertIn(message, str(cm.exception))
+
+    def test_cpu_tensors_are_refused_by_name(self):
+        q, k, v, cu_q, cu_k = tensors()
+        args = dict(self.args(), q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, dout=torch.zeros_like(q),
+                    out=torch.zeros_like(q), lse=torch.zeros(10, 4), selection=None)
+        with self.assertRaises(ArgumentError) as cm:
+            mt.moba_attn_varlen_bwd(**args)
+        self.assertIn("q must be on a CUDA device, got cpu", str(cm.exception))
+
+    def test_opcheck_on_meta(self):
+        q, k, v, cu_q, cu_k = meta()
+        for t in (q, k, v):
+            t.requires_grad_()
+        for selection in (False, True):
+            torch.library.opcheck(torch.ops.mobagen.moba_attn_varlen_fwd.default,
+                                  (q, k, v, cu_q, cu_k, None, 6, 7, 16, 2, True, None, selection, True))
+        a = self.args(dlse=torch.empty(10, 4, device="meta"),
+                      conv_weight=torch.empty(2, 3, 64, dtype=torch.bfloat16, device="meta"))
+        torch.library.opcheck(torch.ops.mobagen.moba_attn_varlen_bwd.default, tuple(a.values()))
 
 
 @support.needs_torch
@@ -222,8 +386,10 @@ class Module(unittest.TestCase):
             with self.assertRaises(ArgumentError):
                 m(q.reshape(18, 4, 64), k.reshape(22, 2, 64), k.reshape(22, 2, 64),
                   torch.zeros(3, dtype=torch.int32, device="meta"))
-        with self.assertRaises(NotImplementedError):   # the weight requires grad
-            m(q, k, k)
+        out = m(q, k, k)   # the weight requires grad: the graph reaches it
+        self.assertTrue(out.requires_grad)
+        with self.assertRaises(ArgumentError):
+            mt.MobaAttention(64, 4, deterministic=1)
 
 
 @support.needs_torch
@@ -256,6 +422,38 @@ class Compile(unittest.TestCase):
         self.assertEqual(len(graphs), 1)
         targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
         self.assertTrue(any("moba_attn_varlen_fwd" in t for t in targets), targets)
+
+
+    def test_forward_and_backward_graphs_hold_the_ops(self):
+        """fullgraph tracing of forward + backward: one forward graph with the forward op, one
+        backward graph with the backward op (its dlse None: the LSE is not used)."""
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+        graphs = {"fw": [], "bw": []}
+
+        def keep(kind):
+            def compiler(gm, example_inputs):
+                graphs[kind].append(gm)
+                return make_boxed_func(gm.forward)
+            return compiler
+
+        layer = mt.MobaAttention(64, 4, 2, block_size=16, top_k=2, conv_width=3, device="meta")
+        torch._dynamo.reset()
+        step = torch.compile(lambda q, k, v: (layer(q, k, v) * 2).sum(), fullgraph=True,
+                             backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")))
+        q = torch.empty(2, 9, 4, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        k = torch.empty(2, 11, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        step(q, k, k).backward()
+        self.assertEqual((q.grad.shape, k.grad.shape, layer.conv_weight.grad.shape),
+                         ((2, 9, 4, 64), (2, 11, 2, 64), (2, 3, 64)))
+        self.assertEqual((len(graphs["fw"]), len(graphs["bw"])), (1, 1))
+
+        def calls(gm, name):
+            return [n for n in gm.graph.nodes if n.op == "call_function" and name in str(n.target)]
+        self.assertEqual(len(calls(graphs["fw"][0], "moba_attn_varlen_fwd")), 1)
+        (bwd,) = calls(graphs["bw"][0], "moba_attn_varlen_bwd")
+        self.assertIsNone(bwd.args[6])          # dlse
+        self.assertIsNotNone(bwd.args[7])       # the forward's selection
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import math
 import unittest
 
 from mobagen import ArgumentError, SpecParams, TensorInfo, validate_varlen
+from mobagen.validate import validate_backward
 
 
 def packed(shape, dtype="bfloat16", device="cuda:0", ptr=0x7f0000000000):
@@ -129,6 +130,66 @@ class Errors(unittest.TestCase):
                     v=TensorInfo((120, 2, 128), (256, 64, 1), "bfloat16", "cuda:0", 0x7f0000000000))
         self.expect("q's data must be 16-byte aligned, got address 0x7f0000000002",
                     q=packed((100, 8, 128), ptr=0x7f0000000002))
+
+
+
+class Backward(unittest.TestCase):
+    """validate_backward: the backward's other tensors against the forward's Problem. Wrong
+    shapes, dtypes and devices are errors; layouts the library cannot read are copies."""
+
+    def setUp(self):
+        self.p = validate_varlen(**good())   # total_q 100, hq 8, d 128, top_k 4, bf16
+
+    def tensors(self, **change):
+        t = dict(out=packed((100, 8, 128)), lse=packed((100, 8), "float32"),
+                 dout=packed((100, 8, 128)), dlse=packed((100, 8), "float32"),
+                 selection=packed((100, 8, 4), "int32"))
+        t.update(change)
+        return t
+
+    def expect(self, message, **change):
+        with self.assertRaises(ArgumentError) as cm:
+            validate_backward(self.p, **self.tensors(**change))
+        self.assertIn(message, str(cm.exception))
+
+    def test_packed_tensors_are_used_as_they_are(self):
+        self.assertEqual(validate_backward(self.p, **self.tensors()), [])
+        self.assertEqual(validate_backward(self.p, **self.tensors(dlse=None, selection=None)), [])
+        # A selection with no rows is "none" (the forward was not asked for it): not checked.
+        self.assertEqual(validate_backward(self.p, **self.tensors(selection=packed((0, 8, 4), "int32"))), [])
+
+    def test_layouts_the_library_cannot_read_become_copies(self):
+        expanded = TensorInfo((100, 8, 128), (0, 0, 0), "bfloat16", "cuda:0", 0x7f0000000000)   # ones.expand
+        transposed = TensorInfo((100, 8, 128), (1, 100, 800), "bfloat16", "cuda:0", 0x7f0000000000)
+        odd = TensorInfo((100, 8, 128), (8 * 128, 128, 1), "bfloat16", "cuda:0", 0x7f0000000002)
+        lse_t = TensorInfo((100, 8), (1, 100), "float32", "cuda:0", 0x7f0000000000)
+        sel_strided = TensorInfo((100, 8, 4), (64, 8, 1), "int32", "cuda:0", 0x7f0000000000)
+        self.assertEqual(validate_backward(self.p, **self.tensors(dout=expanded)), ["dout"])
+        self.assertEqual(validate_backward(self.p, **self.tensors(out=odd, dout=transposed)), ["out", "dout"])
+        self.assertEqual(validate_backward(self.p, **self.tensors(lse=lse_t, dlse=lse_t, selection=sel_strided)),
+                         ["lse", "dlse", "selection"])
+        # Padded rows (a fused projection) are read in place, as in the forward.
+        fused = TensorInfo((100, 8, 128), (3 * 8 * 128, 128, 1), "bfloat16", "cuda:0", 0x7f0000000000)
+        self.assertEqual(validate_backward(self.p, **self.tensors(dout=fused)), [])
+
+    def test_shapes(self):
+        self.expect("dout must have shape [100, 8, 128] (from q and top_k), got (100, 8, 64)",
+                    dout=packed((100, 8, 64)))
+        self.expect("out must have shape [100, 8, 128]", out=packed((99, 8, 128)))
+        self.expect("lse must have shape [100, 8]", lse=packed((100, 8, 1), "float32"))
+        self.expect("dlse must have shape [100, 8]", dlse=packed((8, 100), "float32"))
+        self.expect("selection must have shape [100, 8, 4]", selection=packed((100, 8, 5), "int32"))
+
+    def test_dtypes(self):
+        self.expect("dout must be bfloat16, got float16", dout=packed((100, 8, 128), "float16"))
+        self.expect("out must be bfloat16, got float32", out=packed((100, 8, 128), "float32"))
+        self.expect("lse must be float32, got bfloat16", lse=packed((100, 8)))
+        self.expect("dlse must be float32, got float16", dlse=packed((100, 8), "float16"))
+        self.expect("selection must be int32, got int64", selection=packed((100, 8, 4), "int64"))
+
+    def test_devices(self):
+        self.expect("dout is on cpu but q is on cuda:0", dout=packed((100, 8, 128), device="cpu"))
+        self.expect("dlse is on cuda:1 but q is on cuda:0", dlse=packed((100, 8), "float32", "cuda:1"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 
 from .. import _capi
 from ..errors import ArgumentError
-from ..validate import TensorInfo, validate_varlen
+from ..validate import TensorInfo, validate_backward, validate_varlen
 
 
 class DeviceRuntime:
@@ -86,6 +86,19 @@ def check_args(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, m
                            softmax_scale)
 
 
+def _ptr(t):
+    """The device address of a tensor, 0 for None or an empty one (the C API's "none")."""
+    return t.data_ptr() if t is not None and t.numel() else 0
+
+
+def _set_rows(args, name, t):
+    """args.<name> and its row and head strides (0, "packed", for dims never stepped over)."""
+    setattr(args, name, _ptr(t))
+    if t.numel():
+        setattr(args, name + "_row_stride", t.stride(0) if t.shape[0] > 1 else 0)
+        setattr(args, name + "_head_stride", t.stride(1) if t.shape[1] > 1 else 0)
+
+
 def _fwd_args(p, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, conv_weight):
     a = _capi.FwdArgs()
     a.batch, a.hq, a.hkv, a.head_dim = p.batch, p.hq, p.hkv, p.head_dim
@@ -93,16 +106,34 @@ def _fwd_args(p, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, conv_weight):
     a.max_seqlen_q, a.max_seqlen_k = p.max_seqlen_q, p.max_seqlen_k
     a.dtype = _capi.DTYPE_CODES[p.spec.dtype]
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
-        setattr(a, name, t.data_ptr() if t.numel() else 0)
-        if t.numel():
-            row, head = t.stride(0) if t.shape[0] > 1 else 0, t.stride(1) if t.shape[1] > 1 else 0
-            setattr(a, name + "_row_stride", row)
-            setattr(a, name + "_head_stride", head)
+        _set_rows(a, name, t)
     a.cu_seqlens_q, a.cu_seqlens_k = cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr()
-    a.conv_weight = conv_weight.data_ptr() if conv_weight is not None else 0
-    a.lse = lse.data_ptr() if lse.numel() else 0
+    a.conv_weight = _ptr(conv_weight)
+    a.lse = _ptr(lse)
     a.softmax_scale = p.softmax_scale
     return a
+
+
+def _device_runtime(t):
+    return runtime(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def _launch(rt, spec, args, device, workspace_size_fn, run_fn, what):
+    """Sizes the workspace of `args`, takes it from PyTorch's caching allocator and runs the op
+    of `spec` on the device's current stream: (op, workspace). Call with rt.lock held. The
+    allocator's reuse of the workspace is ordered after this launch by the stream, as for any
+    tensor freed after an op that used it."""
+    lib = rt.lib
+    op = rt.op(spec)
+    errmsg = lambda: lib.op_errmsg(op)  # noqa: E731
+    size = ctypes.c_size_t()
+    lib.check(workspace_size_fn(op, ctypes.byref(args), ctypes.byref(size)), errmsg,
+              what + "_workspace_size")
+    workspace = torch.empty(size.value, dtype=torch.uint8, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    lib.check(run_fn(op, ctypes.byref(args), _ptr(workspace), size.value, ctypes.c_void_p(stream)),
+              errmsg, what)
+    return op, workspace
 
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_seqlen_k,
@@ -115,28 +146,65 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_
     lse = torch.empty((p.total_q, p.hq), dtype=torch.float32, device=q.device)
     selection = torch.empty((p.total_q if return_selection else 0, p.hq, p.spec.top_k),
                             dtype=torch.int32, device=q.device)
-    rt = runtime(q.device.index if q.device.index is not None else torch.cuda.current_device())
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    rt = _device_runtime(q)
     args = _fwd_args(p, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, conv_weight)
     lib = rt.lib
     with rt.lock:
-        op = rt.op(p.spec)
-        errmsg = lambda: lib.op_errmsg(op)  # noqa: E731
-        size = ctypes.c_size_t()
-        lib.check(lib.fwd_workspace_size(op, ctypes.byref(args), ctypes.byref(size)), errmsg,
-                  "mobagen_fwd_workspace_size")
-        # From PyTorch's caching allocator on the current stream: reuse is ordered after this
-        # launch by the stream, as for any tensor freed after an op that used it.
-        workspace = torch.empty(size.value, dtype=torch.uint8, device=q.device)
-        ws_ptr = workspace.data_ptr() if size.value else 0
-        lib.check(lib.fwd(op, ctypes.byref(args), ws_ptr, size.value, ctypes.c_void_p(stream)),
-                  errmsg, "mobagen_fwd")
+        op, workspace = _launch(rt, p.spec, args, q.device, lib.fwd_workspace_size, lib.fwd,
+                                "mobagen_fwd")
+        ws_ptr = _ptr(workspace)
         if return_selection and p.total_q:
             at = lib.fwd_selection(op, ctypes.byref(args), ws_ptr)
             if not at:
-                lib.check(_capi.E_ARG, errmsg, "mobagen_fwd_selection")
+                lib.check(_capi.E_ARG, lambda: lib.op_errmsg(op), "mobagen_fwd_selection")
     if return_selection and p.total_q:
         offset = at - ws_ptr
         view = workspace[offset:offset + selection.numel() * 4].view(torch.int32)
         selection.copy_(view.view(selection.shape))
     return out, lse, selection
+
+
+def _bwd_args(p, fwd, dout, dlse, selection, dq, dk, dv, dconv_weight, deterministic):
+    a = _capi.BwdArgs()
+    a.fwd = fwd
+    _set_rows(a, "dout", dout)
+    for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
+        _set_rows(a, name, t)
+    a.dlse, a.selection, a.dconv_weight = _ptr(dlse), _ptr(selection), _ptr(dconv_weight)
+    a.deterministic = int(bool(deterministic))
+    return a
+
+
+def backward(dout, q, k, v, out, lse, dlse, selection, cu_seqlens_q, cu_seqlens_k, conv_weight,
+             max_seqlen_q, max_seqlen_k, block_size, top_k, causal, softmax_scale, deterministic):
+    """The MoBA backward on the current stream of q's device: (dq, dk, dv, dconv_weight), dq of
+    q's shape, dk and dv of k's (summed over each kv head's query heads), all contiguous in q's
+    dtype; dconv_weight float32 [hkv, W, d] (empty without a key convolution). dlse None: no
+    gradient through the LSE; selection None (or with no rows): routing runs again."""
+    p = check_args(q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_seqlen_k,
+                   block_size, top_k, causal, softmax_scale)
+    tensors = {"out": out, "lse": lse, "dout": dout, "dlse": dlse, "selection": selection}
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ArgumentError("%s must be a torch.Tensor, got %s" % (name, type(t).__name__))
+    info = {name: None if t is None else describe(t) for name, t in tensors.items()}
+    for name in validate_backward(p, info["out"], info["lse"], info["dout"], info["dlse"],
+                                  info["selection"]):
+        tensors[name] = tensors[name].contiguous()
+    if selection is not None and selection.shape[0] == 0:
+        tensors["selection"] = None
+    rt = _device_runtime(q)
+    rt.lib.require_backward()
+    dq = torch.empty((p.total_q, p.hq, p.head_dim), dtype=q.dtype, device=q.device)
+    dk = torch.empty((p.total_k, p.hkv, p.head_dim), dtype=q.dtype, device=q.device)
+    dv = torch.empty_like(dk)
+    width = p.spec.conv_width
+    dconv = torch.empty((p.hkv, width, p.head_dim) if width else (0,), dtype=torch.float32,
+                        device=q.device)
+    fwd = _fwd_args(p, q, k, v, tensors["out"], tensors["lse"], cu_seqlens_q, cu_seqlens_k,
+                    conv_weight)
+    args = _bwd_args(p, fwd, tensors["dout"], tensors["dlse"], tensors["selection"], dq, dk, dv,
+                     dconv, deterministic)
+    with rt.lock:
+        _launch(rt, p.spec, args, q.device, rt.lib.bwd_workspace_size, rt.lib.bwd, "mobagen_bwd")
+    return dq, dk, dv, dconv

@@ -2,13 +2,12 @@
 padded-batch wrapper ([batch, seqlen, heads, head_dim], like flash_attn_func)."""
 import torch
 
-from ..errors import BACKWARD_UNAVAILABLE, ArgumentError
+from ..errors import ArgumentError
 from ._ops import moba_attn_varlen_fwd
 
 
-def _check_no_grad(*tensors):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise NotImplementedError(BACKWARD_UNAVAILABLE)
+def _grad_needed(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _results(out, lse, selection, return_lse, return_selection):
@@ -28,21 +27,26 @@ def moba_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     that device; max_seqlen_q/k at least every sequence's length (as in FlashAttention: they
     size the launch, and the device's cu_seqlens are not read back). conv_weight
     [hkv, W, d] of q's dtype enables the key convolution k' = k + SiLU(causal depthwise conv).
-    softmax_scale defaults to 1/sqrt(d). The routing is exact and deterministic; the attention
-    adds each query's fp32 partial sums in the order its blocks finish, so two runs agree to
-    rounding, not bit for bit. The flag is accepted for FlashAttention compatibility (there, as
-    here once it exists, it governs the backward).
+    softmax_scale defaults to 1/sqrt(d). The routing is exact and deterministic; the forward's
+    attention adds each query's fp32 partial sums in the order its blocks finish, so two runs
+    agree to rounding, not bit for bit. deterministic=True makes the backward's gradients
+    bitwise identical across runs (as in FlashAttention, at some cost in speed).
+
+    Differentiable in q, k, v and conv_weight (and through lse when it is returned and used);
+    routing is a hard choice and passes no gradient. When a gradient will be needed the forward
+    keeps its selection (4 bytes per query, head and top_k slot) for the backward, which then
+    does not route again.
 
     Returns out [total_q, hq, d] (q's dtype), plus lse [total_q, hq] float32 (natural log, -inf
     for a row that sees no key) when return_lse, plus selection [total_q, hq, top_k] int32 (the
     routed block indices within each sequence, ascending, -1 padded) when return_selection.
     Runs on torch.cuda.current_stream(); works under torch.compile(fullgraph=True)."""
-    _check_no_grad(q, k, v, conv_weight)
     if not isinstance(deterministic, bool):
         raise ArgumentError("deterministic must be a bool, got %r" % (deterministic,))
+    keep_selection = return_selection or _grad_needed(q, k, v, conv_weight)
     out, lse, selection = moba_attn_varlen_fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, conv_weight, max_seqlen_q, max_seqlen_k, block_size,
-        top_k, causal, softmax_scale, return_selection)
+        top_k, causal, softmax_scale, keep_selection, deterministic)
     return _results(out, lse, selection, return_lse, return_selection)
 
 

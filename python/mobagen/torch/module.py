@@ -17,11 +17,13 @@ class MobaAttention(nn.Module):
     seqlen_k: causal positions are aligned bottom-right), or packed [total, heads, head_dim]
     tensors with cu_seqlens_q/k and max_seqlen_q/k as in moba_attn_varlen. With conv_width W > 0
     the layer owns conv_weight [num_kv_heads, W, head_dim], an nn.Parameter initialised small
-    (normal, std conv_init_std), cast to q's dtype at each call so that it may be kept in fp32."""
+    (normal, std conv_init_std), cast to q's dtype at each call so that it may be kept in fp32
+    (its gradient flows back through the cast). deterministic=True makes the backward's
+    gradients bitwise identical across runs."""
 
     def __init__(self, head_dim, num_heads, num_kv_heads=None, block_size=128, top_k=8,
                  conv_width=0, causal=True, softmax_scale=None, conv_init_std=0.02, device=None,
-                 dtype=None):
+                 dtype=None, deterministic=False):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if not isinstance(num_heads, int) or not isinstance(num_kv_heads, int) or num_kv_heads < 1 \
@@ -36,6 +38,9 @@ class MobaAttention(nn.Module):
         self.head_dim, self.num_heads, self.num_kv_heads = head_dim, num_heads, num_kv_heads
         self.block_size, self.top_k, self.conv_width = block_size, top_k, conv_width
         self.causal, self.softmax_scale = bool(causal), softmax_scale
+        if not isinstance(deterministic, bool):
+            raise ArgumentError("deterministic must be a bool, got %r" % (deterministic,))
+        self.deterministic = deterministic
         if conv_width:
             self.conv_weight = nn.Parameter(
                 torch.empty(num_kv_heads, conv_width, head_dim, device=device, dtype=dtype))
@@ -60,12 +65,13 @@ class MobaAttention(nn.Module):
         weight = None if self.conv_weight is None else self.conv_weight.to(q.dtype)
         if cu_seqlens_q is None and cu_seqlens_k is None:
             return moba_attn_func(q, k, v, self.block_size, self.top_k, self.causal, weight,
-                                  self.softmax_scale)
+                                  self.softmax_scale, self.deterministic)
         if cu_seqlens_q is None or cu_seqlens_k is None or max_seqlen_q is None or max_seqlen_k is None:
             raise ArgumentError("packed inputs need cu_seqlens_q, cu_seqlens_k, max_seqlen_q and "
                                 "max_seqlen_k together")
         return moba_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                self.block_size, self.top_k, self.causal, weight, self.softmax_scale)
+                                self.block_size, self.top_k, self.causal, weight, self.softmax_scale,
+                                self.deterministic)
 
 
 __all__ = ["MobaAttention"]
