@@ -44,6 +44,56 @@ class Decode(unittest.TestCase):
         self.assertEqual(int(cache.seq_lens[0]), L)
         cache.check()
 
+    def test_cuda_graph_replay_matches_eager(self):
+        # A decode step (append one token, decode it) captured once and replayed: the cache's
+        # lengths live on the device, so every replay appends at the next position; only the
+        # host bound max_seqlen is baked in. A second cache stepped eagerly gives the reference.
+        g = torch.Generator(device="cuda").manual_seed(11)
+        hq, hkv, d, B, k, prompt, steps = 8, 2, 128, 32, 4, 300, 6
+        total = prompt + steps + 1
+        kk = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        q = torch.randn(total, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        w = 0.5 * torch.randn(hkv, 3, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        caches = []
+        for _ in range(2):
+            c = PagedKVCache.allocate(batch=1, n_pages=32, page_size=16, max_pages=32, hkv=hkv, head_dim=d,
+                                      block_size=B, top_k=k, gqa_group=hq // hkv, conv_width=3)
+            c.page_table.copy_(torch.arange(32, dtype=torch.int32, device="cuda").view(1, 32))
+            append(c, kk[:prompt], v[:prompt], torch.tensor([0, prompt], dtype=torch.int32, device="cuda"),
+                   prompt, conv_weight=w)
+            caches.append(c)
+        graphed, eager = caches
+        one = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+        k_in, v_in, q_in = kk[prompt:prompt + 1].clone(), v[prompt:prompt + 1].clone(), q[prompt:prompt + 1].clone()
+
+        def step(cache):
+            append(cache, k_in, v_in, one, 1, conv_weight=w)
+            return decode(cache, q_in, one, max_q_len=1, max_seqlen=total)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):   # warm-up outside capture: builds and loads the decode kernels
+            step(graphed)
+        torch.cuda.current_stream().wait_stream(side)
+        step(eager)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            o_graph, l_graph = step(graphed)
+        for t in range(prompt + 1, prompt + 1 + steps):
+            k_in.copy_(kk[t:t + 1])
+            v_in.copy_(v[t:t + 1])
+            q_in.copy_(q[t:t + 1])
+            graph.replay()
+            o_ref, l_ref = step(eager)
+            torch.cuda.synchronize()
+            err = float(((o_graph - o_ref).float().norm() / o_ref.float().norm()))
+            self.assertLess(err, 1e-3, "step %d" % t)
+            self.assertLess(float((l_graph - l_ref).abs().max()), 1e-4)
+        self.assertEqual(int(graphed.seq_lens[0]), prompt + 1 + steps)
+        self.assertEqual(int(eager.seq_lens[0]), prompt + 1 + steps)
+        graphed.check()
+
     def test_bad_page_is_reported(self):
         cache = PagedKVCache.allocate(batch=1, n_pages=4, page_size=16, max_pages=4, hkv=1, head_dim=64,
                                       block_size=16, top_k=2)
