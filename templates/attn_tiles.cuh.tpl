@@ -49,14 +49,6 @@ __device__ __forceinline__ void red_add2(float *a, float x, float y)
 % end
 }
 
-% if arch.sm >= 90 then
-// Four fp32 additions into 16 aligned bytes of global memory, one reduction in L2 (sm_90).
-__device__ __forceinline__ void red_add4(float *a, float x, float y, float z, float w)
-{
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(a), "f"(x), "f"(y), "f"(z), "f"(w) : "memory");
-}
-% end
-
 // 1. Queries per list (one thread per (row, head)), and the row's reference; rows that selected
 // nothing get o = 0 and LSE = -inf here, since no tile will visit them.
 template <int ROWS>
@@ -465,25 +457,11 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
         for (int r = 0; r < 2; r++) {
             l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
             l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-% if arch.sm >= 90 then
-            // Lanes 2i and 2i + 1 trade halves so that each holds four adjacent columns: the even
-            // lane those of n-tile dt, the odd lane those of dt + 1 (half the reductions).
-            const bool odd = lane & 1;
-            float *ao = acc_o + (long long)acc_row(r) * D + (lane & 2) * 2 + (odd ? 8 : 0);
-#pragma unroll
-            for (int dt = 0; dt < DT; dt += 2) {
-                const float a0 = o[dt][2 * r], a1 = o[dt][2 * r + 1], b0 = o[dt + 1][2 * r], b1 = o[dt + 1][2 * r + 1];
-                const float g0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
-                const float g1 = __shfl_xor_sync(0xffffffffu, odd ? a1 : b1, 1);
-                if (valid[r]) red_add4(ao + dt * 8, odd ? g0 : a0, odd ? g1 : a1, odd ? b0 : g0, odd ? b1 : g1);
-            }
-% else
             if (!valid[r]) continue;
             float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
 #pragma unroll
             for (int dt = 0; dt < DT; dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
-% end
-            if (valid[r] && (lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
+            if ((lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
         }
     }
 }
