@@ -293,18 +293,24 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
             cp_async16(reinterpret_cast<uint4 *>(sm.entry[slot]) + (tid - 2),
                        reinterpret_cast<const uint4 *>(p.entries) + (long long)tile * (TILE_M / 4) + (tid - 2), true);
     };
-    // Keys (and values) of step `step` of the tile in meta slot `slot`, into buffer `buf`.
-    auto load_kv = [&](int slot, int step, int buf) {
+    // Keys (values: is_v) of step `step` of the tile in meta slot `slot`, into buffer `buf`.
+    auto load_kv = [&](int slot, int step, int buf, bool is_v) {
+        constexpr int PASS = 128 / CH;   // rows per pass of the CTA's threads
         const TileMeta &m = sm.meta[slot];
         const int blk = m.list % max_blocks, h = (m.list / (max_blocks * row_chunks)) % hq, kvh = h / MOBA_GQA;
         const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
-        const int n0 = key_begin + step * TILE_N;
-        for (int i = tid; i < TILE_N * CH; i += 128) {
-            const int r = i / CH, c = i % CH, key = n0 + r;
-            const bool ok = key < key_end;
-            const long long krow = (long long)(m.k0 + (ok ? key : key_begin));
-            cp_async16(&sm.k[buf][swizzle(r, c)], kbase + krow * k_row_stride + kvh * k_head_stride + c * 8, ok);
-            cp_async16(&sm.v[buf][swizzle(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+        const int r0 = tid / CH, c = tid % CH, n0 = key_begin + step * TILE_N;
+        // One 64-bit address per call, then a row stride per pass (rows past the keys read
+        // the block's first row, with size 0).
+        const long long stride = is_v ? p.v_row_stride : k_row_stride;
+        const elem_t *base = (is_v ? vbase : kbase) + (long long)m.k0 * stride + kvh * (is_v ? p.v_head_stride : k_head_stride) + c * 8;
+        const elem_t *first = base + (long long)key_begin * stride;
+        const elem_t *src = base + (long long)(n0 + r0) * stride;
+        uint4 *dst = is_v ? sm.v[buf] : sm.k[buf];
+#pragma unroll
+        for (int r = r0; r < TILE_N; r += PASS, src += PASS * stride) {
+            const bool ok = n0 + r < key_end;
+            cp_async16(&dst[swizzle(r, c)], ok ? src : first, ok);
         }
     };
     auto load_q = [&](int slot, int buf) {
@@ -322,16 +328,21 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
     fetch_meta(tile_of(1), 1);
     cp_async_wait_all();
     __syncthreads();
+    // Two cp.async groups per step: {K, and Q and descriptions}, then {V}; a step waits for its
+    // K group only, and for its V group after S = Q K^T and P, so V has that long to land.
     if (tile_of(0) < end_tile) {
         load_q(0, 0);
-        load_kv(0, 0, 0);
+        load_kv(0, 0, 0, false);
     }
+    cp_async_commit();
+    if (tile_of(0) < end_tile) load_kv(0, 0, 0, true);
+    cp_async_commit();
 
     int item = 0;
     for (int j = 0; tile_of(j) < end_tile; j++) {
         const int slot = j & 3;
-        cp_async_wait_all();
-        __syncthreads();   // this tile's step 0 has landed; the previous tile is done with smem
+        cp_async_wait<1>();
+        __syncthreads();   // this tile's Q and step-0 K have landed; the previous tile is done with smem
         const TileMeta m = sm.meta[slot];
         const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
         const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
@@ -354,67 +365,74 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
         float o[DT][4];
 #pragma unroll
         for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-        unsigned qa[KSTEPS][4];
 
         for (int step = 0; step < NSTEP; step++, item++) {
             if (step > 0) {
-                cp_async_wait_all();
+                cp_async_wait<1>();
                 __syncthreads();
             }
             if (step == 0) fetch_meta(tile_of(j + 2), (j + 2) & 3);
+            const bool next_tile = step + 1 == NSTEP && tile_of(j + 1) < end_tile;
             if (step + 1 < NSTEP) {
-                load_kv(slot, step + 1, (item + 1) & 1);
-            } else if (tile_of(j + 1) < end_tile) {
+                load_kv(slot, step + 1, (item + 1) & 1, false);
+            } else if (next_tile) {
                 load_q((j + 1) & 3, (j + 1) & 1);
-                load_kv((j + 1) & 3, 0, (item + 1) & 1);
+                load_kv((j + 1) & 3, 0, (item + 1) & 1, false);
             }
+            cp_async_commit();
+            if (step + 1 < NSTEP) load_kv(slot, step + 1, (item + 1) & 1, true);
+            else if (next_tile) load_kv((j + 1) & 3, 0, (item + 1) & 1, true);
+            cp_async_commit();
             const int n0 = key_begin + step * TILE_N;
-            if (!warp_busy || n0 >= key_end) continue;
+            const bool active = warp_busy && n0 < key_end;
             const uint4 *q_s = sm.q[j & 1], *k_s = sm.k[item & 1], *v_s = sm.v[item & 1];
-            if (step == 0) {
-#pragma unroll
-                for (int kk = 0; kk < KSTEPS; kk++)
-                    ldsm_x4(smem_addr(&q_s[swizzle(warp * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa[kk]);
-            }
             float s[NT][4];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            if (active) {
 #pragma unroll
-            for (int kk = 0; kk < KSTEPS; kk++) {
+                for (int kk = 0; kk < KSTEPS; kk++) {
+                    // Q's fragments from shared memory each step (the tile's Q buffer is not reused
+                    // before the tile ends): 32 registers fewer than holding them.
+                    unsigned qa[4];
+                    ldsm_x4(smem_addr(&q_s[swizzle(warp * 16 + (lane & 15), 2 * kk + (lane >> 4))]), qa);
 #pragma unroll
-                for (int nt = 0; nt < NT; nt += 2) {
-                    const int mat = lane >> 3;
-                    unsigned kb[4];
-                    ldsm_x4(smem_addr(&k_s[swizzle((nt + (mat >> 1)) * 8 + (lane & 7), 2 * kk + (mat & 1))]), kb);
-                    mma_16816(s[nt], qa[kk], kb[0], kb[1]);
-                    mma_16816(s[nt + 1], qa[kk], kb[2], kb[3]);
-                }
-            }
-            // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
-            // that reaches past some row's t or past the keys needs the mask.
-% if spec.causal then
-            const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
-% else
-            const bool need_mask = n0 + TILE_N > key_end;
-% end
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float v = s[nt][e] * scale;
-                    if (need_mask) {
-                        const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-% if spec.causal then
-                        if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
-% else
-                        if (key >= key_end) v = -INFINITY;
-% end
+                    for (int nt = 0; nt < NT; nt += 2) {
+                        const int mat = lane >> 3;
+                        unsigned kb[4];
+                        ldsm_x4(smem_addr(&k_s[swizzle((nt + (mat >> 1)) * 8 + (lane & 7), 2 * kk + (mat & 1))]), kb);
+                        mma_16816(s[nt], qa, kb[0], kb[1]);
+                        mma_16816(s[nt + 1], qa, kb[2], kb[3]);
                     }
-                    const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
-                    s[nt][e] = pr;
-                    l[e >> 1] += pr;
                 }
-            {
+                // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
+                // that reaches past some row's t or past the keys needs the mask.
+% if spec.causal then
+                const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
+% else
+                const bool need_mask = n0 + TILE_N > key_end;
+% end
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float v = s[nt][e] * scale;
+                        if (need_mask) {
+                            const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+% if spec.causal then
+                            if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
+% else
+                            if (key >= key_end) v = -INFINITY;
+% end
+                        }
+                        const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
+                        s[nt][e] = pr;
+                        l[e >> 1] += pr;
+                    }
+            }
+            cp_async_wait<2>();   // this step's V; the next step's K and V stay in flight
+            __syncthreads();
+            if (active) {
                 // O += P V: the score accumulators become the A fragments of the next product.
 #pragma unroll
                 for (int kk = 0; kk < TILE_N / 16; kk++) {
