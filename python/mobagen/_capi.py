@@ -14,7 +14,7 @@ from .errors import LibraryArgumentError, LibraryNotFoundError, MobagenError
 
 # The API this module declares: mobagen_version()'s major must equal it.
 API_MAJOR = 0
-API_MINOR = 2
+API_MINOR = 3
 
 # mobagen_status
 OK = 0
