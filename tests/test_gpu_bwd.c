@@ -37,14 +37,10 @@ static gpu_env env;
 static int have_device;
 static double worst_seen[4];   /* dq, dk, dv, dw: relative errors over every case */
 
-static uint16_t to_elem(mg_dtype t, float f) { return t == MG_BF16 ? float_to_bf16(f) : float_to_fp16(f); }
-static float from_elem(mg_dtype t, uint16_t h) { return t == MG_BF16 ? bf16_to_float(h) : fp16_to_float(h); }
 
 static int setup(void **state)
 {
-    have_device = gpu_env_open(&env) == 0;
-    if (!have_device) printf("skipped: no CUDA device (%s)\n", env.why_not);
-    else printf("device: %s (%s)\n", mobagen_ctx_device_name(env.ctx), mobagen_ctx_arch(env.ctx));
+    have_device = gpu_env_open_reported(&env);
     return 0;
 }
 
@@ -74,8 +70,8 @@ static void make_spec(const bwd_case *c, mg_spec *spec)
 static void random_elems(mg_dtype t, rng *r, size_t n, double sigma, uint16_t *e, double *x)
 {
     for (size_t i = 0; i < n; i++) {
-        e[i] = to_elem(t, (float)(sigma * rng_normal(r)));
-        x[i] = from_elem(t, e[i]);
+        e[i] = gpu_to_elem(t, (float)(sigma * rng_normal(r)));
+        x[i] = gpu_from_elem(t, e[i]);
     }
 }
 
@@ -91,8 +87,8 @@ static void random_keys(const bwd_case *c, rng *r, const int *cu_k, uint16_t *k,
                 for (int t = t0; t < t0 + c->block_size && t < cu_k[b + 1]; t++)
                     for (int i = 0; i < d; i++) {
                         size_t at = ((size_t)t * c->hkv + h) * d + i;
-                        k[at] = to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
-                        kd[at] = from_elem(c->dtype, k[at]);
+                        k[at] = gpu_to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
+                        kd[at] = gpu_from_elem(c->dtype, k[at]);
                     }
             }
     free(dir);
@@ -109,7 +105,7 @@ static double rel_error(const char *label, const char *what, const uint16_t *ge,
 {
     double e2 = 0, r2 = 0;
     for (size_t i = 0; i < n; i++) {
-        double g = ge ? from_elem(t, ge[i]) : gf[i];
+        double g = ge ? gpu_from_elem(t, ge[i]) : gf[i];
         if (isnan(g)) fail_msg("%s: %s[%zu] not written (NaN)", label, what, i);
         e2 += (g - r[i]) * (g - r[i]);
         r2 += r[i] * r[i];
@@ -184,14 +180,14 @@ static void run_case(const bwd_case *c, uint64_t seed)
 
     /* The reference differentiates what the kernels computed: the GPU's o, LSE and selection,
      * and k' rounded to the element type as the forward stores it. */
-    for (size_t i = 0; i < nq; i++) od[i] = from_elem(c->dtype, out[i]);
+    for (size_t i = 0; i < nq; i++) od[i] = gpu_from_elem(c->dtype, out[i]);
     for (size_t i = 0; i < nl; i++) lsed[i] = lse[i];
     moba_ref_cfg cfg = {.batch = c->batch, .cu_seqlens_q = cu_q, .cu_seqlens_k = cu_k, .hq = hq, .hkv = hkv,
                         .d = d, .block_size = c->block_size, .top_k = k, .causal = c->causal,
                         .conv_width = W, .scale = 1.0 / sqrt((double)d)};
     moba_ref_kconv(&cfg, kd, wd, kp);
     if (W > 0)
-        for (size_t i = 0; i < nk; i++) kp[i] = from_elem(c->dtype, to_elem(c->dtype, (float)kp[i]));
+        for (size_t i = 0; i < nk; i++) kp[i] = gpu_from_elem(c->dtype, gpu_to_elem(c->dtype, (float)kp[i]));
     double *rq = malloc(8 * nq + 8), *rkp = malloc(8 * nk + 8), *rk = malloc(8 * nk + 8), *rv = malloc(8 * nk + 8);
     double *rw = malloc(8 * nw + 8);
     moba_ref_attention_backward(&cfg, qd, kp, vd, sel, od, lsed, doutd, c->with_dlse ? dlsed : NULL, rq, rkp, rv);

@@ -52,14 +52,10 @@ static const dec_case cases[] = {
 static gpu_env env;
 static int have_device;
 
-static uint16_t to_elem(mg_dtype t, float f) { return t == MG_BF16 ? float_to_bf16(f) : float_to_fp16(f); }
-static float from_elem(mg_dtype t, uint16_t h) { return t == MG_BF16 ? bf16_to_float(h) : fp16_to_float(h); }
 
 static int setup(void **state)
 {
-    have_device = gpu_env_open(&env) == 0;
-    if (!have_device) printf("skipped: no CUDA device (%s)\n", env.why_not);
-    else printf("device: %s (%s)\n", mobagen_ctx_device_name(env.ctx), mobagen_ctx_arch(env.ctx));
+    have_device = gpu_env_open_reported(&env);
     return 0;
 }
 
@@ -150,7 +146,7 @@ static void round_ref_cache(const dec_case *c, const moba_ref_cfg *cfg, moba_ref
                 for (int t = j * c->B; t < (j + 1) * c->B && t < len; t++) {
                     double *row = (double *)moba_ref_paged_row(cfg, rc, rc->kprime_pages, b, t, h);
                     for (int i = 0; i < d; i++) {
-                        row[i] = from_elem(c->dtype, to_elem(c->dtype, (float)row[i]));
+                        row[i] = gpu_from_elem(c->dtype, gpu_to_elem(c->dtype, (float)row[i]));
                         sum[i] += row[i];
                     }
                 }
@@ -182,14 +178,14 @@ static void run_case(const dec_case *c, uint64_t seed, stats *st)
                 for (int t = t0; t < t0 + c->B && t < c->lens[b]; t++)
                     for (int i = 0; i < d; i++) {
                         size_t at = ((size_t)(cu[b] + t) * hkv + h) * d + i;
-                        k[at] = to_elem(c->dtype, (float)(dir[i] + rng_normal(&r)));
-                        kd[at] = from_elem(c->dtype, k[at]);
+                        k[at] = gpu_to_elem(c->dtype, (float)(dir[i] + rng_normal(&r)));
+                        kd[at] = gpu_from_elem(c->dtype, k[at]);
                     }
             }
-    for (size_t i = 0; i < qn; i++) qd[i] = from_elem(c->dtype, q[i] = to_elem(c->dtype, (float)rng_normal(&r)));
-    for (size_t i = 0; i < kn; i++) vd[i] = from_elem(c->dtype, v[i] = to_elem(c->dtype, (float)rng_normal(&r)));
+    for (size_t i = 0; i < qn; i++) qd[i] = gpu_from_elem(c->dtype, q[i] = gpu_to_elem(c->dtype, (float)rng_normal(&r)));
+    for (size_t i = 0; i < kn; i++) vd[i] = gpu_from_elem(c->dtype, v[i] = gpu_to_elem(c->dtype, (float)rng_normal(&r)));
     for (size_t i = 0; i < wn; i++)
-        wd[i] = from_elem(c->dtype, w[i] = to_elem(c->dtype, (float)(0.5 * rng_normal(&r))));
+        wd[i] = gpu_from_elem(c->dtype, w[i] = gpu_to_elem(c->dtype, (float)(0.5 * rng_normal(&r))));
 
     /* pages: shuffled pool, junk past each sequence's pages */
     int max_pages = (longest + ps - 1) / ps + 1, n_pages = 2;
@@ -337,7 +333,7 @@ static void run_case(const dec_case *c, uint64_t seed, stats *st)
                         st->rows++;
                         double e2 = 0, r2 = 0;
                         for (int i = 0; i < d; i++) {
-                            float g = from_elem(c->dtype, go[at * d + i]);
+                            float g = gpu_from_elem(c->dtype, go[at * d + i]);
                             if (isnan(g)) fail_msg("%s: o[%d] not written", what, i);
                             e2 += (g - ro[at * d + i]) * (g - ro[at * d + i]);
                             r2 += ro[at * d + i] * ro[at * d + i];
@@ -392,7 +388,7 @@ static void run_case(const dec_case *c, uint64_t seed, stats *st)
                 const double *want = moba_ref_paged_row(&cfg, &rc, rc.kprime_pages, b, t, h);
                 size_t at = (size_t)(want - rc.kprime_pages);
                 for (int i = 0; i < d; i++) {
-                    float g = from_elem(c->dtype, gkp[at + i]);
+                    float g = gpu_from_elem(c->dtype, gkp[at + i]);
                     /* one rounding step apart at most: fp32 on the GPU, double here */
                     if (!(fabs(g - want[i]) <= 8e-3 * (1 + fabs(want[i]))))
                         fail_msg("%s: k' of seq %d token %d head %d dim %d: %g, reference %g", c->label, b, t, h, i,
@@ -441,7 +437,7 @@ static void run_case(const dec_case *c, uint64_t seed, stats *st)
                     if (sw) continue;
                     double e2 = 0, r2 = 0;
                     for (int i = 0; i < d; i++) {
-                        double g = from_elem(c->dtype, dec_o[at * d + i]), f = from_elem(c->dtype, fo_h[at * d + i]);
+                        double g = gpu_from_elem(c->dtype, dec_o[at * d + i]), f = gpu_from_elem(c->dtype, fo_h[at * d + i]);
                         e2 += (g - f) * (g - f);
                         r2 += f * f;
                     }

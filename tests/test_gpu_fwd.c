@@ -45,14 +45,10 @@ typedef struct case_stats {
 static gpu_env env;
 static int have_device;
 
-static uint16_t to_elem(mg_dtype t, float f) { return t == MG_BF16 ? float_to_bf16(f) : float_to_fp16(f); }
-static float from_elem(mg_dtype t, uint16_t h) { return t == MG_BF16 ? bf16_to_float(h) : fp16_to_float(h); }
 
 static int setup(void **state)
 {
-    have_device = gpu_env_open(&env) == 0;
-    if (!have_device) printf("skipped: no CUDA device (%s)\n", env.why_not);
-    else printf("device: %s (%s)\n", mobagen_ctx_device_name(env.ctx), mobagen_ctx_arch(env.ctx));
+    have_device = gpu_env_open_reported(&env);
     return 0;
 }
 
@@ -82,8 +78,8 @@ static void random_inputs(const fwd_case *c, rng *r, int total_q, int total_k, c
 {
     int d = c->head_dim, hq = c->hkv * c->gqa_group;
     for (size_t i = 0; i < (size_t)total_q * hq * d; i++) {
-        q[i] = to_elem(c->dtype, (float)(rng_normal(r) * (c->q_gain > 0 ? c->q_gain : 1.0)));
-        qd[i] = from_elem(c->dtype, q[i]);
+        q[i] = gpu_to_elem(c->dtype, (float)(rng_normal(r) * (c->q_gain > 0 ? c->q_gain : 1.0)));
+        qd[i] = gpu_from_elem(c->dtype, q[i]);
     }
     double *dir = malloc(sizeof(double) * (size_t)d);
     for (int b = 0; b < c->batch; b++)
@@ -97,18 +93,18 @@ static void random_inputs(const fwd_case *c, rng *r, int total_q, int total_k, c
                     for (int i = 0; i < d; i++) {
                         size_t at = ((size_t)t * c->hkv + h) * d + i;
                         if (src0 >= 0) k[at] = k[((size_t)(src0 + t - t0) * c->hkv + h) * d + i];
-                        else k[at] = to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
-                        kd[at] = from_elem(c->dtype, k[at]);
+                        else k[at] = gpu_to_elem(c->dtype, (float)(dir[i] + rng_normal(r)));
+                        kd[at] = gpu_from_elem(c->dtype, k[at]);
                     }
             }
     free(dir);
     for (size_t i = 0; i < (size_t)total_k * c->hkv * d; i++) {
-        v[i] = to_elem(c->dtype, (float)rng_normal(r));
-        vd[i] = from_elem(c->dtype, v[i]);
+        v[i] = gpu_to_elem(c->dtype, (float)rng_normal(r));
+        vd[i] = gpu_from_elem(c->dtype, v[i]);
     }
     for (size_t i = 0; i < (size_t)c->hkv * c->conv_width * d; i++) {
-        w[i] = to_elem(c->dtype, (float)(0.5 * rng_normal(r)));
-        wd[i] = from_elem(c->dtype, w[i]);
+        w[i] = gpu_to_elem(c->dtype, (float)(0.5 * rng_normal(r)));
+        wd[i] = gpu_from_elem(c->dtype, w[i]);
     }
 }
 
@@ -190,7 +186,7 @@ static void run_case(const fwd_case *c, uint64_t seed, long long chunk_rows, cas
     double *kp = malloc(8 * nk + 8);
     moba_ref_kconv(&cfg, kd, wd, kp);
     if (c->conv_width > 0)
-        for (size_t i = 0; i < nk; i++) kp[i] = from_elem(c->dtype, to_elem(c->dtype, (float)kp[i]));
+        for (size_t i = 0; i < nk; i++) kp[i] = gpu_from_elem(c->dtype, gpu_to_elem(c->dtype, (float)kp[i]));
     int max_blocks = moba_ref_max_blocks(&cfg);
     size_t ncent = (size_t)c->batch * (max_blocks ? max_blocks : 1) * hkv * d;
     double *cent = calloc(ncent, 8);
@@ -298,7 +294,7 @@ static void run_case(const fwd_case *c, uint64_t seed, long long chunk_rows, cas
                 size_t base = ((size_t)row * hq + h) * d;
                 size_t gbase = (size_t)row * (size_t)out_row + (size_t)h * d;
                 for (int i = 0; i < d; i++) {
-                    float g = from_elem(c->dtype, out[gbase + i]);
+                    float g = gpu_from_elem(c->dtype, out[gbase + i]);
                     if (isnan(g)) fail_msg("%s: out[%d][%d][%d] not written (NaN)", label, row, h, i);
                     err2 += (g - o_ref[base + i]) * (g - o_ref[base + i]);
                     ref2 += o_ref[base + i] * o_ref[base + i];

@@ -133,3 +133,21 @@ float fp16_to_float(uint16_t h)
         v = ldexp(1024 + frac, exp - 25);
     return (float)(sign ? -v : v);
 }
+
+uint16_t gpu_to_elem(mobagen_dtype t, float f)
+{
+    return t == MOBAGEN_BF16 ? float_to_bf16(f) : float_to_fp16(f);
+}
+
+float gpu_from_elem(mobagen_dtype t, uint16_t h)
+{
+    return t == MOBAGEN_BF16 ? bf16_to_float(h) : fp16_to_float(h);
+}
+
+int gpu_env_open_reported(gpu_env *env)
+{
+    int have = gpu_env_open(env) == 0;
+    if (!have) printf("skipped: no CUDA device (%s)\n", env->why_not);
+    else printf("device: %s (%s)\n", mobagen_ctx_device_name(env->ctx), mobagen_ctx_arch(env->ctx));
+    return have;
+}

@@ -34,5 +34,12 @@ uint16_t float_to_bf16(float f);
 float bf16_to_float(uint16_t h);
 uint16_t float_to_fp16(float f);
 float fp16_to_float(uint16_t h);
+/* One element of a bf16 or fp16 tensor, to and from float. */
+uint16_t gpu_to_elem(mobagen_dtype t, float f);
+float gpu_from_elem(mobagen_dtype t, uint16_t h);
+
+/* For a cmocka group's setup: opens the device and prints which one, or the CI line
+ * `skipped: no CUDA device (why)`; returns whether there is one. */
+int gpu_env_open_reported(gpu_env *env);
 
 #endif
