@@ -9,9 +9,11 @@
  * Median of CUDA-event timings after a warm-up, on fresh random (never zero) inputs. */
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime_internal.h"
 #include "util/gpu_harness.h"
@@ -102,10 +104,52 @@ static timing time_all_stages(gpu_env *env, mobagen_op *op, const mobagen_fwd_ar
     return t;
 }
 
+/* Inputs are drawn in chunks of FILL_CHUNK values, each from its own stream seeded by (one draw
+ * of the case's stream, chunk index), so that they do not depend on the number of threads, and
+ * by every host core: one core takes ~20 s for a 64K case's 805 M values. */
+#define FILL_CHUNK ((size_t)1 << 20)
+#define FILL_MAX_THREADS 32
+
+typedef struct fill_job {
+    uint16_t *h;
+    size_t n;
+    uint64_t seed;
+    int thread, threads;
+} fill_job;
+
+static void *fill_worker(void *arg)
+{
+    const fill_job *j = arg;
+    size_t chunks = (j->n + FILL_CHUNK - 1) / FILL_CHUNK;
+    for (size_t c = (size_t)j->thread; c < chunks; c += (size_t)j->threads) {
+        rng r = rng_seeded(j->seed, c);
+        size_t end = (c + 1) * FILL_CHUNK < j->n ? (c + 1) * FILL_CHUNK : j->n;
+        for (size_t i = c * FILL_CHUNK; i < end; i++) j->h[i] = float_to_bf16((float)rng_normal(&r));
+    }
+    return NULL;
+}
+
 static void fill_random(gpu_env *env, cu_deviceptr p, size_t n, rng *r)
 {
     uint16_t *h = malloc(2 * n);
-    for (size_t i = 0; i < n; i++) h[i] = float_to_bf16((float)rng_normal(r));
+    if (!h && n) {
+        fprintf(stderr, "out of host memory for %zu inputs\n", n);
+        exit(1);
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = cores < 1 ? 1 : cores > FILL_MAX_THREADS ? FILL_MAX_THREADS : (int)cores;
+    fill_job jobs[FILL_MAX_THREADS];
+    pthread_t tid[FILL_MAX_THREADS];
+    int running[FILL_MAX_THREADS] = {0};
+    uint64_t seed = rng_next(r);
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (fill_job){.h = h, .n = n, .seed = seed, .thread = t, .threads = threads};
+        running[t] = t > 0 && pthread_create(&tid[t], NULL, fill_worker, &jobs[t]) == 0;
+    }
+    for (int t = 0; t < threads; t++) {
+        if (running[t]) pthread_join(tid[t], NULL);
+        else fill_worker(&jobs[t]);   /* this thread's share, or one whose thread did not start */
+    }
     gpu_upload(env, p, h, 2 * n);
     free(h);
 }
