@@ -68,10 +68,12 @@ static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
      * dead before dq is written (from the fp32 rows, after the tiles), so where they fit in a
      * packed dq they are built there, and the workspace does without them. Sizes past the
      * kernels' 32-bit indices are refused by checked_layout. */
-    const long long lists_words = w.n_lists < (1LL << 31) && slots < (1LL << 31) ? 1 + 2 * w.n_lists + slots : 0;
+    const long long lists_words =
+        w.n_lists < (1LL << 31) && slots < (1LL << 31) ? 1 + 2 * w.n_lists + slots : 0;
     const int dq_packed = packed(a->dq_row_stride, (long long)f->hq * d) == (long long)f->hq * d &&
                           packed(a->dq_head_stride, d) == d;
-    w.lists_in_dq = !a->deterministic && dq_packed && lists_words > 0 && lists_words * 4 <= (long long)f->total_q * f->hq * d * 2;
+    w.lists_in_dq = !a->deterministic && dq_packed && lists_words > 0 &&
+                    lists_words * 4 <= (long long)f->total_q * f->hq * d * 2;
     w.lists = mg_layout_add(&l, "query lists (counter, counts, cursors, entries)", w.lists_in_dq ? 0 : lists_words,
                             4, 1, 1, 1);
     if (a->deterministic)

@@ -226,9 +226,9 @@ static void test_workspace_formula_lists_in_dq(void **state)
             a.dq_head_stride = variant == 1 ? 128 : 0;
             assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
             size_t want = documented_size(&a, 128, 128, top_ks[i]);
-            printf("top_k %d, %s: %zu bytes (documented %zu)\n", top_ks[i],
-                   variant == 3 ? "deterministic" : variant == 2 ? "strided dq" : variant == 1 ? "packed dq, strides given" : "packed dq",
-                   bytes, want);
+            static const char *const names[4] = {"packed dq", "packed dq, strides given", "strided dq",
+                                                 "deterministic"};
+            printf("top_k %d, %s: %zu bytes (documented %zu)\n", top_ks[i], names[variant], bytes, want);
             assert_int_equal(bytes, want);
         }
         a.deterministic = 0;
