@@ -24,12 +24,14 @@
 typedef struct bwd_layout {
     size_t fwd_bytes;           /* the forward's workspace at the front, or 0 */
     mg_fwd_region_offsets fwd;
-    size_t delta, list_count, list_begin, list_cursor, tile_counter, entries, dq_acc, dk_acc, dv_acc,
-        dw_part;
-    long long chunk_rows, row_chunks, n_lists, max_tiles, kconv_tiles, blocks;
+    size_t delta, lists, dq_acc, dk_acc, dv_acc, dw_part;
+    int lists_in_dq;            /* the query lists live in dq's memory, not at `lists` */
+    long long chunk_rows, row_chunks, n_lists, slots, kconv_tiles, blocks;
     size_t total;
     const char *overflow;
 } bwd_layout;
+
+static long long packed(long long stride, long long dflt) { return stride ? stride : dflt; }
 
 static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
                              const mg_fwd_region_offsets *fr)
@@ -45,7 +47,7 @@ static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
         mg_layout_add(&l, "the forward's workspace", (long long)fr->total, 1, 1, 1, 1);
     }
     const long long d = f->head_dim, rows = f->max_seqlen_q > 0 ? f->max_seqlen_q : 1;
-    const long long slots = (long long)f->total_q * f->hq * s->top_k;
+    const long long slots = w.slots = (long long)f->total_q * f->hq * s->top_k;
     w.blocks = mg_ceil_div(f->max_seqlen_k, s->block_size);
     w.chunk_rows = rows;
     if (a->deterministic) {
@@ -57,23 +59,23 @@ static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
         if (r > SORT_MAX_ROWS) r = SORT_MAX_ROWS;
         if (r < w.chunk_rows) w.chunk_rows = r;
     }
-    /* Each list's tiles are 64-entry aligned; where short chunks would make the padding overflow
-     * the 32-bit entry index, the chunks grow (up to the sort's limit). */
-    for (;;) {
-        w.row_chunks = mg_ceil_div(rows, w.chunk_rows);
-        w.n_lists = w.row_chunks * f->batch * f->hq * w.blocks;
-        w.max_tiles = mg_ceil_div(slots, 64) + (w.n_lists < slots ? w.n_lists : slots);
-        if (w.max_tiles * 64 < (1LL << 31) || w.chunk_rows * 2 > SORT_MAX_ROWS || w.chunk_rows >= rows) break;
-        w.chunk_rows *= 2;
-    }
+    w.row_chunks = mg_ceil_div(rows, w.chunk_rows);
+    w.n_lists = w.row_chunks * f->batch * f->hq * w.blocks;
     w.kconv_tiles = mg_ceil_div(f->max_seqlen_k > 0 ? f->max_seqlen_k : 1, KCONV_ROWS);
     const int carry = w.row_chunks > 1;
     w.delta = mg_layout_add(&l, "D' (total_q x hq)", f->total_q, f->hq, 4, 1, 1);
-    w.list_count = mg_layout_add(&l, "list counts", w.n_lists, 4, 1, 1, 1);
-    w.list_begin = mg_layout_add(&l, "list tiles", w.n_lists, 4, 1, 1, 1);
-    w.list_cursor = mg_layout_add(&l, "list cursors", w.n_lists, 4, 1, 1, 1);
-    w.tile_counter = mg_layout_add(&l, "tile counter", 4, 1, 1, 1, 1);
-    w.entries = mg_layout_add(&l, "list entries (tiles x 64)", w.max_tiles, 64, 4, 1, 1);
+    /* The query lists: a counter, each list's count and cursor, the entries. In fast mode they are
+     * dead before dq is written (from the fp32 rows, after the tiles), so where they fit in a
+     * packed dq they are built there, and the workspace does without them. Sizes past the
+     * kernels' 32-bit indices are refused by checked_layout. */
+    const long long lists_words =
+        w.n_lists < (1LL << 31) && slots < (1LL << 31) ? 1 + 2 * w.n_lists + slots : 0;
+    const int dq_packed = packed(a->dq_row_stride, (long long)f->hq * d) == (long long)f->hq * d &&
+                          packed(a->dq_head_stride, d) == d;
+    w.lists_in_dq = !a->deterministic && dq_packed && lists_words > 0 &&
+                    lists_words * 4 <= (long long)f->total_q * f->hq * d * 2;
+    w.lists = mg_layout_add(&l, "query lists (counter, counts, cursors, entries)", w.lists_in_dq ? 0 : lists_words,
+                            4, 1, 1, 1);
     if (a->deterministic)
         w.dq_acc = mg_layout_add(&l, "dq partials (batch x chunk rows x hq x top_k x head_dim)", f->batch,
                                  w.chunk_rows, (long long)f->hq * s->top_k, d, 4);
@@ -89,8 +91,6 @@ static bwd_layout layout_for(const mobagen_op *op, const mobagen_bwd_args *a,
     w.overflow = l.overflow;
     return w;
 }
-
-static long long packed(long long stride, long long dflt) { return stride ? stride : dflt; }
 
 static mg_status check_bwd_args(mobagen_op *op, const mobagen_bwd_args *a, mg_fwd_region_offsets *fr)
 {
@@ -154,11 +154,15 @@ static mg_status checked_layout(mobagen_op *op, const mobagen_bwd_args *a, bwd_l
                        "total_q=%d total_k=%d max_seqlen_k=%d)",
                        w->overflow, f->batch, f->hq, f->total_q, f->total_k, f->max_seqlen_k);
     /* The kernels index lists, entries and grids with 32-bit integers. */
-    if (w->n_lists >= (1LL << 31) || w->max_tiles * 64 >= (1LL << 31) ||
+    if (w->n_lists >= (1LL << 31) || w->slots >= (1LL << 31) ||
         w->blocks * op->spec.block_size / 16 >= (1LL << 31))
         return mg_fail(&op->err, MG_E_UNSUPPORTED,
                        "the backward's lists (%lld) and their entries (%lld) must stay under 2^31",
-                       w->n_lists, w->max_tiles * 64);
+                       w->n_lists, w->slots);
+    /* An entry is row << 6 | slot in 32 bits. */
+    if (f->max_seqlen_q >= (1 << 26))
+        return mg_fail(&op->err, MG_E_UNSUPPORTED, "the backward takes sequences of at most 2^26 - 1 rows, got "
+                       "max_seqlen_q = %d", f->max_seqlen_q);
     return MG_OK;
 }
 
@@ -205,8 +209,8 @@ static mg_status run_kernels(mobagen_op *op, const mg_loaded_variant *v, const m
     const int det = a->deterministic, tile_n = v->threads / 2, dparts = (f->head_dim + 127) / 128;
     const unsigned hq = (unsigned)f->hq, batch = (unsigned)f->batch;
     const long long row_tiles = mg_ceil_div(f->max_seqlen_q, ROW_THREADS);
-    mg_status st = memset32(op, p->list_count, w->n_lists, "cuMemsetD32Async(list counts)", stream);
-    if (st == MG_OK) st = memset32(op, p->tile_counter, 1, "cuMemsetD32Async(tile counter)", stream);
+    /* The entry counter and the list counts are adjacent. */
+    mg_status st = memset32(op, p->entry_counter, 1 + w->n_lists, "cuMemsetD32Async(list counts)", stream);
     if (st == MG_OK && !det)
         st = memset32(op, p->dq_acc, (long long)f->total_q * f->hq * f->head_dim,
                       "cuMemsetD32Async(dq accumulators)", stream);
@@ -262,6 +266,7 @@ mg_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr 
 
     long long fs[8];
     mg_fwd_strides(f, fs);
+    const mobagen_devptr lists = w.lists_in_dq ? a->dq : workspace + w.lists;
     const long long d = f->head_dim, q_row = f->hq * d, kv_row = f->hkv * d;
     mg_bwd_params p = {
         .q = f->q, .k = f->k, .v = f->v,
@@ -270,9 +275,9 @@ mg_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr 
         .sel = a->selection ? a->selection : workspace + w.fwd.sel,
         .cu_seqlens_q = f->cu_seqlens_q, .cu_seqlens_k = f->cu_seqlens_k, .conv_w = f->conv_weight,
         .dq = a->dq, .dk = a->dk, .dv = a->dv, .dconv_w = a->dconv_weight,
-        .delta = workspace + w.delta, .list_count = workspace + w.list_count,
-        .list_begin = workspace + w.list_begin, .list_cursor = workspace + w.list_cursor,
-        .tile_counter = workspace + w.tile_counter, .entries = workspace + w.entries,
+        .delta = workspace + w.delta, .entry_counter = lists, .list_count = lists + 4,
+        .list_cursor = lists + 4 + 4 * (mobagen_devptr)w.n_lists,
+        .entries = lists + 4 + 8 * (mobagen_devptr)w.n_lists,
         .dq_acc = workspace + w.dq_acc, .dk_acc = workspace + w.dk_acc, .dv_acc = workspace + w.dv_acc,
         .dw_part = workspace + w.dw_part,
         .q_row_stride = fs[0], .q_head_stride = fs[1], .k_row_stride = fs[2], .k_head_stride = fs[3],

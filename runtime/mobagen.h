@@ -218,7 +218,8 @@ typedef struct mobagen_bwd_args {
                                     mobagen_fwd_selection gives it), or 0: routing runs again */
                                  /* (not inside the backward's own workspace; entries that are not
                                     ascending are ignored) */
-    mobagen_devptr dq, dk, dv;   /* outputs, element type, overwritten */
+    mobagen_devptr dq, dk, dv;   /* outputs, element type, overwritten (dq may hold the query
+                                    lists first: mobagen_bwd_workspace_size) */
     long long dq_row_stride, dq_head_stride;
     long long dk_row_stride, dk_head_stride;
     long long dv_row_stride, dv_head_stride;
@@ -229,11 +230,13 @@ typedef struct mobagen_bwd_args {
 /* Bytes of device workspace mobagen_bwd needs (256-byte aligned). With S = total_q*hq*top_k
  * selection slots, n = ceil(max_seqlen_k/block_size) blocks, R rows per chunk (max_seqlen_q in
  * fast mode; in deterministic mode the largest multiple of 64 up to 8192 and max_seqlen_q with
- * batch*R*hq*top_k*head_dim*4 <= max(256 MiB, 4*total_q*hq*head_dim), doubled while the list
- * entries below would pass 2^31), C = ceil(max_seqlen_q/R) chunks and N = C*batch*hq*n lists,
- * it is about: the forward's workspace when selection is 0 or conv_width > 0
- * (mobagen_fwd_workspace_size: routing and k' run again there) + 4*total_q*hq (D') + 12N (list
- * counts, tiles, cursors) + 256*(S/64 + min(N, S)) (entries) + dq accumulators:
+ * batch*R*hq*top_k*head_dim*4 <= max(256 MiB, 4*total_q*hq*head_dim)), C = ceil(max_seqlen_q/R)
+ * chunks and N = C*batch*hq*n lists, it is about: the forward's workspace when selection is 0
+ * or conv_width > 0 (mobagen_fwd_workspace_size: routing and k' run again there)
+ * + 4*total_q*hq (D') + 4*(1 + 2N + S) (the query lists: a counter, each list's count and
+ * cursor, an entry per slot), except in fast mode when dq is packed and 4*(1 + 2N + S) <=
+ * 2*total_q*hq*head_dim (dq's bytes): the lists are then built in dq, which is written only
+ * after they are last read (so dq must not overlap another argument) + dq accumulators:
  * 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic: one partial row
  * per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when conv_width > 0 or C > 1,
  * and as much again for dv when C > 1 + the conv weights' partial sums

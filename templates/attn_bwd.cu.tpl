@@ -136,28 +136,29 @@ __global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_count(const BwdParam
     for_each_block(sel, n_blocks, [&](int, int blk) { atomicAdd(&count[bwd_list(p, rc, b, h, blk)], 1); });
 }
 
-// 2. Each list's tiles (64 entries each) out of one counter, a warp's lists at a time. Where a
+// 2. Each list's entries, back to back, out of one counter, a warp's lists at a time. Where a
 // list lands varies run to run; what it holds does not (after the sort, in deterministic mode).
 __global__ void __launch_bounds__(256) moba_bwd_alloc(const BwdParams p)
 {
     const long long list = (long long)blockIdx.x * 256 + threadIdx.x;
     const int lane = threadIdx.x % 32;
     const int n = list < p.n_lists ? reinterpret_cast<const int *>(p.list_count)[list] : 0;
-    const int tiles = (n + 63) / 64;
-    int incl = tiles;
+    int incl = n;
 #pragma unroll
     for (int o = 1; o < 32; o *= 2) {
         const int x = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += x;
     }
     int base = 0;
-    if (lane == 31) base = atomicAdd(reinterpret_cast<int *>(p.tile_counter), incl);
+    if (lane == 31) base = atomicAdd(reinterpret_cast<int *>(p.entry_counter), incl);
     base = __shfl_sync(0xffffffffu, base, 31);
-    if (list < p.n_lists) {
-        const int first = base + incl - tiles;
-        reinterpret_cast<int *>(p.list_begin)[list] = first;
-        reinterpret_cast<int *>(p.list_cursor)[list] = first * 64;
-    }
+    if (list < p.n_lists) reinterpret_cast<int *>(p.list_cursor)[list] = base + incl - n;
+}
+
+// A list's first entry, once the scatter has moved its cursor past its last one.
+__device__ __forceinline__ long long bwd_list_begin(const BwdParams &p, long long list)
+{
+    return (long long)reinterpret_cast<const int *>(p.list_cursor)[list] - reinterpret_cast<const int *>(p.list_count)[list];
 }
 
 // 3. (row << 6 | slot) into the lists, in whatever order the atomics give.
@@ -185,7 +186,7 @@ __global__ void __launch_bounds__(512) moba_bwd_sort(const BwdParams p)
     const long long list = blockIdx.x;
     const int n = reinterpret_cast<const int *>(p.list_count)[list];
     if (n < 2) return;
-    unsigned *e = reinterpret_cast<unsigned *>(p.entries) + (long long)reinterpret_cast<const int *>(p.list_begin)[list] * 64;
+    unsigned *e = reinterpret_cast<unsigned *>(p.entries) + bwd_list_begin(p, list);
     int m = 1;
     while (m < n) m <<= 1;
     for (int i = threadIdx.x; i < m; i += 512) key[i] = i < n ? e[i] : 0xffffffffu;
@@ -245,7 +246,6 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     const bool acc_first = rc == 0, acc_last = rc == (int)p.row_chunks - 1;
     const long long list0 = bwd_list(p, rc, b, kvh * G, blk);
     const int *count = reinterpret_cast<const int *>(p.list_count);
-    const int *begin = reinterpret_cast<const int *>(p.list_begin);
     const unsigned *entries = reinterpret_cast<const unsigned *>(p.entries);
     const float scale = (float)p.softmax_scale, scale_log2 = scale * LOG2E;
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
         const int h = kvh * G + g;
         const long long list = list0 + g;
         const int n_rows = min(64, count[list] - t * 64);
-        const unsigned *ent = entries + ((long long)begin[list] + t) * 64;
+        const unsigned *ent = entries + bwd_list_begin(p, list) + t * 64;
         for (int i = tid; i < 64 * CH; i += NTH) {
             const int r = i / CH, c = i % CH;
             const bool ok = r < n_rows;

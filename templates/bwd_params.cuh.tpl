@@ -17,11 +17,12 @@ typedef struct mg_bwd_params {
     unsigned long long dq, dk, dv;            // outputs, elements
     unsigned long long dconv_w;               // output, fp32 [hkv][conv_width][d], or 0
     unsigned long long delta;                 // workspace fp32 [total_q][hq]: rowsum(dO o) - dLSE
+    // The query lists (in the workspace, or in dq's memory before dq is written):
+    unsigned long long entry_counter;         // int32: entries handed out so far
     unsigned long long list_count;            // int32 [n_lists]: entries of each list
-    unsigned long long list_begin;            // int32 [n_lists]: first 64-entry tile of each list
-    unsigned long long list_cursor;           // int32 [n_lists]: scatter positions
-    unsigned long long tile_counter;          // int32: tiles handed out so far
-    unsigned long long entries;               // uint32 [tiles][64]: row << 6 | slot
+    unsigned long long list_cursor;           // int32 [n_lists]: after the scatter, one past
+                                              // each list's last entry
+    unsigned long long entries;               // uint32, each list's entries in a row: row << 6 | slot
     unsigned long long dq_acc;                // fp32: [total_q][hq][d] (fast) or per-(query, slot)
                                               // partials [batch][chunk_rows][hq][top_k][d]
     unsigned long long dk_acc, dv_acc;        // fp32 [total_k][hkv][d]: dk' and dv across chunks
@@ -50,13 +51,13 @@ typedef struct mg_bwd_params {
 #endif
 MG_BWD_PARAMS_ASSERT(sizeof(unsigned long long) == 8 && sizeof(long long) == 8 && sizeof(double) == 8,
                      "mg_bwd_params: every field type is 8 bytes wide");
-MG_BWD_PARAMS_ASSERT(sizeof(mg_bwd_params) == 59 * 8, "mg_bwd_params: 59 fields of 8 bytes, no padding");
+MG_BWD_PARAMS_ASSERT(sizeof(mg_bwd_params) == 58 * 8, "mg_bwd_params: 58 fields of 8 bytes, no padding");
 // The C side checks offsets too (NVRTC has no offsetof; the shared text fixes the order).
 #ifdef MG_PARAMS_OFFSETOF
 MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, delta) == 16 * 8, "mg_bwd_params layout");
-MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, q_row_stride) == 26 * 8, "mg_bwd_params layout");
-MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, batch) == 44 * 8, "mg_bwd_params layout");
-MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, softmax_scale) == 58 * 8, "mg_bwd_params layout");
+MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, q_row_stride) == 25 * 8, "mg_bwd_params layout");
+MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, batch) == 43 * 8, "mg_bwd_params layout");
+MG_BWD_PARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_bwd_params, softmax_scale) == 57 * 8, "mg_bwd_params layout");
 #endif
 #undef MG_BWD_PARAMS_ASSERT
 

@@ -12,11 +12,11 @@
 
 #include "runtime_internal.h"
 
-static mobagen_op *detached_op(int conv_width)
+static mobagen_op *detached_op_topk(int conv_width, int top_k)
 {
     char yaml[256];
-    snprintf(yaml, sizeof yaml, "name: bwd_args\nhead_dim: 128\nblock_size: 128\ntop_k: 8\ngqa_group: 2\n"
-             "conv_width: %d\n", conv_width);
+    snprintf(yaml, sizeof yaml, "name: bwd_args\nhead_dim: 128\nblock_size: 128\ntop_k: %d\ngqa_group: 2\n"
+             "conv_width: %d\n", top_k, conv_width);
     mg_spec spec;
     mg_diag d;
     if (mg_spec_parse(yaml, strlen(yaml), "bwd_args", &spec, &d) != MG_OK) fail_msg("%s", d.msg);
@@ -25,6 +25,8 @@ static mobagen_op *detached_op(int conv_width)
     op->has_block_lists = 1;
     return op;
 }
+
+static mobagen_op *detached_op(int conv_width) { return detached_op_topk(conv_width, 8); }
 
 /* Two sequences of 100 and 156 tokens; fake but aligned device pointers. */
 static mobagen_bwd_args good_args(void)
@@ -176,7 +178,8 @@ static void test_deterministic_workspace_is_bounded(void **state)
     assert_int_equal(mobagen_bwd_workspace_size(op, &a, &det), MOBAGEN_OK);
     size_t slots = (size_t)2 * 131072 * 16 * 8;
     size_t dq_rows = (size_t)2 * 131072 * 16 * 128 * 4;
-    assert_true(fast >= dq_rows + slots * 4);
+    /* The query lists (4 bytes per slot) fit in the packed dq: only D' beside the fp32 dq rows. */
+    assert_true(fast >= dq_rows && fast < dq_rows + slots * 4);
     /* One fp32 partial row per (query, slot) would take slots x 512 bytes (16 GiB here); the
      * chunks keep it to the fast mode's dq rows, next to the fp32 dk' and dv carried from chunk
      * to chunk and the lists of more chunks. */
@@ -187,6 +190,61 @@ static void test_deterministic_workspace_is_bounded(void **state)
     mobagen_op_destroy(op);
 }
 
+static size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+/* mobagen_bwd_workspace_size's formula as runtime/mobagen.h states it, region by region, for a
+ * given selection, no key convolution and one row chunk (C = 1). */
+static size_t documented_size(const mobagen_bwd_args *a, int head_dim, int block_size, int top_k)
+{
+    const mobagen_fwd_args *f = &a->fwd;
+    const size_t d = (size_t)head_dim, rows_heads = (size_t)f->total_q * f->hq;
+    const size_t slots = rows_heads * top_k;
+    const size_t lists = (size_t)f->batch * f->hq * ((f->max_seqlen_k + block_size - 1) / block_size);
+    const size_t list_bytes = 4 * (1 + 2 * lists + slots);
+    const int packed = (a->dq_row_stride == 0 || a->dq_row_stride == f->hq * head_dim) &&
+                       (a->dq_head_stride == 0 || a->dq_head_stride == head_dim);
+    const int in_dq = !a->deterministic && packed && list_bytes <= 2 * rows_heads * d;
+    const size_t dq_acc = a->deterministic ? 4 * (size_t)f->batch * f->max_seqlen_q * f->hq * top_k * d
+                                           : 4 * rows_heads * d;
+    return align256(4 * rows_heads) + (in_dq ? 0 : align256(list_bytes)) + align256(dq_acc);
+}
+
+/* The query lists take no workspace where a packed dq can hold them (fast mode): the training
+ * step's peak then holds one selection-sized buffer (the selection) instead of two. */
+static void test_workspace_formula_lists_in_dq(void **state)
+{
+    (void)state;
+    const int top_ks[] = {8, 64};
+    for (int i = 0; i < 2; i++) {
+        mobagen_op *op = detached_op_topk(0, top_ks[i]);
+        mobagen_bwd_args a = good_args();
+        a.selection = 0xb0000;
+        size_t bytes = 0;
+        for (int variant = 0; variant < 4; variant++) {
+            a.deterministic = variant == 3;
+            a.dq_row_stride = variant == 1 ? 4 * 128 : variant == 2 ? 4 * 128 + 8 : 0;
+            a.dq_head_stride = variant == 1 ? 128 : 0;
+            assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+            size_t want = documented_size(&a, 128, 128, top_ks[i]);
+            static const char *const names[4] = {"packed dq", "packed dq, strides given", "strided dq",
+                                                 "deterministic"};
+            printf("top_k %d, %s: %zu bytes (documented %zu)\n", top_ks[i], names[variant], bytes, want);
+            assert_int_equal(bytes, want);
+        }
+        a.deterministic = 0;
+        a.dq_row_stride = a.dq_head_stride = 0;
+        size_t packed_bytes = 0, strided_bytes = 0;
+        assert_int_equal(mobagen_bwd_workspace_size(op, &a, &packed_bytes), MOBAGEN_OK);
+        a.dq_row_stride = 4 * 128 + 8;
+        assert_int_equal(mobagen_bwd_workspace_size(op, &a, &strided_bytes), MOBAGEN_OK);
+        /* top_k 8: 32 bytes of entries per (row, head) fit in dq's 256; top_k 64: 256 plus the
+         * list heads do not. */
+        if (top_ks[i] == 8) assert_true(strided_bytes >= packed_bytes + (size_t)256 * 4 * 8 * 4);
+        else assert_int_equal(strided_bytes, packed_bytes);
+        mobagen_op_destroy(op);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_bad_arguments_are_named),
         cmocka_unit_test(test_null_pointers_only_for_empty_tensors),
         cmocka_unit_test(test_deterministic_workspace_is_bounded),
+        cmocka_unit_test(test_workspace_formula_lists_in_dq),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
