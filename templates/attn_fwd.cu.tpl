@@ -33,9 +33,9 @@
 %! function kernels(spec, p)
 %!   if p.impl == 2 then
 %!     return { main = "moba_attn_tiles", fallback = "moba_attn_fallback<4>",
-%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<128>",
+%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<1024>",
 %!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
-%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<128>" }
+%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<1024>" }
 %!   end
 %!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
 %! end
@@ -48,7 +48,7 @@
 %! function launch(spec, p)
 %!   if p.impl == 2 then
 %!     -- main: a persistent grid of ctas_per_sm per multiprocessor
-%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = 128 }
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = 1024 }
 %!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end
