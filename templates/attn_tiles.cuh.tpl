@@ -76,19 +76,39 @@ __device__ __forceinline__ const int *list_sel(const FwdParams &p, const ListCta
     return reinterpret_cast<const int *>(p.sel) + ((long long)(c.q0 + c.row0) * p.hq + c.h) * MOBA_TOP_K;
 }
 
-// used[r]: the row's usable picks, those before its first negative entry. Picks are read with
-// consecutive threads on consecutive entries (a row's top_k ints are contiguous).
+// fn(r, s, blk) for each pick of the CTA (row r, slot s): consecutive threads on consecutive
+// entries (a row's top_k ints are contiguous), four loads in flight per thread before any use.
+template <int ROWS, typename F>
+__device__ __forceinline__ void list_picks(const FwdParams &p, const ListCta &c, F &&fn)
+{
+    constexpr int U = 4;
+    const int *sel = list_sel(p, c);
+    const long long stride = p.hq * MOBA_TOP_K;
+    const int n = c.n_rows * MOBA_TOP_K;
+    for (int i0 = threadIdx.x; i0 < n; i0 += ROWS * U) {
+        int blk[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * ROWS;
+            blk[u] = i < n ? __ldg(&sel[(i / MOBA_TOP_K) * stride + i % MOBA_TOP_K]) : 0;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * ROWS;
+            if (i < n) fn(i / MOBA_TOP_K, i % MOBA_TOP_K, blk[u]);
+        }
+    }
+}
+
+// used[r]: the row's usable picks, those before its first negative entry.
 template <int ROWS>
 __device__ __forceinline__ void list_used(const FwdParams &p, const ListCta &c, int *used)
 {
-    const int *sel = list_sel(p, c);
-    const long long stride = p.hq * MOBA_TOP_K;
     for (int r = threadIdx.x; r < c.n_rows; r += ROWS) used[r] = MOBA_TOP_K;
     __syncthreads();
-    for (int i = threadIdx.x; i < c.n_rows * MOBA_TOP_K; i += ROWS) {
-        const int r = i / MOBA_TOP_K, s = i % MOBA_TOP_K;
-        if (sel[r * stride + s] < 0) atomicMin(&used[r], s);
-    }
+    list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+        if (blk < 0) atomicMin(&used[r], s);
+    });
     __syncthreads();
 }
 
@@ -96,15 +116,12 @@ __device__ __forceinline__ void list_used(const FwdParams &p, const ListCta &c, 
 template <int ROWS>
 __device__ __forceinline__ void list_histogram(const FwdParams &p, const ListCta &c, const int *used, int *hist, int w0)
 {
-    const int *sel = list_sel(p, c);
-    const long long stride = p.hq * MOBA_TOP_K;
+    const int w1 = min(w0 + LIST_BINS, c.n_blocks);
     for (int i = threadIdx.x; i < LIST_BINS; i += ROWS) hist[i] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < c.n_rows * MOBA_TOP_K; i += ROWS) {
-        const int r = i / MOBA_TOP_K, s = i % MOBA_TOP_K;
-        const int blk = sel[r * stride + s];
-        if (s < used[r] && blk >= w0 && blk < min(w0 + LIST_BINS, c.n_blocks)) atomicAdd(&hist[blk - w0], 1);
-    }
+    list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+        if (s < used[r] && blk >= w0 && blk < w1) atomicAdd(&hist[blk - w0], 1);
+    });
     __syncthreads();
 }
 
@@ -295,17 +312,15 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
     list_used<ROWS>(p, c, used);
     int *cursor = reinterpret_cast<int *>(p.list_cursor);
     unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
-    const int *sel = list_sel(p, c);
-    const long long stride = p.hq * MOBA_TOP_K;
     for (int w0 = 0; w0 < c.n_blocks; w0 += LIST_BINS) {
         list_histogram<ROWS>(p, c, used, hist, w0);
         for (int i = threadIdx.x; i < min(LIST_BINS, c.n_blocks - w0); i += ROWS)
             if (hist[i]) hist[i] = atomicAdd(&cursor[c.list0 + w0 + i], hist[i]);
         __syncthreads();
-        for (int i = threadIdx.x; i < c.n_rows * MOBA_TOP_K; i += ROWS) {
-            const int r = i / MOBA_TOP_K, s = i % MOBA_TOP_K, n = used[r];
-            const int blk = sel[r * stride + s];
-            if (s >= n || blk < w0 || blk >= min(w0 + LIST_BINS, c.n_blocks)) continue;
+        const int w1 = min(w0 + LIST_BINS, c.n_blocks);
+        list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+            const int n = used[r];
+            if (s >= n || blk < w0 || blk >= w1) return;
             const int pos = atomicAdd(&hist[blk - w0], 1);
             entries[pos] = ((unsigned)(c.row0 + r) << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
             if (pos % TILE_M == 0) {
@@ -322,7 +337,7 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
                 m.pad0 = m.pad1 = 0;
                 reinterpret_cast<TileMeta *>(p.tile_meta)[pos / TILE_M] = m;
             }
-        }
+        });
         __syncthreads();   // hist is cleared for the next window
     }
 }
