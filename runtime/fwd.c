@@ -293,7 +293,8 @@ static mg_status block_attention(mobagen_op *op, const mg_loaded_variant *v, con
                                  mobagen_stream stream)
 {
     mg_cuda *cu = &op->ctx->cu;
-    unsigned list_tiles = (unsigned)((a->max_seqlen_q + v->list_rows - 1) / v->list_rows);
+    /* The list kernels' CTAs: ceil(chunk_rows / list_rows) per chunk of rows, none straddling two. */
+    unsigned list_tiles = (unsigned)(t->row_chunks * mg_ceil_div(t->chunk_rows, v->list_rows));
     unsigned segments = (unsigned)((t->n_lists + 4095) / 4096);
     unsigned hq = (unsigned)a->hq, batch = (unsigned)a->batch, grid = (unsigned)(op->ctx->sm_count * v->ctas_per_sm);
     mg_status st = MG_OK;

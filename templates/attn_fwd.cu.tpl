@@ -30,12 +30,14 @@
 %! function tiles_smem(spec)
 %!   return 2 * (64 + 2 * tile_n(spec)) * spec.head_dim * 2 + 4 * 32 + 4 * 64 * 4 + 4 * 4
 %! end
+%! -- Rows (and threads) per CTA of the list kernels: one chunk's rows at most per CTA.
+%! function list_rows() return 1024 end
 %! function kernels(spec, p)
 %!   if p.impl == 2 then
 %!     return { main = "moba_attn_tiles", fallback = "moba_attn_fallback<4>",
-%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<128>",
+%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<" .. list_rows() .. ">",
 %!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
-%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<128>" }
+%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<" .. list_rows() .. ">" }
 %!   end
 %!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
 %! end
@@ -48,7 +50,7 @@
 %! function launch(spec, p)
 %!   if p.impl == 2 then
 %!     -- main: a persistent grid of ctas_per_sm per multiprocessor
-%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = 128 }
+%!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = list_rows() }
 %!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end

@@ -30,14 +30,6 @@ __device__ __forceinline__ void seq_bounds(const FwdParams &p, int b, int &q0, i
     len_k = cu_k[b + 1] - k0;
 }
 
-// List of (sequence b, head h, query row, key block): chunk-major, so that the tiles of one
-// chunk are contiguous and its accumulator rows are live only while they run.
-__device__ __forceinline__ int list_of(const FwdParams &p, int b, int h, int row, int blk)
-{
-    const int chunk = (b * (int)p.hq + h) * (int)p.row_chunks + row / (int)p.chunk_rows;
-    return chunk * (int)p.max_blocks + blk;
-}
-
 // Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
 __device__ __forceinline__ void red_add2(float *a, float x, float y)
 {
@@ -49,59 +41,159 @@ __device__ __forceinline__ void red_add2(float *a, float x, float y)
 % end
 }
 
-// 1. Queries per list (one thread per (row, head)), and the row's reference; rows that selected
-// nothing get o = 0 and LSE = -inf here, since no tile will visit them.
+// The list kernels' CTA: up to LIST_ROWS query rows of one chunk, i.e. of one (sequence,
+// head); such rows pick few distinct lists, so their picks are counted in shared memory first
+// and each distinct list costs one global atomic per CTA (not one per pick). Blocks are counted
+// in windows of LIST_BINS, enough for any sequence of LIST_BINS x block_size keys in one window.
+#define LIST_BINS 8192
+struct ListCta {
+    int h, b, q0, len_q, k0, len_k;
+    int row0, n_rows;   // rows [row0, row0 + n_rows) of the sequence
+    int list0;          // the list of (chunk, block 0)
+    int n_blocks;       // blocks of the sequence's keys: every pick is below this
+};
+
+// This CTA's rows: blockIdx.x walks the chunks, and the ceil(chunk_rows / ROWS) CTAs of each.
+template <int ROWS>
+__device__ __forceinline__ bool list_cta(const FwdParams &p, ListCta &c)
+{
+    c.h = blockIdx.y;
+    c.b = blockIdx.z;
+    seq_bounds(p, c.b, c.q0, c.len_q, c.k0, c.len_k);
+    const int chunk_rows = (int)p.chunk_rows, per_chunk = (chunk_rows + ROWS - 1) / ROWS;
+    const int rc = blockIdx.x / per_chunk;
+    c.row0 = rc * chunk_rows + (blockIdx.x % per_chunk) * ROWS;
+    const int row_end = min(min(c.row0 + ROWS, (rc + 1) * chunk_rows), c.len_q);
+    c.n_rows = row_end - c.row0;
+    c.list0 = ((c.b * (int)p.hq + c.h) * (int)p.row_chunks + rc) * (int)p.max_blocks;
+    c.n_blocks = (c.len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+    return c.n_rows > 0;
+}
+
+// The CTA's selection, row r at r * hq * top_k.
+__device__ __forceinline__ const int *list_sel(const FwdParams &p, const ListCta &c)
+{
+    return reinterpret_cast<const int *>(p.sel) + ((long long)(c.q0 + c.row0) * p.hq + c.h) * MOBA_TOP_K;
+}
+
+// fn(r, s, blk) for each pick of the CTA (row r, slot s): consecutive threads on consecutive
+// entries (a row's top_k ints are contiguous), four loads in flight per thread before any use.
+template <int ROWS, typename F>
+__device__ __forceinline__ void list_picks(const FwdParams &p, const ListCta &c, F &&fn)
+{
+    constexpr int U = 4;
+    const int *sel = list_sel(p, c);
+    const long long stride = p.hq * MOBA_TOP_K;
+    const int n = c.n_rows * MOBA_TOP_K;
+    for (int i0 = threadIdx.x; i0 < n; i0 += ROWS * U) {
+        int blk[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * ROWS;
+            blk[u] = i < n ? __ldg(&sel[(i / MOBA_TOP_K) * stride + i % MOBA_TOP_K]) : 0;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * ROWS;
+            if (i < n) fn(i / MOBA_TOP_K, i % MOBA_TOP_K, blk[u]);
+        }
+    }
+}
+
+// used[r]: the row's usable picks, those before its first negative entry.
+template <int ROWS>
+__device__ __forceinline__ void list_used(const FwdParams &p, const ListCta &c, int *used)
+{
+    for (int r = threadIdx.x; r < c.n_rows; r += ROWS) used[r] = MOBA_TOP_K;
+    __syncthreads();
+    list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+        if (blk < 0) atomicMin(&used[r], s);
+    });
+    __syncthreads();
+}
+
+// hist[blk - w0] = the CTA's usable picks of blocks [w0, w0 + LIST_BINS).
+template <int ROWS>
+__device__ __forceinline__ void list_histogram(const FwdParams &p, const ListCta &c, const int *used, int *hist, int w0)
+{
+    const int w1 = min(w0 + LIST_BINS, c.n_blocks);
+    for (int i = threadIdx.x; i < LIST_BINS; i += ROWS) hist[i] = 0;
+    __syncthreads();
+    list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+        if (s < used[r] && blk >= w0 && blk < w1) atomicAdd(&hist[blk - w0], 1);
+    });
+    __syncthreads();
+}
+
+// 1. Queries per list, and each row's reference; rows that selected nothing get o = 0 and
+// LSE = -inf here, since no tile will visit them.
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_count(const FwdParams p)
 {
-    const int h = blockIdx.y, b = blockIdx.z;
-    int q0, len_q, k0, len_k;
-    seq_bounds(p, b, q0, len_q, k0, len_k);
-    const int row = blockIdx.x * ROWS + threadIdx.x;
-    if (row >= len_q) return;
-    const long long qh = (long long)(q0 + row) * p.hq + h;
-    const int *sel = reinterpret_cast<const int *>(p.sel) + qh * MOBA_TOP_K;
+    __shared__ int hist[LIST_BINS];
+    __shared__ int used[ROWS];
+    ListCta c;
+    if (!list_cta<ROWS>(p, c)) return;
+    list_used<ROWS>(p, c, used);
     int *count = reinterpret_cast<int *>(p.list_count);
-    float *row_ref = reinterpret_cast<float *>(p.row_ref);
-    int s = 0;
-    for (; s < MOBA_TOP_K && sel[s] >= 0; s++) atomicAdd(&count[list_of(p, b, h, row, sel[s])], 1);
-    if (s == 0) {
-        uint4 *o = reinterpret_cast<uint4 *>(reinterpret_cast<elem_t *>(p.out) + (long long)(q0 + row) * p.o_row_stride + h * p.o_head_stride);
-        for (int c = 0; c < MOBA_HEAD_DIM / 8; c++) o[c] = make_uint4(0, 0, 0, 0);
-        reinterpret_cast<float *>(p.lse)[qh] = -INFINITY;
-        row_ref[qh] = -INFINITY;
-        return;
+    for (int w0 = 0; w0 < c.n_blocks; w0 += LIST_BINS) {
+        list_histogram<ROWS>(p, c, used, hist, w0);
+        for (int i = threadIdx.x; i < min(LIST_BINS, c.n_blocks - w0); i += ROWS)
+            if (hist[i]) atomicAdd(&count[c.list0 + w0 + i], hist[i]);
+        __syncthreads();   // hist is cleared for the next window
     }
-    // The reference: a score the row certainly attends to, or a mean of such scores.
-    const int kvh = h / MOBA_GQA;
-    const elem_t *q = reinterpret_cast<const elem_t *>(p.q) + (long long)(q0 + row) * p.q_row_stride + h * p.q_head_stride;
+
+    // The reference, four lanes a row (each a quarter of the head dims, 16-byte loads); the
+    // loop is uniform per warp, for the shuffles.
+    float *row_ref = reinterpret_cast<float *>(p.row_ref);
+    const int kvh = c.h / MOBA_GQA, quarter = threadIdx.x % 4;
+    for (int base = threadIdx.x / 32 * 8; base < c.n_rows; base += ROWS / 4) {
+        const int r = base + threadIdx.x % 32 / 4, row = c.row0 + r;
+        const long long qh = (long long)(c.q0 + row) * p.hq + c.h;
+        const bool live = r < c.n_rows && used[r] > 0;
+        if (r < c.n_rows && !live) {
+            uint4 *o = reinterpret_cast<uint4 *>(reinterpret_cast<elem_t *>(p.out) + (long long)(c.q0 + row) * p.o_row_stride + c.h * p.o_head_stride);
+            for (int k = quarter; k < MOBA_HEAD_DIM / 8; k += 4) o[k] = make_uint4(0, 0, 0, 0);
+            if (quarter == 0) {
+                reinterpret_cast<float *>(p.lse)[qh] = -INFINITY;
+                row_ref[qh] = -INFINITY;
+            }
+        }
+        float dot = 0.f;
+        if (live) {
+            // A score the row certainly attends to, or a mean of such scores.
+            const elem_t *q = reinterpret_cast<const elem_t *>(p.q) + (long long)(c.q0 + row) * p.q_row_stride + c.h * p.q_head_stride;
 % if spec.causal then
-    const int t = row + len_k - len_q;   // >= 0: a row before the first key selects nothing
+            const int t = row + c.len_k - c.len_q;   // >= 0: a row before the first key selects nothing
 %   if spec.conv_width > 0 then
-    const elem_t *kr = reinterpret_cast<const elem_t *>(p.kprime) + ((long long)(k0 + t) * p.hkv + kvh) * MOBA_HEAD_DIM;
+            const elem_t *kr = reinterpret_cast<const elem_t *>(p.kprime) + ((long long)(c.k0 + t) * p.hkv + kvh) * MOBA_HEAD_DIM;
 %   else
-    const elem_t *kr = reinterpret_cast<const elem_t *>(p.k) + (long long)(k0 + t) * p.k_row_stride + kvh * p.k_head_stride;
+            const elem_t *kr = reinterpret_cast<const elem_t *>(p.k) + (long long)(c.k0 + t) * p.k_row_stride + kvh * p.k_head_stride;
 %   end
 % else
-    const float *kr = reinterpret_cast<const float *>(p.centroid) +
-                      (((long long)b * p.max_blocks + sel[0]) * p.hkv + kvh) * MOBA_HEAD_DIM;
-% end
-    float dot = 0.f;
-#pragma unroll 4
-    for (int c = 0; c < MOBA_HEAD_DIM; c += 8) {
-        float qv[8], kv[8];
-        load8(q + c, qv);
-% if spec.causal then
-        load8(kr + c, kv);
-% else
-        const float4 k_lo = *reinterpret_cast<const float4 *>(kr + c), k_hi = *reinterpret_cast<const float4 *>(kr + c + 4);
-        kv[0] = k_lo.x; kv[1] = k_lo.y; kv[2] = k_lo.z; kv[3] = k_lo.w;
-        kv[4] = k_hi.x; kv[5] = k_hi.y; kv[6] = k_hi.z; kv[7] = k_hi.w;
+            const int first = list_sel(p, c)[r * p.hq * MOBA_TOP_K];
+            const float *kr = reinterpret_cast<const float *>(p.centroid) +
+                              (((long long)c.b * p.max_blocks + first) * p.hkv + kvh) * MOBA_HEAD_DIM;
 % end
 #pragma unroll
-        for (int j = 0; j < 8; j++) dot = fmaf(qv[j], kv[j], dot);
+            for (int k = quarter * 8; k < MOBA_HEAD_DIM; k += 32) {
+                float qv[8], kv[8];
+                load8(q + k, qv);
+% if spec.causal then
+                load8(kr + k, kv);
+% else
+                const float4 k_lo = *reinterpret_cast<const float4 *>(kr + k), k_hi = *reinterpret_cast<const float4 *>(kr + k + 4);
+                kv[0] = k_lo.x; kv[1] = k_lo.y; kv[2] = k_lo.z; kv[3] = k_lo.w;
+                kv[4] = k_hi.x; kv[5] = k_hi.y; kv[6] = k_hi.z; kv[7] = k_hi.w;
+% end
+#pragma unroll
+                for (int j = 0; j < 8; j++) dot = fmaf(qv[j], kv[j], dot);
+            }
+        }
+        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        if (live && quarter == 0) row_ref[qh] = dot * ((float)p.softmax_scale * 1.4426950408889634f);
     }
-    row_ref[qh] = dot * ((float)p.softmax_scale * 1.4426950408889634f);
 }
 
 // Exclusive scan of a CTA's 4 values per thread; returns the CTA total.
@@ -206,39 +298,47 @@ __global__ void __launch_bounds__(1024) moba_attn_scan_down(const FwdParams p)
 }
 
 // 3. Scatter (row, slot, last) into the lists; the thread that takes a tile's first entry writes
-// the tile's description (spread over the whole grid, not the scan's few CTAs). Order within a
-// list varies run to run, and so does the order of the fp32 additions into a query's row
-// (results agree to rounding).
+// the tile's description (spread over the whole grid, not the scan's few CTAs). Each CTA takes
+// one range per distinct list with one global atomic, then places its picks inside the range
+// with shared-memory atomics. Order within a list varies run to run, and so does the order of
+// the fp32 additions into a query's row (results agree to rounding).
 template <int ROWS>
 __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
 {
-    const int h = blockIdx.y, b = blockIdx.z;
-    int q0, len_q, k0, len_k;
-    seq_bounds(p, b, q0, len_q, k0, len_k);
-    const int row = blockIdx.x * ROWS + threadIdx.x;
-    if (row >= len_q) return;
-    const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
+    __shared__ int hist[LIST_BINS];   // counts, then the CTA's next position in each list
+    __shared__ int used[ROWS];
+    ListCta c;
+    if (!list_cta<ROWS>(p, c)) return;
+    list_used<ROWS>(p, c, used);
     int *cursor = reinterpret_cast<int *>(p.list_cursor);
     unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
-    int n = 0;
-    while (n < MOBA_TOP_K && sel[n] >= 0) n++;
-    for (int s = 0; s < n; s++) {
-        const int list = list_of(p, b, h, row, sel[s]);
-        const int pos = atomicAdd(&cursor[list], 1);
-        entries[pos] = ((unsigned)row << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
-        if (pos % TILE_M == 0) {
-            const int first = reinterpret_cast<const int *>(p.tile_offset)[list];
-            const int n_list = reinterpret_cast<const int *>(p.list_count)[list];
-            TileMeta m;
-            m.list = list;
-            m.n_rows = min(TILE_M, n_list - (pos - first * TILE_M));
-            m.q0 = q0;
-            m.k0 = k0;
-            m.len_q = len_q;
-            m.len_k = len_k;
-            m.pad0 = m.pad1 = 0;
-            reinterpret_cast<TileMeta *>(p.tile_meta)[pos / TILE_M] = m;
-        }
+    for (int w0 = 0; w0 < c.n_blocks; w0 += LIST_BINS) {
+        list_histogram<ROWS>(p, c, used, hist, w0);
+        for (int i = threadIdx.x; i < min(LIST_BINS, c.n_blocks - w0); i += ROWS)
+            if (hist[i]) hist[i] = atomicAdd(&cursor[c.list0 + w0 + i], hist[i]);
+        __syncthreads();
+        const int w1 = min(w0 + LIST_BINS, c.n_blocks);
+        list_picks<ROWS>(p, c, [&](int r, int s, int blk) {
+            const int n = used[r];
+            if (s >= n || blk < w0 || blk >= w1) return;
+            const int pos = atomicAdd(&hist[blk - w0], 1);
+            entries[pos] = ((unsigned)(c.row0 + r) << 7) | ((unsigned)s << 1) | (s == n - 1 ? 1u : 0u);
+            if (pos % TILE_M == 0) {
+                const int list = c.list0 + blk;
+                const int first = reinterpret_cast<const int *>(p.tile_offset)[list];
+                const int n_list = reinterpret_cast<const int *>(p.list_count)[list];
+                TileMeta m;
+                m.list = list;
+                m.n_rows = min(TILE_M, n_list - (pos - first * TILE_M));
+                m.q0 = c.q0;
+                m.k0 = c.k0;
+                m.len_q = c.len_q;
+                m.len_k = c.len_k;
+                m.pad0 = m.pad1 = 0;
+                reinterpret_cast<TileMeta *>(p.tile_meta)[pos / TILE_M] = m;
+            }
+        });
+        __syncthreads();   // hist is cleared for the next window
     }
 }
 

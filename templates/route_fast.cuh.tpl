@@ -43,28 +43,30 @@ __device__ __forceinline__ float rf_pick(float v, float cand, bool take)
 
 % if heap > 0 then
 // Min-heap of RF_HEAP keys, one row's column of [slot][ROWS]: the root is the worst kept entry.
-// Four children a node (slots 4 i + 1 .. 4 i + 4): half the levels of a binary heap, and the
-// four loads of a level are independent, so a sift costs about half the shared-memory latency.
+// Four children a node (slots 4 i + 1 .. 4 i + 4): half the levels of a binary heap. A level's
+// four loads are unconditional (a missing child reads the last slot and counts as the largest
+// key), so they are in flight together: one shared-memory latency a level, not four in a row
+// behind branches.
 template <int ROWS>
 __device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
 {
     for (;;) {
         const int c0 = 4 * pos + 1;
         if (c0 >= RF_HEAP) break;
-        int c = c0;
-        u64 kc = h[c0 * ROWS];
+        u64 k[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) k[i] = h[min(c0 + i, RF_HEAP - 1) * ROWS];
 #pragma unroll
         for (int i = 1; i < 4; i++)
-            if (c0 + i < RF_HEAP) {
-                const u64 ki = h[(c0 + i) * ROWS];
-                if (ki < kc) {
-                    kc = ki;
-                    c = c0 + i;
-                }
-            }
+            if (c0 + i >= RF_HEAP) k[i] = ~0ull;
+        // The smallest child, the lower slot on equal keys (keys of different blocks differ).
+        const bool r01 = k[1] < k[0], r23 = k[3] < k[2];
+        const u64 m01 = r01 ? k[1] : k[0], m23 = r23 ? k[3] : k[2];
+        const bool right = m23 < m01;
+        const u64 kc = right ? m23 : m01;
         if (key < kc) break;
         h[pos * ROWS] = kc;
-        pos = c;
+        pos = c0 + (right ? 2 + (int)r23 : (int)r01);
     }
     h[pos * ROWS] = key;
 }
