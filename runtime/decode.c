@@ -1,5 +1,5 @@
 /* Serving over a paged KV cache (docs/decode.md): argument checks, the decode workspace, the
- * launches of append (append, append_commit) and decode (decode_route, decode_select, main =
+ * launches of append (append, append_commit), truncate and decode (decode_route, decode_select, main =
  * split-KV attention, decode_merge). The decode variants load on first use. */
 #include <math.h>
 #include <stdint.h>
@@ -290,6 +290,37 @@ mg_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache, const mo
     return st;
 }
 
+static mg_status check_truncate(mobagen_op *op, const mobagen_kv_cache *c, const mobagen_truncate_args *a)
+{
+    if (!op) return MG_E_ARG;
+    mg_diag *e = &op->err;
+    if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
+    mg_status st = check_supported(&op->spec, e);
+    if (st != MG_OK) return st;
+    if (a->batch < 0) return mg_fail(e, MG_E_ARG, "batch must be >= 0, got %d", a->batch);
+    if ((st = check_cache(&op->spec, c, a->batch, e)) != MG_OK) return st;
+    if (a->batch == 0) return MG_OK;
+    if (!a->drop == !a->new_lens)
+        return mg_fail(e, MG_E_ARG, "exactly one of drop and new_lens must be set (drop 0x%llx, new_lens 0x%llx)",
+                       (unsigned long long)a->drop, (unsigned long long)a->new_lens);
+    return a->drop ? check_ptr(e, "drop", a->drop, 4, 0) : check_ptr(e, "new_lens", a->new_lens, 4, 0);
+}
+
+mg_status mobagen_kv_truncate(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_truncate_args *a,
+                              mobagen_stream stream)
+{
+    mg_status st = check_truncate(op, cache, a);
+    if (st != MG_OK || a->batch == 0) return st;
+    if ((st = mg_op_load_decode(op)) != MG_OK) return st;
+    mg_decode_params p = {.batch = a->batch, .trunc_drop = a->drop, .trunc_new_lens = a->new_lens};
+    cache_params(cache, cache_max_blocks(&op->spec, cache), &p);
+    if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
+    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1, 256, 0, &p,
+                     stream);
+    mg_ctx_pop(op->ctx);
+    return st;
+}
+
 mg_status mobagen_decode_workspace_size(mobagen_op *op, const mobagen_kv_cache *cache,
                                         const mobagen_decode_args *args, size_t *bytes)
 {
@@ -374,9 +405,11 @@ mg_status mobagen_kv_cache_check(mobagen_op *op, const mobagen_kv_cache *cache, 
     if (st != MG_OK) return st;
     if (bits) *bits = word;
     if (!word) return MG_OK;
-    return mg_fail(&op->err, MG_E_ARG, "the device found an inconsistent cache:%s%s%s",
+    return mg_fail(&op->err, MG_E_ARG, "the device found an inconsistent cache:%s%s%s%s",
                    word & MOBAGEN_KV_E_PAGE ? " a page table entry in use outside 0..n_pages-1;" : "",
                    word & MOBAGEN_KV_E_FULL ? " a sequence longer than its page table row or than max_new;" : "",
                    word & MOBAGEN_KV_E_QLEN ? " a sequence with more new queries than cached tokens (or than "
-                                              "max_q_len);" : "");
+                                              "max_q_len);" : "",
+                   word & MOBAGEN_KV_E_DROP ? " a truncation to a length outside 0..seq_lens (sequence left as it "
+                                              "was);" : "");
 }

@@ -36,7 +36,7 @@
 %! function kernels(spec, p)
 %!   return { main = "moba_decode_attn<" .. p.stages .. ">", decode_route = "moba_decode_route<" .. p.route_chunk .. ">",
 %!            decode_select = "moba_decode_select", decode_merge = "moba_decode_merge",
-%!            append = "moba_decode_append", append_commit = "moba_decode_commit" }
+%!            append = "moba_decode_append", append_commit = "moba_decode_commit", truncate = "moba_decode_truncate" }
 %! end
 %! function launch(spec, p)
 %!   return { threads = 128, smem = supported(spec) and attn_smem(spec, p) or 0, rows = p.route_chunk }
@@ -52,6 +52,7 @@ __global__ void moba_decode_select(const DecodeParams p) {}
 __global__ void moba_decode_merge(const DecodeParams p) {}
 __global__ void moba_decode_append(const DecodeParams p) {}
 __global__ void moba_decode_commit(const DecodeParams p) {}
+__global__ void moba_decode_truncate(const DecodeParams p) {}
 % else
 % include("mma.cuh.tpl")
 
@@ -65,6 +66,7 @@ __global__ void moba_decode_commit(const DecodeParams p) {}
 #define DEC_ERR_PAGE 1
 #define DEC_ERR_FULL 2
 #define DEC_ERR_QLEN 4
+#define DEC_ERR_DROP 8
 
 __device__ __forceinline__ void dec_flag(const DecodeParams &p, int bits)
 {
@@ -191,6 +193,60 @@ __global__ void __launch_bounds__(128) moba_decode_commit(const DecodeParams p)
     int *lens = reinterpret_cast<int *>(p.seq_lens);
     const int n = cu_new[b + 1] - cu_new[b];
     if (n > 0 && n <= (int)p.max_new && (long long)lens[b] + n <= p.max_pages * p.page_size) lens[b] += n;
+}
+
+// ---- truncate (speculative decoding's rollback) ------------------------------------------------
+// One CTA per sequence. The new length L' = L - drop (or the given one) must be in 0..L, else
+// the sequence is left as it is and flagged. The sum of block L'/B, when L' cuts it, is
+// recomputed from its kept k' rows in position order, exactly as the appends summed them, so
+// the cache is bit for bit what appending only the kept tokens makes; later blocks restart at
+// their next append and the raw keys of kept positions (the conv's history) are untouched.
+// One CTA owns the sequence, so its length moves only after every thread has read it.
+#define DEC_TRUNC_THREADS 256
+__global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const DecodeParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM;
+    const int b = blockIdx.x, tid = threadIdx.x;
+    int *lens = reinterpret_cast<int *>(p.seq_lens);
+    const int len = lens[b];
+    const int keep = p.trunc_drop ? len - reinterpret_cast<const int *>(p.trunc_drop)[b]
+                                  : reinterpret_cast<const int *>(p.trunc_new_lens)[b];
+    if (len < 0 || (long long)len > p.max_pages * p.page_size) {
+        if (tid == 0) dec_flag(p, DEC_ERR_FULL);
+        return;
+    }
+    if (keep < 0 || keep > len) {
+        if (tid == 0) dec_flag(p, DEC_ERR_DROP);
+        return;
+    }
+    if (keep == len) return;
+    const int blk = keep / MOBA_BLOCK, p0 = blk * MOBA_BLOCK, ps = (int)p.page_size;
+    if (keep > p0) {
+        const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
+        bool bad = false;
+        for (int pg = p0 / ps + tid; pg <= (keep - 1) / ps; pg += DEC_TRUNC_THREADS) {
+            const int page = pt[pg];
+            bad |= page < 0 || page >= (int)p.n_pages;
+        }
+        if (__syncthreads_or(bad)) {
+            if (tid == 0) dec_flag(p, DEC_ERR_PAGE);
+            return;
+        }
+        const elem_t *kprime = reinterpret_cast<const elem_t *>(p.kprime_pages);
+        float *csum = reinterpret_cast<float *>(p.centroid_sum) + ((long long)b * p.max_blocks + blk) * p.hkv * D;
+        const int width = (int)p.hkv * D;   // a token's row: [hkv][d], contiguous in its page slot
+        for (int e = tid; e < width; e += DEC_TRUNC_THREADS) {
+            float sum = 0.f;
+#pragma unroll 8
+            for (int pos = p0; pos < keep; pos++) {
+                const long long slot = (long long)pt[pos / ps] * ps + pos % ps;
+                sum += elem_to_float(kprime[slot * width + e]);
+            }
+            csum[e] = sum;
+        }
+    }
+    __syncthreads();
+    if (tid == 0) lens[b] = keep;
 }
 
 // ---- decode 1: routing scores and each chunk's best candidates ------------------------------
