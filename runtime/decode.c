@@ -315,8 +315,11 @@ mg_status mobagen_kv_truncate(mobagen_op *op, const mobagen_kv_cache *cache, con
     mg_decode_params p = {.batch = a->batch, .trunc_drop = a->drop, .trunc_new_lens = a->new_lens};
     cache_params(cache, cache_max_blocks(&op->spec, cache), &p);
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
-    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1, 256, 0, &p,
-                     stream);
+    /* a thread per element of a token's row (hkv x head_dim), up to 1024 (the kernel's bound) */
+    long long width = (long long)cache->hkv * cache->head_dim;
+    unsigned threads = (unsigned)(width < 1024 ? mg_ceil_div(width, 32) * 32 : 1024);
+    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1, threads, 0,
+                     &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }

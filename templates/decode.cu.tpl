@@ -201,12 +201,14 @@ __global__ void __launch_bounds__(128) moba_decode_commit(const DecodeParams p)
 // recomputed from its kept k' rows in position order, exactly as the appends summed them, so
 // the cache is bit for bit what appending only the kept tokens makes; later blocks restart at
 // their next append and the raw keys of kept positions (the conv's history) are untouched.
-// One CTA owns the sequence, so its length moves only after every thread has read it.
-#define DEC_TRUNC_THREADS 256
+// One CTA owns the sequence, so its length moves only after every thread has read it. A thread
+// per element of a token's row (hkv x d, up to 1024), so that the kept rows' loads form one
+// chain of latency, not one per element a thread would otherwise loop over.
+#define DEC_TRUNC_THREADS 1024
 __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM;
-    const int b = blockIdx.x, tid = threadIdx.x;
+    const int b = blockIdx.x, tid = threadIdx.x, nthreads = blockDim.x;
     int *lens = reinterpret_cast<int *>(p.seq_lens);
     const int len = lens[b];
     const int keep = p.trunc_drop ? len - reinterpret_cast<const int *>(p.trunc_drop)[b]
@@ -224,7 +226,7 @@ __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const 
     if (keep > p0) {
         const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
         bool bad = false;
-        for (int pg = p0 / ps + tid; pg <= (keep - 1) / ps; pg += DEC_TRUNC_THREADS) {
+        for (int pg = p0 / ps + tid; pg <= (keep - 1) / ps; pg += nthreads) {
             const int page = pt[pg];
             bad |= page < 0 || page >= (int)p.n_pages;
         }
@@ -235,7 +237,7 @@ __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const 
         const elem_t *kprime = reinterpret_cast<const elem_t *>(p.kprime_pages);
         float *csum = reinterpret_cast<float *>(p.centroid_sum) + ((long long)b * p.max_blocks + blk) * p.hkv * D;
         const int width = (int)p.hkv * D;   // a token's row: [hkv][d], contiguous in its page slot
-        for (int e = tid; e < width; e += DEC_TRUNC_THREADS) {
+        for (int e = tid; e < width; e += nthreads) {
             float sum = 0.f;
 #pragma unroll 8
             for (int pos = p0; pos < keep; pos++) {
