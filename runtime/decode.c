@@ -1,6 +1,7 @@
 /* Serving over a paged KV cache (docs/decode.md): argument checks, the decode workspace, the
- * launches of append (append, append_commit), truncate and decode (decode_route, decode_select, main =
- * split-KV attention, decode_merge). The decode variants load on first use. */
+ * launches of append (append_step for a step's few tokens; append + append_commit for longer
+ * ones), truncate and decode (decode_route, decode_select, main = split-KV attention whose last
+ * split per kv head merges). The decode variants load on first use. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,13 +17,14 @@
 #define DEFAULT_ROUTE_CHUNK 256  /* before the decode variants are loaded (detached ops) */
 #define MAX_ROUTE_CHUNKS 2048    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
 #define DEFAULT_SM_COUNT 132
+#define STEP_APPEND_MAX 16       /* appends of at most this many tokens per sequence: one launch */
 
 typedef struct decode_layout decode_layout;
 static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
                               decode_layout *w);
 
 struct decode_layout {
-    size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, total;
+    size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, tickets, total;
     long long rows, route_chunks, splits, max_blocks;
     const char *overflow;
 };
@@ -175,6 +177,7 @@ static decode_layout layout_for(const mobagen_op *op, const mobagen_kv_cache *c,
     w.part_o = mg_layout_add(&l, "split partials (batch x hkv x splits x 16 x head_dim)", heads, w.splits,
                              DECODE_ROWS, s->head_dim, 4);
     w.part_ml = mg_layout_add(&l, "split maxima and sums", heads, w.splits, DECODE_ROWS, 8, 1);
+    w.tickets = mg_layout_add(&l, "split tickets (batch x hkv)", heads, 4, 1, 1, 1);
     w.total = l.total;
     w.overflow = l.overflow;
     return w;
@@ -232,6 +235,14 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
     return MG_OK;
 }
 
+/* A thread per element of a token's row (hkv x head_dim), up to 1024 (the per-sequence kernels'
+ * launch bound): truncate and the step append. */
+static unsigned row_threads(const mobagen_kv_cache *c)
+{
+    long long width = (long long)c->hkv * c->head_dim;
+    return (unsigned)(width < 1024 ? mg_ceil_div(width, 32) * 32 : 1024);
+}
+
 static mg_status launch_role(mobagen_op *op, const mg_loaded_variant *v, const char *role, unsigned gx, unsigned gy,
                              unsigned gz, unsigned threads, unsigned smem, mg_decode_params *p, mobagen_stream stream)
 {
@@ -282,10 +293,16 @@ mg_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache, const mo
     /* max_new tokens starting anywhere touch at most this many blocks */
     unsigned blocks = (unsigned)(mg_ceil_div(a->max_new, s->block_size) + 1);
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
-    st = launch_role(op, v, MG_ROLE_APPEND, blocks, (unsigned)cache->hkv, (unsigned)a->batch,
-                     (unsigned)s->head_dim, 0, &p, stream);
-    if (st == MG_OK)
-        st = launch_role(op, v, MG_ROLE_APPEND_COMMIT, (unsigned)mg_ceil_div(a->batch, 128), 1, 1, 128, 0, &p, stream);
+    if (a->max_new <= STEP_APPEND_MAX) {
+        /* a decode step's tokens: one launch, one CTA per sequence that also moves its length */
+        st = launch_role(op, v, MG_ROLE_APPEND_STEP, (unsigned)a->batch, 1, 1, row_threads(cache), 0, &p, stream);
+    } else {
+        st = launch_role(op, v, MG_ROLE_APPEND, blocks, (unsigned)cache->hkv, (unsigned)a->batch,
+                         (unsigned)s->head_dim, 0, &p, stream);
+        if (st == MG_OK)
+            st = launch_role(op, v, MG_ROLE_APPEND_COMMIT, (unsigned)mg_ceil_div(a->batch, 128), 1, 1, 128, 0, &p,
+                             stream);
+    }
     mg_ctx_pop(op->ctx);
     return st;
 }
@@ -315,11 +332,8 @@ mg_status mobagen_kv_truncate(mobagen_op *op, const mobagen_kv_cache *cache, con
     mg_decode_params p = {.batch = a->batch, .trunc_drop = a->drop, .trunc_new_lens = a->new_lens};
     cache_params(cache, cache_max_blocks(&op->spec, cache), &p);
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
-    /* a thread per element of a token's row (hkv x head_dim), up to 1024 (the kernel's bound) */
-    long long width = (long long)cache->hkv * cache->head_dim;
-    unsigned threads = (unsigned)(width < 1024 ? mg_ceil_div(width, 32) * 32 : 1024);
-    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1, threads, 0,
-                     &p, stream);
+    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1,
+                     row_threads(cache), 0, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }
@@ -365,6 +379,7 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
         .q = a->q, .out = a->out, .lse = a->lse, .sel = a->sel, .cu_seqlens_q = a->cu_seqlens_q,
         .cand = workspace + w.cand, .uni_blocks = workspace + w.uni_blocks, .uni_masks = workspace + w.uni_masks,
         .uni_count = workspace + w.uni_count, .part_o = workspace + w.part_o, .part_ml = workspace + w.part_ml,
+        .tickets = workspace + w.tickets,
         .q_row_stride = a->q_row_stride ? a->q_row_stride : row,
         .out_row_stride = a->out_row_stride ? a->out_row_stride : row,
         .batch = a->batch, .hq = a->hq, .max_q_len = a->max_q_len, .rows = w.rows,
@@ -382,8 +397,6 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     if (st == MG_OK && (stages & MG_DECODE_ATTN))
         st = launch_role(op, v, MG_ROLE_MAIN, (unsigned)w.splits, hkv, batch, (unsigned)v->threads, (unsigned)v->smem,
                          &p, stream);
-    if (st == MG_OK && (stages & MG_DECODE_MERGE))
-        st = launch_role(op, v, MG_ROLE_DECODE_MERGE, hkv, batch, 1, 128, 0, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }
