@@ -1,7 +1,7 @@
 /* Serving over a paged KV cache (docs/decode.md): argument checks, the decode workspace, the
  * launches of append (append_step for a step's few tokens; append + append_commit for longer
- * ones), truncate and decode (decode_route, decode_select, main = split-KV attention whose last
- * split per kv head merges). The decode variants load on first use. */
+ * ones), truncate and decode (decode_route, decode_select, main = split-KV attention,
+ * decode_merge). The decode variants load on first use. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,7 +24,7 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
                               decode_layout *w);
 
 struct decode_layout {
-    size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, tickets, total;
+    size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, total;
     long long rows, route_chunks, splits, max_blocks;
     const char *overflow;
 };
@@ -177,7 +177,6 @@ static decode_layout layout_for(const mobagen_op *op, const mobagen_kv_cache *c,
     w.part_o = mg_layout_add(&l, "split partials (batch x hkv x splits x 16 x head_dim)", heads, w.splits,
                              DECODE_ROWS, s->head_dim, 4);
     w.part_ml = mg_layout_add(&l, "split maxima and sums", heads, w.splits, DECODE_ROWS, 8, 1);
-    w.tickets = mg_layout_add(&l, "split tickets (batch x hkv)", heads, 4, 1, 1, 1);
     w.total = l.total;
     w.overflow = l.overflow;
     return w;
@@ -379,7 +378,6 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
         .q = a->q, .out = a->out, .lse = a->lse, .sel = a->sel, .cu_seqlens_q = a->cu_seqlens_q,
         .cand = workspace + w.cand, .uni_blocks = workspace + w.uni_blocks, .uni_masks = workspace + w.uni_masks,
         .uni_count = workspace + w.uni_count, .part_o = workspace + w.part_o, .part_ml = workspace + w.part_ml,
-        .tickets = workspace + w.tickets,
         .q_row_stride = a->q_row_stride ? a->q_row_stride : row,
         .out_row_stride = a->out_row_stride ? a->out_row_stride : row,
         .batch = a->batch, .hq = a->hq, .max_q_len = a->max_q_len, .rows = w.rows,
@@ -397,6 +395,8 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     if (st == MG_OK && (stages & MG_DECODE_ATTN))
         st = launch_role(op, v, MG_ROLE_MAIN, (unsigned)w.splits, hkv, batch, (unsigned)v->threads, (unsigned)v->smem,
                          &p, stream);
+    if (st == MG_OK && (stages & MG_DECODE_MERGE))
+        st = launch_role(op, v, MG_ROLE_DECODE_MERGE, hkv, batch, 1, 128, 0, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }

@@ -23,6 +23,7 @@
  * split-KV attention), and launch()'s rows is its routing chunk (centroid blocks per CTA). */
 #define MG_ROLE_DECODE_ROUTE "decode_route"
 #define MG_ROLE_DECODE_SELECT "decode_select"
+#define MG_ROLE_DECODE_MERGE "decode_merge"
 #define MG_ROLE_APPEND "append"
 #define MG_ROLE_APPEND_COMMIT "append_commit"
 #define MG_ROLE_TRUNCATE "truncate"

@@ -35,7 +35,7 @@
 %! end
 %! function kernels(spec, p)
 %!   return { main = "moba_decode_attn<" .. p.stages .. ">", decode_route = "moba_decode_route<" .. p.route_chunk .. ">",
-%!            decode_select = "moba_decode_select",
+%!            decode_select = "moba_decode_select", decode_merge = "moba_decode_merge",
 %!            append = "moba_decode_append", append_commit = "moba_decode_commit", truncate = "moba_decode_truncate",
 %!            append_step = "moba_decode_append_step" }
 %! end
@@ -50,6 +50,7 @@ typedef mg_decode_params DecodeParams;
 template <int STAGES> __global__ void moba_decode_attn(const DecodeParams p) {}
 template <int CHUNK> __global__ void moba_decode_route(const DecodeParams p) {}
 __global__ void moba_decode_select(const DecodeParams p) {}
+__global__ void moba_decode_merge(const DecodeParams p) {}
 __global__ void moba_decode_append(const DecodeParams p) {}
 __global__ void moba_decode_append_step(const DecodeParams p) {}
 __global__ void moba_decode_commit(const DecodeParams p) {}
@@ -176,7 +177,7 @@ __device__ __forceinline__ bool dec_append_block(const DecodeParams &p, int b, i
     return bad;
 }
 
-// Whether sequence b's new tokens fit (else flagged once, by the caller's first thread).
+// Whether sequence b's new tokens fit (else the caller flags it once).
 __device__ __forceinline__ bool dec_append_fits(const DecodeParams &p, int n, int len)
 {
     return n <= (int)p.max_new && (long long)len + n <= p.max_pages * p.page_size;
@@ -395,8 +396,6 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
     int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     int *uni_count = reinterpret_cast<int *>(p.uni_count) + (long long)b * p.hkv + kvh;
-    // the attention's splits of this kv head count themselves here; the last one merges
-    if (tid == 0) reinterpret_cast<unsigned *>(p.tickets)[(long long)b * p.hkv + kvh] = 0;
     int q0, qlen, len;
     if (!dec_seq(p, b, q0, qlen, len)) {
         if (tid == 0) {
@@ -526,7 +525,7 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
 // sees a key only if it chose the key's block and the key is at or before its position. The
 // warps' partials are merged in shared memory and written as the split's (m, l, o).
 template <int STAGES>
-__device__ __forceinline__ void dec_attn_split(const DecodeParams &p)
+__global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, DT = D / 8, TILES_PER_BLOCK = MOBA_BLOCK / 16;
     constexpr float LOG2E = 1.4426950408889634f;
@@ -768,14 +767,13 @@ __device__ __forceinline__ void dec_attn_split(const DecodeParams &p)
     if (tid % 8 == 0) part_ml[i] = make_float2(m_all, l_all);
 }
 
-// ---- the merge of the splits ------------------------------------------------------------------
-// One warp per (row of the kv head), in the CTA of the split that finished last. Rows of an
-// inconsistent sequence (flagged by select) get o = 0 and LSE = 0 rather than stale memory.
-// The partials come from L2 (__ldcg): other CTAs wrote them during this launch.
-__device__ __forceinline__ void dec_merge(const DecodeParams &p, int kvh, int b)
+// ---- decode 4: merge the splits ---------------------------------------------------------------
+// One warp per (row of the kv head); CTA = (kv head, sequence). Rows of an inconsistent
+// sequence (flagged by select) get o = 0 and LSE = 0 rather than stale memory.
+__global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, DPL = D / 32;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int kvh = blockIdx.x, b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
     const int q0 = cu_q[b], qlen = cu_q[b + 1] - q0;
     int dq0, dqlen, len;
@@ -790,7 +788,7 @@ __device__ __forceinline__ void dec_merge(const DecodeParams &p, int kvh, int b)
         // the splits' maxima and sums across the lanes, then their outputs a few splits at a time
         float m = -INFINITY;
         if (ok)
-            for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(&ml[s * DEC_ROWS + i]).x);
+            for (int s = lane; s < splits; s += 32) m = fmaxf(m, ml[s * DEC_ROWS + i].x);
 #pragma unroll
         for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         float acc[DPL], lsum = 0.f;
@@ -798,18 +796,18 @@ __device__ __forceinline__ void dec_merge(const DecodeParams &p, int kvh, int b)
         for (int c = 0; c < DPL; c++) acc[c] = 0.f;
         if (m != -INFINITY) {
             for (int s = lane; s < splits; s += 32) {
-                const float2 v = __ldcg(&ml[s * DEC_ROWS + i]);
+                const float2 v = ml[s * DEC_ROWS + i];
                 if (v.x != -INFINITY) lsum += exp2f(v.x - m) * v.y;
             }
 #pragma unroll
             for (int o = 16; o > 0; o /= 2) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
 #pragma unroll 4
             for (int s = 0; s < splits; s++) {
-                const float mx = __ldcg(&ml[s * DEC_ROWS + i]).x;
+                const float mx = ml[s * DEC_ROWS + i].x;
                 if (mx == -INFINITY) continue;   // an empty split wrote no partial output
                 const float f = exp2f(mx - m);
 #pragma unroll
-                for (int c = 0; c < DPL; c++) acc[c] += f * __ldcg(&po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c]);
+                for (int c = 0; c < DPL; c++) acc[c] += f * po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c];
             }
         }
         const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
@@ -819,26 +817,5 @@ __device__ __forceinline__ void dec_merge(const DecodeParams &p, int kvh, int b)
         if (lane == 0)
             reinterpret_cast<float *>(p.lse)[row * p.hq + h] = lsum > 0.f ? (m + __log2f(lsum)) * 0.6931471805599453f : 0.f;
     }
-}
-
-// ---- decode 3: attention and merge -------------------------------------------------------------
-// Each split writes its partial; the last of a (sequence, kv head)'s splits to finish (a ticket
-// counter that select zeroes) merges them all. Which CTA merges varies, what it computes does
-// not: it reads every split's partial from memory in split order.
-template <int STAGES>
-__global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
-{
-    dec_attn_split<STAGES>(p);
-    __shared__ bool last;
-    __threadfence();   // this split's partial is visible before its ticket
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned *ticket = reinterpret_cast<unsigned *>(p.tickets) + (long long)blockIdx.z * p.hkv + blockIdx.y;
-        last = (atomicAdd(ticket, 1u) + 1) % (unsigned)p.splits == 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    dec_merge(p, blockIdx.y, blockIdx.z);
 }
 % end

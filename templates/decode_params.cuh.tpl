@@ -25,8 +25,6 @@ typedef struct mg_decode_params {
     // truncate: int32 [batch] tokens to drop from each sequence's end, or the lengths to keep
     // (exactly one is set)
     unsigned long long trunc_drop, trunc_new_lens;
-    // decode workspace: uint32 [batch][hkv] tickets of the attention's splits (select zeroes them)
-    unsigned long long tickets;
 } mg_decode_params;
 
 #ifdef __cplusplus
@@ -36,7 +34,7 @@ typedef struct mg_decode_params {
 #endif
 MG_DPARAMS_ASSERT(sizeof(unsigned long long) == 8 && sizeof(long long) == 8 && sizeof(double) == 8,
                   "mg_decode_params: every field type is 8 bytes wide");
-MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 42 * 8, "mg_decode_params: 42 fields of 8 bytes, no padding");
+MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 41 * 8, "mg_decode_params: 41 fields of 8 bytes, no padding");
 #ifdef MG_PARAMS_OFFSETOF
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, kprime_pages) == 9 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, cand) == 16 * 8, "mg_decode_params layout");
