@@ -357,7 +357,8 @@ typedef struct mobagen_truncate_args {
 
 /* Writes the new tokens' k' (key convolution over the sequence's previous keys), raw k, v into
  * their pages, updates the centroid sums of the blocks they fall in (a block's first key
- * restarts its sum) and advances seq_lens. */
+ * restarts its sum) and advances seq_lens. One launch when max_new <= 16 (a decode step), two
+ * for longer appends (prefill); the cache is the same either way. */
 MOBAGEN_API mobagen_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache,
                                           const mobagen_append_args *args, mobagen_stream stream);
 /* Shortens sequence b to L' = seq_lens[b] - drop[b] (or new_lens[b]) tokens, 0 <= L' <=
