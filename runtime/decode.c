@@ -1,6 +1,7 @@
 /* Serving over a paged KV cache (docs/decode.md): argument checks, the decode workspace, the
- * launches of append (append, append_commit) and decode (decode_route, decode_select, main =
- * split-KV attention, decode_merge). The decode variants load on first use. */
+ * launches of append (append_step for a step's few tokens; append + append_commit for longer
+ * ones), truncate and decode (decode_route, decode_select, main = split-KV attention,
+ * decode_merge). The decode variants load on first use. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #define DEFAULT_ROUTE_CHUNK 256  /* before the decode variants are loaded (detached ops) */
 #define MAX_ROUTE_CHUNKS 2048    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
 #define DEFAULT_SM_COUNT 132
+#define STEP_APPEND_MAX 16       /* appends of at most this many tokens per sequence: one launch */
 
 typedef struct decode_layout decode_layout;
 static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
@@ -232,6 +234,14 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
     return MG_OK;
 }
 
+/* A thread per element of a token's row (hkv x head_dim), up to 1024 (the per-sequence kernels'
+ * launch bound): truncate and the step append. */
+static unsigned row_threads(const mobagen_kv_cache *c)
+{
+    long long width = (long long)c->hkv * c->head_dim;
+    return (unsigned)(width < 1024 ? mg_ceil_div(width, 32) * 32 : 1024);
+}
+
 static mg_status launch_role(mobagen_op *op, const mg_loaded_variant *v, const char *role, unsigned gx, unsigned gy,
                              unsigned gz, unsigned threads, unsigned smem, mg_decode_params *p, mobagen_stream stream)
 {
@@ -282,10 +292,47 @@ mg_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache, const mo
     /* max_new tokens starting anywhere touch at most this many blocks */
     unsigned blocks = (unsigned)(mg_ceil_div(a->max_new, s->block_size) + 1);
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
-    st = launch_role(op, v, MG_ROLE_APPEND, blocks, (unsigned)cache->hkv, (unsigned)a->batch,
-                     (unsigned)s->head_dim, 0, &p, stream);
-    if (st == MG_OK)
-        st = launch_role(op, v, MG_ROLE_APPEND_COMMIT, (unsigned)mg_ceil_div(a->batch, 128), 1, 1, 128, 0, &p, stream);
+    if (a->max_new <= STEP_APPEND_MAX) {
+        /* a decode step's tokens: one launch, one CTA per sequence that also moves its length */
+        st = launch_role(op, v, MG_ROLE_APPEND_STEP, (unsigned)a->batch, 1, 1, row_threads(cache), 0, &p, stream);
+    } else {
+        st = launch_role(op, v, MG_ROLE_APPEND, blocks, (unsigned)cache->hkv, (unsigned)a->batch,
+                         (unsigned)s->head_dim, 0, &p, stream);
+        if (st == MG_OK)
+            st = launch_role(op, v, MG_ROLE_APPEND_COMMIT, (unsigned)mg_ceil_div(a->batch, 128), 1, 1, 128, 0, &p,
+                             stream);
+    }
+    mg_ctx_pop(op->ctx);
+    return st;
+}
+
+static mg_status check_truncate(mobagen_op *op, const mobagen_kv_cache *c, const mobagen_truncate_args *a)
+{
+    if (!op) return MG_E_ARG;
+    mg_diag *e = &op->err;
+    if (!a) return mg_fail(e, MG_E_ARG, "args is NULL");
+    mg_status st = check_supported(&op->spec, e);
+    if (st != MG_OK) return st;
+    if (a->batch < 0) return mg_fail(e, MG_E_ARG, "batch must be >= 0, got %d", a->batch);
+    if ((st = check_cache(&op->spec, c, a->batch, e)) != MG_OK) return st;
+    if (a->batch == 0) return MG_OK;
+    if (!a->drop == !a->new_lens)
+        return mg_fail(e, MG_E_ARG, "exactly one of drop and new_lens must be set (drop 0x%llx, new_lens 0x%llx)",
+                       (unsigned long long)a->drop, (unsigned long long)a->new_lens);
+    return a->drop ? check_ptr(e, "drop", a->drop, 4, 0) : check_ptr(e, "new_lens", a->new_lens, 4, 0);
+}
+
+mg_status mobagen_kv_truncate(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_truncate_args *a,
+                              mobagen_stream stream)
+{
+    mg_status st = check_truncate(op, cache, a);
+    if (st != MG_OK || a->batch == 0) return st;
+    if ((st = mg_op_load_decode(op)) != MG_OK) return st;
+    mg_decode_params p = {.batch = a->batch, .trunc_drop = a->drop, .trunc_new_lens = a->new_lens};
+    cache_params(cache, cache_max_blocks(&op->spec, cache), &p);
+    if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
+    st = launch_role(op, &op->variants[op->selected_decode], MG_ROLE_TRUNCATE, (unsigned)a->batch, 1, 1,
+                     row_threads(cache), 0, &p, stream);
     mg_ctx_pop(op->ctx);
     return st;
 }
@@ -374,9 +421,11 @@ mg_status mobagen_kv_cache_check(mobagen_op *op, const mobagen_kv_cache *cache, 
     if (st != MG_OK) return st;
     if (bits) *bits = word;
     if (!word) return MG_OK;
-    return mg_fail(&op->err, MG_E_ARG, "the device found an inconsistent cache:%s%s%s",
+    return mg_fail(&op->err, MG_E_ARG, "the device found an inconsistent cache:%s%s%s%s",
                    word & MOBAGEN_KV_E_PAGE ? " a page table entry in use outside 0..n_pages-1;" : "",
                    word & MOBAGEN_KV_E_FULL ? " a sequence longer than its page table row or than max_new;" : "",
                    word & MOBAGEN_KV_E_QLEN ? " a sequence with more new queries than cached tokens (or than "
-                                              "max_q_len);" : "");
+                                              "max_q_len);" : "",
+                   word & MOBAGEN_KV_E_DROP ? " a truncation to a length outside 0..seq_lens (sequence left as it "
+                                              "was);" : "");
 }

@@ -26,6 +26,8 @@
 #define MG_ROLE_DECODE_MERGE "decode_merge"
 #define MG_ROLE_APPEND "append"
 #define MG_ROLE_APPEND_COMMIT "append_commit"
+#define MG_ROLE_TRUNCATE "truncate"
+#define MG_ROLE_APPEND_STEP "append_step"
 /* The backward (attn_bwd) has all of these besides main, or none. */
 #define MG_ROLE_BWD_COUNT "bwd_count"
 #define MG_ROLE_BWD_ALLOC "bwd_alloc"

@@ -321,6 +321,7 @@ typedef struct mobagen_kv_cache {
 #define MOBAGEN_KV_E_PAGE 1   /* a page table entry in use is outside 0..n_pages-1 */
 #define MOBAGEN_KV_E_FULL 2   /* a sequence outgrows max_pages * page_size, or exceeds a host bound */
 #define MOBAGEN_KV_E_QLEN 4   /* a sequence has more new queries than cached tokens */
+#define MOBAGEN_KV_E_DROP 8   /* a truncation to a length outside 0..seq_lens[b] (sequence left as it was) */
 
 /* Sequence b gets n_b = cu_seqlens_new[b+1] - cu_seqlens_new[b] >= 0 new tokens (rows of k, v
  * [total_new][hkv][head_dim]) at positions seq_lens[b].. (prefill is an append of the prompt). */
@@ -349,11 +350,29 @@ typedef struct mobagen_decode_args {
     float softmax_scale;          /* 0: 1/sqrt(head_dim) */
 } mobagen_decode_args;
 
+/* Rollback of the last tokens of each sequence (speculative decoding's rejected drafts). Exactly
+ * one of drop and new_lens is set; with batch 0 neither is needed. */
+typedef struct mobagen_truncate_args {
+    int batch;
+    mobagen_devptr drop;          /* int32 [batch]: tokens to remove from the end of sequence b */
+    mobagen_devptr new_lens;      /* or int32 [batch]: the lengths to keep */
+} mobagen_truncate_args;
+
 /* Writes the new tokens' k' (key convolution over the sequence's previous keys), raw k, v into
  * their pages, updates the centroid sums of the blocks they fall in (a block's first key
- * restarts its sum) and advances seq_lens. */
+ * restarts its sum) and advances seq_lens. One launch when max_new <= 16 (a decode step), two
+ * for longer appends (prefill); the cache is the same either way. */
 MOBAGEN_API mobagen_status mobagen_append(mobagen_op *op, const mobagen_kv_cache *cache,
                                           const mobagen_append_args *args, mobagen_stream stream);
+/* Shortens sequence b to L' = seq_lens[b] - drop[b] (or new_lens[b]) tokens, 0 <= L' <=
+ * seq_lens[b], on the device in one launch: the centroid sum of the block L' cuts is recomputed
+ * from its kept keys (in the order the appends added them, so the cache is bit for bit what
+ * appending only the kept tokens gives) and seq_lens[b] = L'. Raw keys of kept positions stay,
+ * so the next append's key convolution sees the right history. A sequence whose L' is out of
+ * range, or whose cut block has a page outside the pool, is left untouched and flagged
+ * (MOBAGEN_KV_E_DROP, MOBAGEN_KV_E_PAGE; mobagen_kv_cache_check reports them). */
+MOBAGEN_API mobagen_status mobagen_kv_truncate(mobagen_op *op, const mobagen_kv_cache *cache,
+                                               const mobagen_truncate_args *args, mobagen_stream stream);
 /* Bytes of device workspace mobagen_decode needs (256-byte aligned): routing candidates
  * batch*hkv*gqa_group*max_q_len*ceil(n/256)*(top_k-1)*8 with n = ceil(max_seqlen/block_size),
  * the union of each kv head's blocks batch*hkv*16*top_k*8, and the split partials

@@ -36,7 +36,8 @@
 %! function kernels(spec, p)
 %!   return { main = "moba_decode_attn<" .. p.stages .. ">", decode_route = "moba_decode_route<" .. p.route_chunk .. ">",
 %!            decode_select = "moba_decode_select", decode_merge = "moba_decode_merge",
-%!            append = "moba_decode_append", append_commit = "moba_decode_commit" }
+%!            append = "moba_decode_append", append_commit = "moba_decode_commit", truncate = "moba_decode_truncate",
+%!            append_step = "moba_decode_append_step" }
 %! end
 %! function launch(spec, p)
 %!   return { threads = 128, smem = supported(spec) and attn_smem(spec, p) or 0, rows = p.route_chunk }
@@ -51,7 +52,9 @@ template <int CHUNK> __global__ void moba_decode_route(const DecodeParams p) {}
 __global__ void moba_decode_select(const DecodeParams p) {}
 __global__ void moba_decode_merge(const DecodeParams p) {}
 __global__ void moba_decode_append(const DecodeParams p) {}
+__global__ void moba_decode_append_step(const DecodeParams p) {}
 __global__ void moba_decode_commit(const DecodeParams p) {}
+__global__ void moba_decode_truncate(const DecodeParams p) {}
 % else
 % include("mma.cuh.tpl")
 
@@ -65,6 +68,7 @@ __global__ void moba_decode_commit(const DecodeParams p) {}
 #define DEC_ERR_PAGE 1
 #define DEC_ERR_FULL 2
 #define DEC_ERR_QLEN 4
+#define DEC_ERR_DROP 8
 
 __device__ __forceinline__ void dec_flag(const DecodeParams &p, int bits)
 {
@@ -115,24 +119,16 @@ __device__ __forceinline__ bool dec_seq(const DecodeParams &p, int b, int &q0, i
 }
 
 // ---- append -------------------------------------------------------------------------------
-// One CTA per (centroid block the new tokens touch, kv head, sequence); thread = dim. The conv
-// of a new key reads earlier raw keys from the input when they are new too, else from the
-// pages, so CTAs never wait on each other; each block's sum is written by one CTA, in order.
-__global__ void __launch_bounds__(MOBA_HEAD_DIM) moba_decode_append(const DecodeParams p)
+// The new tokens of sequence b in centroid block blk, for one (kv head, dim): k' (conv), pages,
+// the block's running sum. The conv of a new key reads earlier raw keys from the input when
+// they are new too, else from the pages, so no caller waits on another; each block's sum is
+// written by one thread per element, in position order. True when a page was outside the pool.
+__device__ __forceinline__ bool dec_append_block(const DecodeParams &p, int b, int kvh, int dim, int blk, int len,
+                                                 int n, int row0)
 {
     constexpr int D = MOBA_HEAD_DIM;
-    const int kvh = blockIdx.y, b = blockIdx.z, dim = threadIdx.x;
-    const int *cu_new = reinterpret_cast<const int *>(p.cu_seqlens_new);
-    const int row0 = cu_new[b], n = cu_new[b + 1] - row0;
-    const int len = reinterpret_cast<const int *>(p.seq_lens)[b];
-    if (n <= 0) return;
-    if (n > (int)p.max_new || (long long)len + n > p.max_pages * p.page_size) {
-        if (blockIdx.x == 0 && kvh == 0 && dim == 0) dec_flag(p, DEC_ERR_FULL);
-        return;
-    }
-    const int blk = len / MOBA_BLOCK + (int)blockIdx.x;
     const int p0 = max(len, blk * MOBA_BLOCK), p1 = min(len + n, (blk + 1) * MOBA_BLOCK);
-    if (p0 >= p1) return;
+    if (p0 >= p1) return false;
     const elem_t *knew = reinterpret_cast<const elem_t *>(p.k_new);
     const elem_t *vnew = reinterpret_cast<const elem_t *>(p.v_new);
     elem_t *kprime = reinterpret_cast<elem_t *>(p.kprime_pages);
@@ -178,7 +174,56 @@ __global__ void __launch_bounds__(MOBA_HEAD_DIM) moba_decode_append(const Decode
         sum += elem_to_float(xr);
     }
     *csum = sum;
+    return bad;
+}
+
+// Whether sequence b's new tokens fit (else the caller flags it once).
+__device__ __forceinline__ bool dec_append_fits(const DecodeParams &p, int n, int len)
+{
+    return n <= (int)p.max_new && (long long)len + n <= p.max_pages * p.page_size;
+}
+
+// One CTA per (centroid block the new tokens touch, kv head, sequence); thread = dim. Prefill
+// and long appends: fully parallel; append_commit moves the lengths afterwards.
+__global__ void __launch_bounds__(MOBA_HEAD_DIM) moba_decode_append(const DecodeParams p)
+{
+    const int kvh = blockIdx.y, b = blockIdx.z, dim = threadIdx.x;
+    const int *cu_new = reinterpret_cast<const int *>(p.cu_seqlens_new);
+    const int row0 = cu_new[b], n = cu_new[b + 1] - row0;
+    const int len = reinterpret_cast<const int *>(p.seq_lens)[b];
+    if (n <= 0) return;
+    if (!dec_append_fits(p, n, len)) {
+        if (blockIdx.x == 0 && kvh == 0 && dim == 0) dec_flag(p, DEC_ERR_FULL);
+        return;
+    }
+    const bool bad = dec_append_block(p, b, kvh, dim, len / MOBA_BLOCK + (int)blockIdx.x, len, n, row0);
     if (bad && dim == 0) dec_flag(p, DEC_ERR_PAGE);
+}
+
+// A step's few tokens: one CTA per sequence, a thread per element of a token's row (hkv x d, up
+// to 1024), each walking the (one or two) blocks the tokens touch; the CTA then moves the length
+// itself once every thread has read it, so the append is one launch. Same arithmetic, in the
+// same order, as moba_decode_append: the cache is bit for bit the same.
+#define DEC_APPEND_THREADS 1024
+__global__ void __launch_bounds__(DEC_APPEND_THREADS) moba_decode_append_step(const DecodeParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM;
+    const int b = blockIdx.x, tid = threadIdx.x;
+    const int *cu_new = reinterpret_cast<const int *>(p.cu_seqlens_new);
+    const int row0 = cu_new[b], n = cu_new[b + 1] - row0;
+    int *lens = reinterpret_cast<int *>(p.seq_lens);
+    const int len = lens[b];
+    if (n <= 0) return;
+    if (!dec_append_fits(p, n, len)) {
+        if (tid == 0) dec_flag(p, DEC_ERR_FULL);
+        return;
+    }
+    bool bad = false;
+    for (int e = tid; e < (int)p.hkv * D; e += blockDim.x)
+        for (int blk = len / MOBA_BLOCK; blk * MOBA_BLOCK < len + n; blk++)
+            bad |= dec_append_block(p, b, e / D, e % D, blk, len, n, row0);
+    if (__syncthreads_or(bad) && tid == 0) dec_flag(p, DEC_ERR_PAGE);
+    if (tid == 0) lens[b] = len + n;
 }
 
 // After the append: the lengths grow (a separate launch, so that no append CTA reads a length
@@ -191,6 +236,62 @@ __global__ void __launch_bounds__(128) moba_decode_commit(const DecodeParams p)
     int *lens = reinterpret_cast<int *>(p.seq_lens);
     const int n = cu_new[b + 1] - cu_new[b];
     if (n > 0 && n <= (int)p.max_new && (long long)lens[b] + n <= p.max_pages * p.page_size) lens[b] += n;
+}
+
+// ---- truncate (speculative decoding's rollback) ------------------------------------------------
+// One CTA per sequence. The new length L' = L - drop (or the given one) must be in 0..L, else
+// the sequence is left as it is and flagged. The sum of block L'/B, when L' cuts it, is
+// recomputed from its kept k' rows in position order, exactly as the appends summed them, so
+// the cache is bit for bit what appending only the kept tokens makes; later blocks restart at
+// their next append and the raw keys of kept positions (the conv's history) are untouched.
+// One CTA owns the sequence, so its length moves only after every thread has read it. A thread
+// per element of a token's row (hkv x d, up to 1024), so that the kept rows' loads form one
+// chain of latency, not one per element a thread would otherwise loop over.
+#define DEC_TRUNC_THREADS 1024
+__global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const DecodeParams p)
+{
+    constexpr int D = MOBA_HEAD_DIM;
+    const int b = blockIdx.x, tid = threadIdx.x, nthreads = blockDim.x;
+    int *lens = reinterpret_cast<int *>(p.seq_lens);
+    const int len = lens[b];
+    const int keep = p.trunc_drop ? len - reinterpret_cast<const int *>(p.trunc_drop)[b]
+                                  : reinterpret_cast<const int *>(p.trunc_new_lens)[b];
+    if (len < 0 || (long long)len > p.max_pages * p.page_size) {
+        if (tid == 0) dec_flag(p, DEC_ERR_FULL);
+        return;
+    }
+    if (keep < 0 || keep > len) {
+        if (tid == 0) dec_flag(p, DEC_ERR_DROP);
+        return;
+    }
+    if (keep == len) return;
+    const int blk = keep / MOBA_BLOCK, p0 = blk * MOBA_BLOCK, ps = (int)p.page_size;
+    if (keep > p0) {
+        const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
+        bool bad = false;
+        for (int pg = p0 / ps + tid; pg <= (keep - 1) / ps; pg += nthreads) {
+            const int page = pt[pg];
+            bad |= page < 0 || page >= (int)p.n_pages;
+        }
+        if (__syncthreads_or(bad)) {
+            if (tid == 0) dec_flag(p, DEC_ERR_PAGE);
+            return;
+        }
+        const elem_t *kprime = reinterpret_cast<const elem_t *>(p.kprime_pages);
+        float *csum = reinterpret_cast<float *>(p.centroid_sum) + ((long long)b * p.max_blocks + blk) * p.hkv * D;
+        const int width = (int)p.hkv * D;   // a token's row: [hkv][d], contiguous in its page slot
+        for (int e = tid; e < width; e += nthreads) {
+            float sum = 0.f;
+#pragma unroll 8
+            for (int pos = p0; pos < keep; pos++) {
+                const long long slot = (long long)pt[pos / ps] * ps + pos % ps;
+                sum += elem_to_float(kprime[slot * width + e]);
+            }
+            csum[e] = sum;
+        }
+    }
+    __syncthreads();
+    if (tid == 0) lens[b] = keep;
 }
 
 // ---- decode 1: routing scores and each chunk's best candidates ------------------------------

@@ -152,6 +152,41 @@ static void test_append_arguments_are_named(void **state)
     mobagen_op_destroy(op);
 }
 
+/* mobagen_kv_truncate: exactly one of drop and new_lens, aligned, a good cache; batch 0 needs
+ * neither and launches nothing; real work needs a device. */
+static void test_truncate_arguments_are_named(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached(conv);
+    mobagen_kv_cache c = good_cache(64, 1, 3);
+    mobagen_truncate_args a = {.batch = 2, .drop = FAKE};
+    struct { const char *needle; mobagen_kv_cache c; mobagen_truncate_args a; } bad[6];
+    int n = 0;
+#define BAD(text) (bad[n].needle = (text), bad[n].c = c, bad[n].a = a, &bad[n++])
+    BAD("exactly one of drop and new_lens")->a.drop = 0;
+    BAD("exactly one of drop and new_lens")->a.new_lens = FAKE;
+    BAD("drop (0x")->a.drop = FAKE + 2;
+    BAD("batch must be >= 0")->a.batch = -3;
+    BAD("cache->seq_lens is a null")->c.seq_lens = 0;
+    BAD("cache->kraw_pages (spec has a key convolution) is a null")->c.kraw_pages = 0;
+#undef BAD
+    for (int i = 0; i < n; i++)
+        expect_refused(op, mobagen_kv_truncate(op, &bad[i].c, &bad[i].a, NULL), MOBAGEN_E_ARG, bad[i].needle);
+    expect_refused(op, mobagen_kv_truncate(op, &c, NULL, NULL), MOBAGEN_E_ARG, "args is NULL");
+    expect_refused(op, mobagen_kv_truncate(op, NULL, &a, NULL), MOBAGEN_E_ARG, "cache is NULL");
+    assert_int_equal(mobagen_kv_truncate(NULL, &c, &a, NULL), MOBAGEN_E_ARG);
+    mobagen_truncate_args none = {.batch = 0};
+    assert_int_equal(mobagen_kv_truncate(op, &c, &none, NULL), MOBAGEN_OK);
+    expect_refused(op, mobagen_kv_truncate(op, &c, &a, NULL), MOBAGEN_E_NO_DEVICE, "no device");
+    a = (mobagen_truncate_args){.batch = 2, .new_lens = FAKE};
+    expect_refused(op, mobagen_kv_truncate(op, &c, &a, NULL), MOBAGEN_E_NO_DEVICE, "no device");
+    mobagen_op_destroy(op);
+    op = detached("name: nc\nhead_dim: 128\nblock_size: 64\ntop_k: 4\ncausal: false\n");
+    c = good_cache(128, 1, 0);
+    expect_refused(op, mobagen_kv_truncate(op, &c, &a, NULL), MOBAGEN_E_UNSUPPORTED, "causal");
+    mobagen_op_destroy(op);
+}
+
 /* Specs the decode kernels do not serve are refused before any build. */
 static void test_unsupported_specs(void **state)
 {
@@ -206,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_empty_inputs),
         cmocka_unit_test(test_append_arguments_are_named),
         cmocka_unit_test(test_unsupported_specs),
+        cmocka_unit_test(test_truncate_arguments_are_named),
         cmocka_unit_test(test_workspace_grows_as_documented),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,6 +27,7 @@
 
 #define MAX_SEQS 8
 #define POISON 0xffffffffu
+#define DECODE_ROWS_MAX 16   /* gqa_group x max_q_len (docs/decode.md) */
 
 typedef struct dec_case {
     const char *label;
@@ -490,6 +491,325 @@ static void test_against_reference_and_forward(void **state)
     }
 }
 
+/* ---- truncate (speculative rollback) --------------------------------------------------------- */
+
+typedef struct gpu_cache {
+    mobagen_kv_cache c;
+    size_t pool, cent;
+} gpu_cache;
+
+static void gpu_cache_alloc(gpu_cache *g, const dec_case *c, int n_pages, int max_pages, int max_blocks,
+                            cu_deviceptr table)
+{
+    g->pool = (size_t)n_pages * c->page_size * c->hkv * c->d;
+    g->cent = (size_t)c->batch * max_blocks * c->hkv * c->d;
+    g->c = (mobagen_kv_cache){.n_pages = n_pages, .page_size = c->page_size, .max_pages = max_pages, .hkv = c->hkv,
+                              .head_dim = c->d, .dtype = c->dtype, .k_pages = gpu_alloc(&env, 2 * g->pool),
+                              .v_pages = gpu_alloc(&env, 2 * g->pool),
+                              .kraw_pages = c->W ? gpu_alloc(&env, 2 * g->pool) : 0,
+                              .centroid_sum = gpu_alloc(&env, 4 * g->cent), .page_table = table,
+                              .seq_lens = gpu_alloc(&env, 4 * (size_t)c->batch), .error = gpu_alloc(&env, 4)};
+    gpu_fill32(&env, g->c.k_pages, POISON, 2 * g->pool);
+    gpu_fill32(&env, g->c.v_pages, POISON, 2 * g->pool);
+    if (c->W) gpu_fill32(&env, g->c.kraw_pages, POISON, 2 * g->pool);
+    gpu_fill32(&env, g->c.centroid_sum, POISON, 4 * g->cent);
+    gpu_fill32(&env, g->c.seq_lens, 0, 4 * (size_t)c->batch);
+    gpu_fill32(&env, g->c.error, 0, 4);
+}
+
+static void gpu_cache_free(gpu_cache *g)
+{
+    gpu_free(&env, g->c.k_pages); gpu_free(&env, g->c.v_pages); gpu_free(&env, g->c.kraw_pages);
+    gpu_free(&env, g->c.centroid_sum); gpu_free(&env, g->c.seq_lens); gpu_free(&env, g->c.error);
+}
+
+/* Appends rows (host, [n][hkv][d] elements) with per-sequence counts. */
+static void gpu_append_rows(mobagen_op *op, gpu_cache *g, const dec_case *c, const uint16_t *k, const uint16_t *v,
+                            const int *cu_new, cu_deviceptr dk, cu_deviceptr dv, cu_deviceptr dcu, cu_deviceptr dw)
+{
+    int max_new = 0;
+    for (int b = 0; b < c->batch; b++)
+        if (cu_new[b + 1] - cu_new[b] > max_new) max_new = cu_new[b + 1] - cu_new[b];
+    const size_t row = (size_t)c->hkv * c->d, tn = (size_t)cu_new[c->batch];
+    gpu_upload(&env, dk, k, 2 * tn * row);
+    gpu_upload(&env, dv, v, 2 * tn * row);
+    gpu_upload(&env, dcu, cu_new, 4 * (size_t)(c->batch + 1));
+    mobagen_append_args aa = {.batch = c->batch, .max_new = max_new, .total_new = (int)tn, .k = tn ? dk : 0,
+                              .v = tn ? dv : 0, .cu_seqlens_new = dcu, .conv_weight = dw};
+    if (mobagen_append(op, &g->c, &aa, NULL) != MOBAGEN_OK) fail_msg("%s: append: %s", c->label, mobagen_op_errmsg(op));
+}
+
+/* Rows of sequence b's element data at positions < len, through the page table, of two caches. */
+static void expect_same_cache(const dec_case *c, gpu_cache *a, gpu_cache *b, const int *table, int max_pages,
+                              int max_blocks, const char *what)
+{
+    int *la = xcalloc((size_t)c->batch, sizeof(int)), *lb = xcalloc((size_t)c->batch, sizeof(int));
+    uint32_t *ca = xcalloc(a->cent, 4), *cb = xcalloc(a->cent, 4);
+    uint16_t *pa = xcalloc(a->pool, 2), *pb = xcalloc(a->pool, 2);
+    gpu_sync(&env);
+    gpu_download(&env, la, a->c.seq_lens, 4 * (size_t)c->batch);
+    gpu_download(&env, lb, b->c.seq_lens, 4 * (size_t)c->batch);
+    gpu_download(&env, ca, a->c.centroid_sum, 4 * a->cent);
+    gpu_download(&env, cb, b->c.centroid_sum, 4 * a->cent);
+    const size_t row = (size_t)c->hkv * c->d;
+    for (int s = 0; s < c->batch; s++) {
+        if (la[s] != lb[s]) fail_msg("%s: seq %d holds %d tokens, %d wanted", what, s, la[s], lb[s]);
+        /* bit for bit: the kept blocks' sums were added in the same order */
+        for (int j = 0; j * c->B < la[s]; j++) {
+            size_t at = ((size_t)s * max_blocks + j) * row;
+            for (size_t i = 0; i < row; i++)
+                if (ca[at + i] != cb[at + i])
+                    fail_msg("%s: centroid sum seq %d block %d element %zu: 0x%08x, never appended 0x%08x", what, s,
+                             j, i, ca[at + i], cb[at + i]);
+        }
+    }
+    const mobagen_devptr pools[3][2] = {{a->c.k_pages, b->c.k_pages}, {a->c.v_pages, b->c.v_pages},
+                                        {a->c.kraw_pages, b->c.kraw_pages}};
+    static const char *const names[3] = {"k'", "v", "raw k"};
+    for (int pool = 0; pool < (c->W ? 3 : 2); pool++) {
+        gpu_download(&env, pa, pools[pool][0], 2 * a->pool);
+        gpu_download(&env, pb, pools[pool][1], 2 * a->pool);
+        for (int s = 0; s < c->batch; s++)
+            for (int t = 0; t < la[s]; t++) {
+                size_t at = ((size_t)table[s * max_pages + t / c->page_size] * c->page_size + t % c->page_size) * row;
+                if (memcmp(pa + at, pb + at, 2 * row))
+                    fail_msg("%s: %s of seq %d token %d differs from never appending the dropped tokens", what,
+                             names[pool], s, t);
+            }
+    }
+    free(la); free(lb); free(ca); free(cb); free(pa); free(pb);
+}
+
+/* Prefill, then steps of real tokens followed by drafts, appended and decoded together (the
+ * verification step), then truncated: the drafts always, sometimes real tokens too (across
+ * blocks, now and then the whole sequence), re-appended in later steps. Drop counts and new
+ * lengths alternate. At the end the cache equals, bit for bit, a cache that got only the kept
+ * tokens in one prefill, and decodes the same; bad drops are flagged and change nothing. */
+static void run_truncate_case(const dec_case *c, uint64_t seed)
+{
+    mobagen_op *op = make_op(c);
+    rng r = rng_seeded(seed, 7);
+    const int d = c->d, hkv = c->hkv, hq = hkv * c->gqa, batch = c->batch, ps = c->page_size;
+    const int max_q = DECODE_ROWS_MAX / c->gqa < 4 ? DECODE_ROWS_MAX / c->gqa : 4;
+    const size_t row = (size_t)hkv * d, qrow = (size_t)hq * d;
+    int longest = 0, cu[MAX_SEQS + 1] = {0};
+    for (int b = 0; b < batch; b++) {
+        cu[b + 1] = cu[b] + c->lens[b];
+        if (c->lens[b] > longest) longest = c->lens[b];
+    }
+    const int total = cu[batch];
+    uint16_t *k = xcalloc((size_t)total * row, 2), *v = xcalloc((size_t)total * row, 2);
+    uint16_t *w = xcalloc((size_t)hkv * c->W * d + 1, 2);
+    for (size_t i = 0; i < (size_t)total * row; i++) {
+        k[i] = gpu_to_elem(c->dtype, (float)rng_normal(&r));
+        v[i] = gpu_to_elem(c->dtype, (float)rng_normal(&r));
+    }
+    for (size_t i = 0; i < (size_t)hkv * c->W * d; i++) w[i] = gpu_to_elem(c->dtype, (float)(0.5 * rng_normal(&r)));
+    /* pages for every token plus room for drafts; shuffled */
+    const int slack = 8;
+    int max_pages = (longest + slack + ps - 1) / ps + 1, n_pages = batch * max_pages;
+    int *table = xcalloc((size_t)batch * max_pages, sizeof(int)), *perm = xcalloc((size_t)n_pages, sizeof(int));
+    for (int i = 0; i < n_pages; i++) perm[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) {
+        int j = (int)(rng_next(&r) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    memcpy(table, perm, sizeof(int) * (size_t)n_pages);
+    const int max_blocks = (max_pages * ps + c->B - 1) / c->B;
+    cu_deviceptr dtable = gpu_alloc(&env, 4 * (size_t)n_pages);
+    gpu_upload(&env, dtable, table, 4 * (size_t)n_pages);
+    gpu_cache spec, plain;
+    gpu_cache_alloc(&spec, c, n_pages, max_pages, max_blocks, dtable);
+    gpu_cache_alloc(&plain, c, n_pages, max_pages, max_blocks, dtable);
+    const size_t most_rows = (size_t)total + (size_t)batch * 8;
+    cu_deviceptr dk = gpu_alloc(&env, 2 * most_rows * row + 16), dv = gpu_alloc(&env, 2 * most_rows * row + 16);
+    cu_deviceptr dq = gpu_alloc(&env, 2 * most_rows * qrow + 16), dout = gpu_alloc(&env, 2 * most_rows * qrow + 16);
+    cu_deviceptr dlse = gpu_alloc(&env, 4 * most_rows * hq + 16), dcu = gpu_alloc(&env, 4 * (batch + 1));
+    cu_deviceptr ddrop = gpu_alloc(&env, 4 * (size_t)batch);
+    cu_deviceptr dw = c->W ? gpu_alloc(&env, 2 * (size_t)hkv * c->W * d) : 0;
+    if (dw) gpu_upload(&env, dw, w, 2 * (size_t)hkv * c->W * d);
+    uint16_t *sk = xcalloc(most_rows * row, 2), *sv = xcalloc(most_rows * row, 2), *sq = xcalloc(most_rows * qrow, 2);
+    int held[MAX_SEQS], cu_new[MAX_SEQS + 1] = {0}, drop[MAX_SEQS];
+    /* prefill half of each sequence */
+    for (int b = 0; b < batch; b++) {
+        held[b] = c->lens[b] / 2;
+        cu_new[b + 1] = cu_new[b] + held[b];
+        memcpy(sk + (size_t)cu_new[b] * row, k + (size_t)cu[b] * row, 2 * (size_t)held[b] * row);
+        memcpy(sv + (size_t)cu_new[b] * row, v + (size_t)cu[b] * row, 2 * (size_t)held[b] * row);
+    }
+    gpu_append_rows(op, &spec, c, sk, sv, cu_new, dk, dv, dcu, dw);
+    size_t ws_bytes = 0;
+    cu_deviceptr ws = 0;
+    int steps = 0, dropped = 0, crossed = 0, zeroed = 0;
+    for (int step = 0; step < 40; step++) {
+        int any = 0, keep[MAX_SEQS], junk[MAX_SEQS];
+        for (int b = 0; b < batch; b++) {
+            int left = c->lens[b] - held[b];
+            keep[b] = (int)(rng_next(&r) % (uint64_t)((left < max_q ? left : max_q) + 1));
+            junk[b] = (int)(rng_next(&r) % (uint64_t)(max_q - keep[b] + 1));
+            cu_new[b + 1] = cu_new[b] + keep[b] + junk[b];
+            for (int i = 0; i < keep[b] + junk[b]; i++) {
+                size_t dst = (size_t)cu_new[b] + i, src = (size_t)cu[b] + held[b] + i;
+                for (size_t x = 0; x < row; x++) {
+                    sk[dst * row + x] = i < keep[b] ? k[src * row + x] : gpu_to_elem(c->dtype, (float)(3 * rng_normal(&r)));
+                    sv[dst * row + x] = i < keep[b] ? v[src * row + x] : gpu_to_elem(c->dtype, (float)rng_normal(&r));
+                }
+                for (size_t x = 0; x < qrow; x++) sq[dst * qrow + x] = gpu_to_elem(c->dtype, (float)rng_normal(&r));
+            }
+            any |= left > 0;
+        }
+        if (!any) break;
+        steps++;
+        gpu_append_rows(op, &spec, c, sk, sv, cu_new, dk, dv, dcu, dw);
+        /* the verification step: decode every appended row */
+        const int tn = cu_new[batch];
+        if (tn > 0) {
+            gpu_upload(&env, dq, sq, 2 * (size_t)tn * qrow);
+            mobagen_decode_args da = {.batch = batch, .hq = hq, .max_q_len = max_q, .total_q = tn,
+                                      .max_seqlen = longest + slack, .q = dq, .out = dout, .lse = dlse,
+                                      .cu_seqlens_q = dcu};
+            size_t need;
+            assert_int_equal(mobagen_decode_workspace_size(op, &spec.c, &da, &need), MOBAGEN_OK);
+            if (need > ws_bytes) {
+                if (ws) gpu_free(&env, ws);
+                ws = gpu_alloc(&env, ws_bytes = need);
+            }
+            if (mobagen_decode(op, &spec.c, &da, ws, ws_bytes, NULL) != MOBAGEN_OK)
+                fail_msg("%s: decode: %s", c->label, mobagen_op_errmsg(op));
+        }
+        /* reject the drafts; sometimes real tokens too */
+        int new_len[MAX_SEQS];
+        for (int b = 0; b < batch; b++) {
+            int len = held[b] + keep[b] + junk[b], back = 0;
+            if (step < 25 && rng_next(&r) % 4 == 0) back = (int)(rng_next(&r) % (uint64_t)(2 * c->B + 2));
+            if (step < 25 && rng_next(&r) % 16 == 0) back = len;
+            if (back > held[b] + keep[b]) back = held[b] + keep[b];
+            drop[b] = junk[b] + back;
+            new_len[b] = len - drop[b];
+            held[b] = new_len[b];
+            dropped += drop[b];
+            crossed += drop[b] > 0 && (len - 1) / c->B != new_len[b] / c->B;
+            zeroed += len > 0 && new_len[b] == 0;
+        }
+        mobagen_truncate_args ta = {.batch = batch};
+        if (step % 2) {
+            gpu_upload(&env, ddrop, drop, 4 * (size_t)batch);
+            ta.drop = ddrop;
+        } else {
+            gpu_upload(&env, ddrop, new_len, 4 * (size_t)batch);
+            ta.new_lens = ddrop;
+        }
+        if (mobagen_kv_truncate(op, &spec.c, &ta, NULL) != MOBAGEN_OK)
+            fail_msg("%s: truncate: %s", c->label, mobagen_op_errmsg(op));
+    }
+    int bits = -1;
+    if (mobagen_kv_cache_check(op, &spec.c, NULL, &bits) != MOBAGEN_OK)
+        fail_msg("%s: device errors after the steps: %s", c->label, mobagen_op_errmsg(op));
+    /* the cache that never saw a draft: one prefill of the kept tokens */
+    for (int b = 0; b < batch; b++) {
+        cu_new[b + 1] = cu_new[b] + held[b];
+        memcpy(sk + (size_t)cu_new[b] * row, k + (size_t)cu[b] * row, 2 * (size_t)held[b] * row);
+        memcpy(sv + (size_t)cu_new[b] * row, v + (size_t)cu[b] * row, 2 * (size_t)held[b] * row);
+    }
+    gpu_append_rows(op, &plain, c, sk, sv, cu_new, dk, dv, dcu, dw);
+    char what[200];
+    snprintf(what, sizeof what, "%s after %d speculative steps", c->label, steps);
+    expect_same_cache(c, &spec, &plain, table, max_pages, max_blocks, what);
+
+    /* both append the rest of the sequences (the conv reads the kept raw keys) and decode it alike */
+    int rows_left = 0;
+    for (int b = 0; b < batch; b++) {
+        int n = c->lens[b] - held[b];
+        cu_new[b + 1] = cu_new[b] + n;
+        memcpy(sk + (size_t)cu_new[b] * row, k + ((size_t)cu[b] + held[b]) * row, 2 * (size_t)n * row);
+        memcpy(sv + (size_t)cu_new[b] * row, v + ((size_t)cu[b] + held[b]) * row, 2 * (size_t)n * row);
+        rows_left += n;
+    }
+    gpu_append_rows(op, &spec, c, sk, sv, cu_new, dk, dv, dcu, dw);
+    gpu_append_rows(op, &plain, c, sk, sv, cu_new, dk, dv, dcu, dw);
+    expect_same_cache(c, &spec, &plain, table, max_pages, max_blocks, c->label);
+    {
+        int one[MAX_SEQS + 1] = {0};
+        for (int b = 0; b < batch; b++) one[b + 1] = one[b] + (c->lens[b] > 0);
+        const int tn = one[batch];
+        for (size_t x = 0; x < (size_t)tn * qrow; x++) sq[x] = gpu_to_elem(c->dtype, (float)rng_normal(&r));
+        gpu_upload(&env, dq, sq, 2 * (size_t)tn * qrow);
+        gpu_upload(&env, dcu, one, 4 * (size_t)(batch + 1));
+        uint16_t *o[2];
+        float *l[2];
+        gpu_cache *both[2] = {&spec, &plain};
+        for (int i = 0; i < 2; i++) {
+            mobagen_decode_args da = {.batch = batch, .hq = hq, .max_q_len = 1, .total_q = tn,
+                                      .max_seqlen = longest + slack, .q = dq, .out = dout, .lse = dlse,
+                                      .cu_seqlens_q = dcu};
+            size_t need;
+            assert_int_equal(mobagen_decode_workspace_size(op, &both[i]->c, &da, &need), MOBAGEN_OK);
+            if (need > ws_bytes) {
+                if (ws) gpu_free(&env, ws);
+                ws = gpu_alloc(&env, ws_bytes = need);
+            }
+            gpu_fill32(&env, dout, POISON, 2 * (size_t)tn * qrow);
+            assert_int_equal(mobagen_decode(op, &both[i]->c, &da, ws, ws_bytes, NULL), MOBAGEN_OK);
+            o[i] = xcalloc((size_t)tn * qrow, 2);
+            l[i] = xcalloc((size_t)tn * hq, 4);
+            gpu_sync(&env);
+            gpu_download(&env, o[i], dout, 2 * (size_t)tn * qrow);
+            gpu_download(&env, l[i], dlse, 4 * (size_t)tn * hq);
+        }
+        for (size_t x = 0; x < (size_t)tn * qrow; x++)
+            if (isnan(gpu_from_elem(c->dtype, o[0][x]))) fail_msg("%s: o[%zu] not written", c->label, x);
+        if (memcmp(o[0], o[1], 2 * (size_t)tn * qrow) || memcmp(l[0], l[1], 4 * (size_t)tn * hq))
+            fail_msg("%s: the decode after truncations differs from the never-appended cache's", c->label);
+        free(o[0]); free(o[1]); free(l[0]); free(l[1]);
+    }
+
+    /* bad drops: flagged, nothing changes */
+    {
+        int *lens_before = xcalloc((size_t)batch, sizeof(int)), *lens_after = xcalloc((size_t)batch, sizeof(int));
+        uint32_t *cent_before = xcalloc(spec.cent, 4), *cent_after = xcalloc(spec.cent, 4);
+        gpu_sync(&env);
+        gpu_download(&env, lens_before, spec.c.seq_lens, 4 * (size_t)batch);
+        gpu_download(&env, cent_before, spec.c.centroid_sum, 4 * spec.cent);
+        for (int b = 0; b < batch; b++) drop[b] = b % 2 ? -1 : lens_before[b] + 1;
+        gpu_upload(&env, ddrop, drop, 4 * (size_t)batch);
+        mobagen_truncate_args ta = {.batch = batch, .drop = ddrop};
+        assert_int_equal(mobagen_kv_truncate(op, &spec.c, &ta, NULL), MOBAGEN_OK);
+        assert_int_equal(mobagen_kv_cache_check(op, &spec.c, NULL, &bits), MOBAGEN_E_ARG);
+        assert_int_equal(bits, MOBAGEN_KV_E_DROP);
+        assert_non_null(strstr(mobagen_op_errmsg(op), "truncation"));
+        gpu_download(&env, lens_after, spec.c.seq_lens, 4 * (size_t)batch);
+        gpu_download(&env, cent_after, spec.c.centroid_sum, 4 * spec.cent);
+        assert_memory_equal(lens_before, lens_after, 4 * (size_t)batch);
+        assert_memory_equal(cent_before, cent_after, 4 * spec.cent);
+        free(lens_before); free(lens_after); free(cent_before); free(cent_after);
+    }
+    printf("  %-28s %d steps, %d tokens dropped, %d rollbacks across a block, %d to zero: cache and decode equal "
+           "to never appending them\n", c->label, steps, dropped, crossed, zeroed);
+    assert_true(dropped > 0);
+
+    gpu_cache_free(&spec);
+    gpu_cache_free(&plain);
+    gpu_free(&env, dtable); gpu_free(&env, dk); gpu_free(&env, dv); gpu_free(&env, dq); gpu_free(&env, dout);
+    gpu_free(&env, dlse); gpu_free(&env, dcu); gpu_free(&env, ddrop); gpu_free(&env, dw);
+    if (ws) gpu_free(&env, ws);
+    free(k); free(v); free(w); free(table); free(perm); free(sk); free(sv); free(sq);
+    mobagen_op_destroy(op);
+}
+
+static void test_truncate_equals_never_appended(void **state)
+{
+    if (!have_device) skip();
+    uint64_t seed = test_seed();
+    printf("seed 0x%llx\n", (unsigned long long)seed);
+    const char *only = getenv("MOBAGEN_TEST_CASE");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (only && !strstr(cases[i].label, only)) continue;
+        if (cases[i].lens[0] > 4000) continue;   /* the long case adds time, not coverage */
+        run_truncate_case(&cases[i], seed + 100 + i);
+    }
+}
+
 /* Device-side checks: a page table entry outside the pool is flagged, not written through. */
 static void test_device_errors(void **state)
 {
@@ -525,6 +845,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_reference_and_forward),
         cmocka_unit_test(test_device_errors),
+        cmocka_unit_test(test_truncate_equals_never_appended),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -530,6 +530,162 @@ static void test_decode_refuses_bad_input(void **state)
     assert_int_equal(moba_ref_decode(&t.cfg, &t.cache, NULL, NULL, NULL, NULL), 0);
 }
 
+/* ---- speculative decoding: drafts appended, verified, the rejected ones truncated ---------- */
+
+/* One step of sequence b: `keep` real tokens (the forward's next ones) followed by `junk`
+ * drafts that will be rejected, appended and decoded together; the real rows must decode as the
+ * forward's (their causal view never reaches the drafts, and the own block's score is unused). */
+typedef struct draft_step {
+    int *from, *keep, *junk, *cu_new, *drop;
+} draft_step;
+
+static void append_with_drafts(scenario *s, rng *r, const draft_step *st, int step)
+{
+    int batch = s->batch, hkv = s->hkv, hq = s->hq, d = s->d, k = s->cfg.top_k;
+    int rows = st->cu_new[batch];
+    double *kn = xmalloc(((size_t)rows * hkv * d + 1) * sizeof(double));
+    double *vn = xmalloc(((size_t)rows * hkv * d + 1) * sizeof(double));
+    double *qn = xmalloc(((size_t)rows * hq * d + 1) * sizeof(double));
+    for (int b = 0; b < batch; b++)
+        for (int i = 0; i < st->keep[b] + st->junk[b]; i++) {
+            size_t row = (size_t)st->cu_new[b] + i, src = (size_t)s->cu[b] + st->from[b] + i;
+            for (int x = 0; x < hkv * d; x++) {
+                kn[row * hkv * d + x] = i < st->keep[b] ? s->k[src * hkv * d + x] : 3.0 * rng_signed(r);
+                vn[row * hkv * d + x] = i < st->keep[b] ? s->v[src * hkv * d + x] : rng_signed(r);
+            }
+            for (int x = 0; x < hq * d; x++)
+                qn[row * hq * d + x] = i < st->keep[b] ? s->q[src * hq * d + x] : rng_signed(r);
+        }
+    moba_ref_cfg cfg = s->cfg;
+    cfg.cu_seqlens_k = cfg.cu_seqlens_q = st->cu_new;
+    assert_int_equal(moba_ref_decode_append(&cfg, &s->cache, kn, vn, s->conv_w), 0);
+    double *o = nan_doubles((size_t)rows * hq * d + 1), *lse = nan_doubles((size_t)rows * hq + 1);
+    int *sel = xmalloc(((size_t)rows * hq * k + 1) * sizeof *sel);
+    assert_int_equal(moba_ref_decode(&cfg, &s->cache, qn, o, lse, sel), 0);
+    for (int b = 0; b < batch; b++)
+        for (int i = 0; i < st->keep[b]; i++) {
+            size_t row = (size_t)st->cu_new[b] + i, frow = (size_t)s->cu[b] + st->from[b] + i;
+            for (int h = 0; h < hq; h++) {
+                const int *got = sel + (row * hq + h) * k, *want = s->sel + (frow * hq + h) * k;
+                if (memcmp(got, want, (size_t)k * sizeof *got) != 0 &&
+                    !same_up_to_ties(s, b, h, qn + (row * hq + h) * d, got, want))
+                    fail_msg("draft step %d seq %d pos %d head %d: selection differs", step, b,
+                             st->from[b] + i, h);
+                if (memcmp(got, want, (size_t)k * sizeof *got) != 0)
+                    continue;
+                if (!close_enough(lse[row * hq + h], s->lse[frow * hq + h]))
+                    fail_msg("draft step %d seq %d pos %d head %d: lse %.17g want %.17g", step, b,
+                             st->from[b] + i, h, lse[row * hq + h], s->lse[frow * hq + h]);
+                for (int c = 0; c < d; c++)
+                    if (!close_enough(o[(row * hq + h) * d + c], s->o[(frow * hq + h) * d + c]))
+                        fail_msg("draft step %d seq %d pos %d head %d: o[%d] differs", step, b,
+                                 st->from[b] + i, h, c);
+            }
+        }
+    free(kn); free(vn); free(qn); free(o); free(lse); free(sel);
+}
+
+/* Prefill, then steps of real tokens plus drafts; after each step the drafts and sometimes a
+ * deeper stretch of real tokens (across block boundaries, now and then the whole sequence) are
+ * truncated and re-appended later. After every truncation the cache must be what appending
+ * only the kept tokens makes (check_cache_state: every centroid sum and k' row against the
+ * forward's), and the next appends must compute the same k' (the conv reads the raw keys). */
+static void replay_speculative(uint64_t salt, int batch)
+{
+    scenario s;
+    scenario_init(&s, salt, batch, 0);
+    rng r = rng_new(salt ^ 0x5eed);
+    draft_step st;
+    st.from = xmalloc((size_t)batch * sizeof(int));
+    st.keep = xmalloc((size_t)batch * sizeof(int));
+    st.junk = xmalloc((size_t)batch * sizeof(int));
+    st.drop = xmalloc((size_t)batch * sizeof(int));
+    st.cu_new = xmalloc((size_t)(batch + 1) * sizeof(int));
+    memset(st.from, 0, (size_t)batch * sizeof(int));
+    st.cu_new[0] = 0;
+    for (int b = 0; b < batch; b++)
+        st.cu_new[b + 1] = st.cu_new[b] + s.prefill[b];
+    assert_int_equal(append_rows(&s, st.from, st.cu_new), 0);
+    int step = 0, dropped = 0, deep = 0, to_zero = 0, crossed = 0;
+    moba_ref_cfg cfg = s.cfg;
+    for (;;) {
+        int remaining = 0;
+        for (int b = 0; b < batch; b++) {
+            st.from[b] = s.cache.seq_lens[b];
+            int left = s.len[b] - st.from[b];
+            remaining += left;
+            st.keep[b] = pick(&r, 0, left < 4 ? left : 4);
+            /* drafts only where the sequence's pages have room for them */
+            int ps = s.cache.page_size;
+            int room = (s.len[b] + ps - 1) / ps * ps - st.from[b] - st.keep[b];
+            int most = room < 3 ? (int)room : 3;
+            st.junk[b] = left > 0 ? pick(&r, 0, most) : 0;
+            st.cu_new[b + 1] = st.cu_new[b] + st.keep[b] + st.junk[b];
+        }
+        if (remaining == 0)
+            break;
+        step++;
+        append_with_drafts(&s, &r, &st, step);
+        for (int b = 0; b < batch; b++) {
+            int len = s.cache.seq_lens[b], held = len - st.junk[b];
+            /* deeper rollbacks in the first steps only, so that every sequence completes */
+            int B = s.cfg.block_size, back = 0;
+            if (step <= 30 && pick(&r, 0, 5) == 0)
+                back = pick(&r, 0, held < 2 * B + 1 ? held : 2 * B + 1);
+            if (step <= 30 && pick(&r, 0, 30) == 0)
+                back = held;   /* everything */
+            st.drop[b] = st.junk[b] + back;
+            dropped += st.drop[b];
+            deep += back > 0;
+            to_zero += len > 0 && st.drop[b] == len;
+            crossed += st.drop[b] > 0 && (len - 1) / B != (len - st.drop[b]) / B;
+        }
+        assert_int_equal(moba_ref_decode_truncate(&cfg, &s.cache, st.drop), 0);
+        for (int b = 0; b < batch; b++)
+            assert_int_equal(s.cache.seq_lens[b], st.from[b] + st.keep[b] + st.junk[b] - st.drop[b]);
+        check_cache_state(&s, step);
+    }
+    printf("  %d steps, %d tokens dropped (%d deep rollbacks, %d to zero, %d across a block)\n", step,
+           dropped, deep, to_zero, crossed);
+    assert_true(dropped > 0 && crossed > 0);
+    free(st.from); free(st.keep); free(st.junk); free(st.drop); free(st.cu_new);
+    scenario_free(&s);
+}
+
+static void test_truncate_equals_never_appended(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++)
+        for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++)
+            replay_speculative(400 + 16 * round + i, batches[i]);
+}
+
+static void test_truncate_refuses_bad_input(void **state)
+{
+    (void)state;
+    small_cache t;
+    small_init(&t);
+    assert_int_equal(moba_ref_decode_append(&t.cfg, &t.cache, t.k, t.v, t.conv_w), 0);
+    int too_many[2] = { 1, 3 }, negative[2] = { -1, 0 }, good[2] = { 2, 2 };
+    small_cache before = t;
+    assert_int_equal(moba_ref_decode_truncate(&t.cfg, &t.cache, too_many), MOBA_REF_DECODE_EDROP);
+    assert_int_equal(moba_ref_decode_truncate(&t.cfg, &t.cache, negative), MOBA_REF_DECODE_EDROP);
+    assert_int_equal(moba_ref_decode_truncate(&t.cfg, &t.cache, NULL), MOBA_REF_DECODE_EARG);
+    assert_int_equal(moba_ref_decode_truncate(NULL, &t.cache, good), MOBA_REF_DECODE_EARG);
+    t.table[0] = 9;                       /* a page in use outside the pool */
+    assert_int_equal(moba_ref_decode_truncate(&t.cfg, &t.cache, good), MOBA_REF_DECODE_EPAGE);
+    t.table[0] = 3;
+    assert_memory_equal(t.lens, before.lens, sizeof t.lens);
+    assert_memory_equal(t.sums, before.sums, sizeof t.sums);
+    assert_non_null(strstr(moba_ref_decode_strerror(MOBA_REF_DECODE_EDROP), "drop"));
+    /* 3 - 2 = 1 token: block 0 holds one key now, its sum is that key's k' */
+    assert_int_equal(moba_ref_decode_truncate(&t.cfg, &t.cache, good), 0);
+    assert_int_equal(t.lens[0], 1);
+    assert_int_equal(t.lens[1], 0);
+    const double *k0 = moba_ref_paged_row(&t.cfg, &t.cache, t.kprime, 0, 0, 0);
+    assert_true(t.sums[0] == k0[0] && t.sums[1] == k0[1]);
+}
+
 int main(void)
 {
     const char *seed = getenv("MOBAGEN_TEST_SEED");
@@ -543,6 +699,8 @@ int main(void)
         cmocka_unit_test(test_decode_breaks_ties_as_forward),
         cmocka_unit_test(test_append_refuses_bad_input),
         cmocka_unit_test(test_decode_refuses_bad_input),
+        cmocka_unit_test(test_truncate_equals_never_appended),
+        cmocka_unit_test(test_truncate_refuses_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

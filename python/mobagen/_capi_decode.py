@@ -8,7 +8,7 @@ from . import _capi
 devptr = _capi.devptr
 
 # MOBAGEN_KV_E_* bits of the cache's error word
-KV_E_PAGE, KV_E_FULL, KV_E_QLEN = 1, 2, 4
+KV_E_PAGE, KV_E_FULL, KV_E_QLEN, KV_E_DROP = 1, 2, 4, 8
 
 
 class KvCache(ctypes.Structure):
@@ -64,6 +64,15 @@ class DecodeArgs(ctypes.Structure):
     ]
 
 
+class TruncateArgs(ctypes.Structure):
+    """struct mobagen_truncate_args"""
+    _fields_ = [
+        ("batch", ctypes.c_int),
+        ("drop", devptr),
+        ("new_lens", devptr),
+    ]
+
+
 _P = ctypes.c_void_p
 _PROTOTYPES = {
     "mobagen_append": (ctypes.c_int, [_P, ctypes.POINTER(KvCache), ctypes.POINTER(AppendArgs), _P]),
@@ -72,6 +81,11 @@ _PROTOTYPES = {
     "mobagen_decode": (ctypes.c_int, [_P, ctypes.POINTER(KvCache), ctypes.POINTER(DecodeArgs), devptr,
                                       ctypes.c_size_t, _P]),
     "mobagen_kv_cache_check": (ctypes.c_int, [_P, ctypes.POINTER(KvCache), _P, ctypes.POINTER(ctypes.c_int)]),
+}
+# Bound when the library has them (a library older than the rollback lacks mobagen_kv_truncate;
+# calling it then raises LibraryNotFoundError naming the call).
+_OPTIONAL_PROTOTYPES = {
+    "mobagen_kv_truncate": (ctypes.c_int, [_P, ctypes.POINTER(KvCache), ctypes.POINTER(TruncateArgs), _P]),
 }
 
 
@@ -85,10 +99,19 @@ class Functions:
         if missing:
             raise _capi.LibraryNotFoundError("%s lacks %s: it predates decode over a paged KV cache"
                                              % (lib.path, ", ".join(missing)))
-        for name, (restype, argtypes) in _PROTOTYPES.items():
+        for name, (restype, argtypes) in list(_PROTOTYPES.items()) + list(_OPTIONAL_PROTOTYPES.items()):
+            if not hasattr(cdll, name):
+                setattr(self, name[len("mobagen_"):], _missing(lib.path, name))
+                continue
             fn = getattr(cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
             setattr(self, name[len("mobagen_"):], fn)
+
+
+def _missing(path, name):
+    def call(*args):
+        raise _capi.LibraryNotFoundError("%s lacks %s: it predates that call" % (path, name))
+    return call
 
 
 _functions = {}

@@ -8,7 +8,8 @@ from support import torch
 
 if torch is not None:
     import mobagen.torch as mt
-    from mobagen.torch.decode import PagedKVCache, append, decode
+    from mobagen.torch.decode import PagedKVCache, append, decode, truncate
+    from mobagen.errors import ArgumentError
     from mobagen.errors import MobagenError
 
 
@@ -93,6 +94,90 @@ class Decode(unittest.TestCase):
         self.assertEqual(int(graphed.seq_lens[0]), prompt + 1 + steps)
         self.assertEqual(int(eager.seq_lens[0]), prompt + 1 + steps)
         graphed.check()
+
+    def test_truncate_equals_never_appended(self):
+        # Speculative steps on one cache: real tokens plus drafts appended and decoded, then the
+        # drafts (and sometimes real tokens, across blocks) truncated, by counts or by lengths;
+        # then the same tokens in one prefill into a second cache. The caches are equal bit for
+        # bit (the cut block's sum is recomputed in the appends' order) and decode the same.
+        g = torch.Generator(device="cuda").manual_seed(5)
+        gen = torch.Generator().manual_seed(5)
+        batch, hq, hkv, d, B, k, W = 3, 8, 2, 64, 16, 4, 3
+        lens = [90, 41, 0]
+        total = sum(lens) + 64
+        kk = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        w = 0.5 * torch.randn(hkv, W, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        starts = [0, lens[0], lens[0] + lens[1]]
+
+        def new_cache():
+            c = PagedKVCache.allocate(batch=batch, n_pages=3 * 8, page_size=16, max_pages=8, hkv=hkv, head_dim=d,
+                                      block_size=B, top_k=k, gqa_group=hq // hkv, conv_width=W)
+            c.page_table.copy_(torch.randperm(24, generator=gen).to(torch.int32).view(batch, 8))
+            c.k_pages.fill_(float("nan"))
+            c.centroid_sum.fill_(float("nan"))
+            return c
+
+        spec = new_cache()
+        held = [0] * batch
+        drafts = total - 64
+        for step in range(14):
+            keep = [min(int(torch.randint(0, 3, (1,), generator=gen)), lens[b] - held[b]) for b in range(batch)]
+            junk = [int(torch.randint(0, 4 - keep[b], (1,), generator=gen)) if lens[b] else 0 for b in range(batch)]
+            rows_k, rows_v, cu = [], [], [0]
+            for b in range(batch):
+                rows_k.append(kk[starts[b] + held[b]:starts[b] + held[b] + keep[b]])
+                rows_v.append(v[starts[b] + held[b]:starts[b] + held[b] + keep[b]])
+                rows_k.append(kk[drafts:drafts + junk[b]])
+                rows_v.append(v[drafts:drafts + junk[b]])
+                drafts += junk[b]
+                cu.append(cu[-1] + keep[b] + junk[b])
+            cu_t = torch.tensor(cu, dtype=torch.int32, device="cuda")
+            append(spec, torch.cat(rows_k), torch.cat(rows_v), cu_t, 4, conv_weight=w)
+            q = torch.randn(cu[-1], hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            decode(spec, q, cu_t, max_q_len=4, max_seqlen=128)
+            back = [0] * batch
+            if step in (3, 7):
+                back = [min(held[b] + keep[b], 2 * B + 3) for b in range(batch)]   # across blocks
+            if step == 5:
+                back = [held[b] + keep[b] for b in range(batch)]                    # to zero
+            drop = [junk[b] + back[b] for b in range(batch)]
+            held = [held[b] + keep[b] - back[b] for b in range(batch)]
+            if step % 2:
+                truncate(spec, drop=torch.tensor(drop, dtype=torch.int32, device="cuda"))
+            else:
+                truncate(spec, new_lens=torch.tensor(held, dtype=torch.int32, device="cuda"))
+            self.assertEqual(spec.seq_lens.tolist(), held)
+        spec.check()
+        plain = new_cache()
+        plain.page_table.copy_(spec.page_table)
+        cu = torch.tensor([0, held[0], held[0] + held[1], sum(held)], dtype=torch.int32, device="cuda")
+        append(plain, torch.cat([kk[starts[b]:starts[b] + held[b]] for b in range(batch)]),
+               torch.cat([v[starts[b]:starts[b] + held[b]] for b in range(batch)]), cu, max(held), conv_weight=w)
+        self.assertGreater(sum(held), 0)
+        for b in range(batch):
+            for j in range(-(-held[b] // B)):
+                self.assertTrue(torch.equal(spec.centroid_sum[b, j], plain.centroid_sum[b, j]), (b, j))
+        one = torch.tensor([0, 1, 2, 2], dtype=torch.int32, device="cuda")
+        x = torch.randn(2, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        q = torch.randn(2, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        outs = []
+        for c in (spec, plain):
+            append(c, x, x, one, 1, conv_weight=w)
+            outs.append(decode(c, q, one, max_q_len=1, max_seqlen=128))
+        self.assertTrue(torch.equal(outs[0][0], outs[1][0]))
+        self.assertTrue(torch.equal(outs[0][1], outs[1][1]))
+        # more than the length: flagged, nothing changes
+        before = spec.seq_lens.clone()
+        truncate(spec, drop=before + 1)
+        with self.assertRaises(MobagenError) as e:
+            spec.check()
+        self.assertIn("truncation", str(e.exception))
+        self.assertTrue(torch.equal(spec.seq_lens, before))
+        with self.assertRaises(ArgumentError):
+            truncate(spec)
+        with self.assertRaises(ArgumentError):
+            truncate(spec, drop=before.to(torch.int64))
 
     def test_bad_page_is_reported(self):
         cache = PagedKVCache.allocate(batch=1, n_pages=4, page_size=16, max_pages=4, hkv=1, head_dim=64,

@@ -50,6 +50,7 @@ const char *moba_ref_decode_strerror(int status)
     case MOBA_REF_DECODE_EFULL: return "sequence longer than its page table row";
     case MOBA_REF_DECODE_EQLEN: return "more new queries than tokens in the cache";
     case MOBA_REF_DECODE_ENOMEM: return "out of memory";
+    case MOBA_REF_DECODE_EDROP: return "drop count negative or more than the sequence holds";
     default: return "unknown status";
     }
 }
@@ -169,6 +170,47 @@ int moba_ref_decode_append(const moba_ref_cfg *cfg, moba_ref_paged_cache *cache,
             }
         }
         cache->seq_lens[b] += seq_rows(cu, b);
+    }
+    return MOBA_REF_DECODE_OK;
+}
+
+/* ---- truncate ------------------------------------------------------------------------------ */
+
+/* The sum of block j over positions j*B .. len-1, added in position order as the append does. */
+static void recompute_block_sum(const moba_ref_cfg *cfg, const moba_ref_paged_cache *cache, int b,
+                                int j, int len)
+{
+    for (int hk = 0; hk < cfg->hkv; hk++) {
+        double *sum = centroid_sum_at(cfg, cache, b, j, hk);
+        for (int c = 0; c < cfg->d; c++)
+            sum[c] = 0.0;
+        for (int p = j * cfg->block_size; p < len; p++) {
+            const double *kp = moba_ref_paged_row(cfg, cache, cache->kprime_pages, b, p, hk);
+            for (int c = 0; c < cfg->d; c++)
+                sum[c] += kp[c];
+        }
+    }
+}
+
+int moba_ref_decode_truncate(const moba_ref_cfg *cfg, moba_ref_paged_cache *cache, const int *drop)
+{
+    if (!cfg || !drop || cfg->batch <= 0)
+        return MOBA_REF_DECODE_EARG;
+    int *no_rows = calloc((size_t)cfg->batch + 1, sizeof *no_rows);
+    if (!no_rows)
+        return MOBA_REF_DECODE_ENOMEM;
+    int status = check_cfg_with(cfg, no_rows) != 0 ? MOBA_REF_DECODE_EARG : check_cache(cfg, cache, NULL);
+    free(no_rows);
+    if (status != MOBA_REF_DECODE_OK)
+        return status;
+    for (int b = 0; b < cfg->batch; b++)
+        if (drop[b] < 0 || drop[b] > cache->seq_lens[b])
+            return MOBA_REF_DECODE_EDROP;
+    for (int b = 0; b < cfg->batch; b++) {
+        int len = cache->seq_lens[b] - drop[b];
+        if (drop[b] > 0 && len % cfg->block_size != 0)
+            recompute_block_sum(cfg, cache, b, len / cfg->block_size, len);
+        cache->seq_lens[b] = len;
     }
     return MOBA_REF_DECODE_OK;
 }

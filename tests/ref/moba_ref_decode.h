@@ -41,6 +41,7 @@ enum {
     MOBA_REF_DECODE_EFULL = -3,     /* a sequence would hold more than max_pages * page_size */
     MOBA_REF_DECODE_EQLEN = -4,     /* more new queries than tokens in the cache */
     MOBA_REF_DECODE_ENOMEM = -5,
+    MOBA_REF_DECODE_EDROP = -6,     /* a drop count negative or more than the sequence holds */
 };
 
 /* A short English description of a status code (never NULL). */
@@ -58,6 +59,15 @@ int moba_ref_paged_max_blocks(const moba_ref_cfg *cfg, const moba_ref_paged_cach
  * is checked before anything is written. Returns a MOBA_REF_DECODE_* status. */
 int moba_ref_decode_append(const moba_ref_cfg *cfg, moba_ref_paged_cache *cache, const double *k,
                            const double *v, const double *conv_w);
+
+/* Removes the last drop[b] tokens of each sequence (speculative decoding's rejected drafts):
+ * seq_lens[b] -= drop[b], and the sum of the block that the new length cuts (when it is not a
+ * multiple of B) is recomputed from its remaining k' rows in position order, so the cache is
+ * exactly what appending only the kept tokens would have made. Nothing else changes: later
+ * blocks restart at their first append, and the raw keys of the kept positions (the next
+ * append's conv history) are untouched. 0 <= drop[b] <= seq_lens[b], else EDROP; everything is
+ * checked before anything is written. cfg's cu_seqlens arrays are not read. */
+int moba_ref_decode_truncate(const moba_ref_cfg *cfg, moba_ref_paged_cache *cache, const int *drop);
 
 /* Decode: sequence b has q_len = cfg->cu_seqlens_q[b+1] - [b] new query rows in q
  * ([total_new_q][hq][d]), the last q_len tokens of the cache (appended before this call), so

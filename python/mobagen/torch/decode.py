@@ -7,6 +7,7 @@ mobagen_append / mobagen_decode on the current CUDA stream.
     cache.page_table.copy_(...)                                    # the caller manages pages
     append(cache, k, v, cu_seqlens_new, max_new)                   # prefill or a step's tokens
     out, lse = decode(cache, q, cu_seqlens_q, max_q_len=1, max_seqlen=4096)
+    truncate(cache, drop=rejected)                                 # speculative rollback
 
 No host synchronisation and no allocation but the workspace (from PyTorch's caching allocator):
 a step can be captured in a CUDA graph when the workspace is."""
@@ -71,7 +72,8 @@ class PagedKVCache:
         return c
 
     def check(self):
-        """Synchronises and raises for device-side errors (a bad page, a full row, q_len > L)."""
+        """Synchronises and raises for device-side errors (a bad page, a full row, q_len > L, a
+        truncation past the length)."""
         _call(self, lambda rt, op, fns, c: fns.kv_cache_check(op, ctypes.byref(c), _stream(self.seq_lens), None),
               "mobagen_kv_cache_check")
 
@@ -109,6 +111,29 @@ def append(cache: PagedKVCache, k: torch.Tensor, v: torch.Tensor, cu_seqlens_new
     a.conv_weight = conv_weight.data_ptr() if conv_weight is not None else 0
     _call(cache, lambda rt, op, fns, c: fns.append(op, ctypes.byref(c), ctypes.byref(a), _stream(k)),
           "mobagen_append")
+
+
+def truncate(cache: PagedKVCache, drop: Optional[torch.Tensor] = None, new_lens: Optional[torch.Tensor] = None):
+    """Removes the last drop[b] tokens of sequence b (or keeps new_lens[b] of them): exactly one
+    of the two int32 [batch] CUDA tensors. The cut block's centroid sum is recomputed on the
+    device from its kept keys, so the cache equals one that never got the dropped tokens. A
+    length outside 0..seq_lens[b] leaves that sequence as it was and sets an error bit that
+    cache.check() raises. No host synchronisation: capturable in a CUDA graph."""
+    if (drop is None) == (new_lens is None):
+        raise ArgumentError("truncate takes exactly one of drop and new_lens")
+    name, t = ("drop", drop) if drop is not None else ("new_lens", new_lens)
+    if (not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or not t.is_cuda or t.dim() != 1
+            or t.shape[0] != cache.batch or not t.is_contiguous()):
+        raise ArgumentError("%s must be a contiguous int32 CUDA tensor of shape [%d]" % (name, cache.batch))
+    a = _capi_decode.TruncateArgs()
+    a.batch = cache.batch
+    ptr = t.data_ptr() if cache.batch else 0
+    if drop is not None:
+        a.drop = ptr
+    else:
+        a.new_lens = ptr
+    _call(cache, lambda rt, op, fns, c: fns.kv_truncate(op, ctypes.byref(c), ctypes.byref(a), _stream(t)),
+          "mobagen_kv_truncate")
 
 
 def decode(cache: PagedKVCache, q: torch.Tensor, cu_seqlens_q: torch.Tensor, max_q_len: int, max_seqlen: int,
