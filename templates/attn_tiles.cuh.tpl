@@ -242,6 +242,7 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
     }
 }
 
+% if point.impl == 2 then
 // 4. The tiles of the chunks [chunk_begin, chunk_end): a persistent grid walks them in a static
 // order; each CTA fetches the next tiles' descriptions and entries two tiles ahead and loads the
 // next tile's queries and keys (cp.async) while the current one computes. P = exp2(S - ref),
@@ -465,6 +466,9 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
         }
     }
 }
+% else
+%   include("attn_tiles_wgmma.cuh.tpl")
+% end
 
 // 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = ref + log l,
 // and clear the rows for the next group (one warp per row). Rows that selected nothing (ref =
