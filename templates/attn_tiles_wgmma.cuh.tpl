@@ -20,6 +20,7 @@
 % end
 #define WG_SLOTS $(NSLOT)   // key or value slots of the ring
 #define WG_QROW_BYTES (MOBA_HEAD_DIM * 2)
+#define WG_RUN 8   // consecutive tiles per CTA (see tile_of)
 
 // Shared layout of every operand tile (rows x head_dim, 16-bit): column blocks of 64 elements,
 // each rows x 128 bytes, and within a block the 16-byte chunk c of row r at c ^ (r % 8): the
@@ -119,7 +120,16 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
     const int max_blocks = (int)p.max_blocks, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
     const int *tile_offset = reinterpret_cast<const int *>(p.tile_offset);
     const int first_tile = tile_offset[p.chunk_begin * max_blocks], end_tile = tile_offset[p.chunk_end * max_blocks];
-    auto tile_of = [&](int j) { return first_tile + (int)blockIdx.x + j * (int)gridDim.x; };
+    // Runs of WG_RUN consecutive tiles per CTA, the runs dealt round robin: the grid still sweeps
+    // the tiles in order (the live accumulator rows stay few), and consecutive tiles of one CTA
+    // mostly share a list, so they reuse the keys and values already in the ring.
+    auto tile_of = [&](int j) {
+        return first_tile + (j / WG_RUN) * (int)gridDim.x * WG_RUN + (int)blockIdx.x * WG_RUN + j % WG_RUN;
+    };
+    // Tile j reuses tile j - 1's keys and values: same list, same run, and the list's steps fit
+    // the ring beside nothing else (a run holds its slots until its last tile).
+    constexpr bool CAN_REUSE = 2 * NSTEP <= WG_SLOTS;
+    auto reuses = [&](int j, int list, int prev_list) { return CAN_REUSE && j % WG_RUN != 0 && list == prev_list; };
     const unsigned q_full = smem_addr(sm.q_full), q_empty = smem_addr(sm.q_empty);
     const unsigned kv_full = smem_addr(sm.kv_full), kv_empty = smem_addr(sm.kv_empty);
 
@@ -151,7 +161,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
         const elem_t *qbase = reinterpret_cast<const elem_t *>(p.q);
         constexpr int PASS = 32 / CH;   // rows per pass of the warp
         const int r0 = lane / CH, c = lane % CH;
-        int kv_item = 0;
+        int kv_item = 0, prev_list = -1;
         for (int j = 0; tile_of(j) < end_tile; j++) {
             const int tile = tile_of(j), qb = j & 1;
             mbar_wait(q_empty + 8 * qb, ((j >> 1) & 1) ^ 1);
@@ -178,6 +188,9 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
                 cp_async16(&q_s[wg_chunk<TILE_M>(r, c)], qh + (ok ? (long long)(e >> 7) * p.q_row_stride : 0), ok);
             }
             mbar_arrive_cp_async(q_full + 8 * qb);
+            const bool reuse = reuses(j, list, prev_list);
+            prev_list = list;
+            if (reuse) continue;
             // Keys and values of each step (rows past the block or the sequence: zeros).
             const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, len_k);
             for (int step = 0; step < NSTEP; step++) {
@@ -213,11 +226,20 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
     const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
     const unsigned q_base = smem_addr(sm.q[0]), kv_base = smem_addr(sm.kv[0]);
     constexpr unsigned Q_BYTES = TILE_M * WG_QROW_BYTES, KV_BYTES = TILE_N * WG_QROW_BYTES;
-    int kv_item = 0;
+    int kv_next = 0, run_item = 0, prev_list = -1;
     for (int j = 0; tile_of(j) < end_tile; j++) {
         const int qb = j & 1;
+        // Whether the next tile reuses this one's keys and values: then they stay in the ring.
+        const int next_tile = tile_of(j + 1);
+        const int next_list = next_tile < end_tile ? __ldg(&reinterpret_cast<const TileMeta *>(p.tile_meta)[next_tile].list) : -1;
         mbar_wait(q_full + 8 * qb, (j >> 1) & 1);
         const TileMeta m = sm.meta[qb];
+        if (!reuses(j, m.list, prev_list)) {
+            run_item = kv_next;
+            kv_next += 2 * NSTEP;
+        }
+        prev_list = m.list;
+        const bool release = !reuses(j + 1, next_list, m.list);
         const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
         const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
         const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
@@ -239,7 +261,8 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
         for (int i = 0; i < DT * 4; i++) o[i] = 0.f;
         const unsigned q_addr = q_base + qb * Q_BYTES;
 
-        for (int step = 0; step < NSTEP; step++, kv_item += 2) {
+        for (int step = 0; step < NSTEP; step++) {
+            const int kv_item = run_item + 2 * step;
             const int k_slot = kv_item % WG_SLOTS, v_slot = (kv_item + 1) % WG_SLOTS;
             const int n0 = key_begin + step * TILE_N;
             const bool active = n0 < key_end;   // the same for the whole warpgroup
@@ -262,7 +285,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
                 wg_hold(s);
             }
             if (step + 1 == NSTEP) mbar_arrive(q_empty + 8 * qb);   // the tile's last read of Q
-            mbar_arrive(kv_empty + 8 * k_slot);
+            if (release) mbar_arrive(kv_empty + 8 * k_slot);
             if (active) {
                 // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
                 // that reaches past some row's t or past the keys needs the mask.
@@ -310,7 +333,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
                 wg_wait_all();
                 wg_hold(o);
             }
-            mbar_arrive(kv_empty + 8 * v_slot);
+            if (release) mbar_arrive(kv_empty + 8 * v_slot);
         }
         if (warp * 16 >= m.n_rows) continue;
 
