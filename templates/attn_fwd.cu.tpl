@@ -9,7 +9,7 @@
 %! -- and one warpgroup computing on wgmma. impl 1 (CUDA cores): one warp per (query row, head)
 %! -- streams that query's own blocks; it reads each selected block once per query, with no
 %! -- reuse (the same row function is impl 2's and impl 3's fallback).
-%! knobs = { impl = {2, 3, 1}, warps = {4, 8} }
+%! knobs = { impl = {3, 2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
 %!   if p.impl < 1 or p.impl > 3 then
 %!     return false, "impl is 1 (CUDA cores), 2 (tensor cores, mma.sync) or 3 (sm_90a, wgmma)"
