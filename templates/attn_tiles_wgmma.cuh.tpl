@@ -15,7 +15,7 @@
 % end
 % local function wg_outs(name, n)
 %   local t = {}
-%   for i = 0, n - 1 do t[#t + 1] = '"+f"(' .. name .. '[' .. i .. '])' end
+%   for i = 0, n - 1 do t[#t + 1] = '"+f"(' .. name .. '[' .. (i // 4) .. '][' .. (i % 4) .. '])' end
 %   return table.concat(t, ", ")
 % end
 #define WG_SLOTS $(NSLOT)   // key or value slots of the ring
@@ -44,14 +44,16 @@ __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.s
 
 // Keeps the compiler from moving accumulator accesses across the asynchronous wgmma.
 template <int N>
-__device__ __forceinline__ void wg_hold(float (&d)[N])
+__device__ __forceinline__ void wg_hold(float (&d)[N][4])
 {
 #pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[i][e])::"memory");
 }
 
 // S (64 x TILE_N) = or += Q (shared, K-major) K^T (shared, K-major).
-__device__ __forceinline__ void wg_mma_qk(float (&d)[$(TN // 2)], u64 desc_q, u64 desc_k, int accumulate)
+__device__ __forceinline__ void wg_mma_qk(float (&d)[$(TN // 8)][4], u64 desc_q, u64 desc_k, int accumulate)
 {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %$(TN // 2 + 2), 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n$(TN)k16.f32.$(WG_TY).$(WG_TY) "
@@ -61,7 +63,7 @@ __device__ __forceinline__ void wg_mma_qk(float (&d)[$(TN // 2)], u64 desc_q, u6
 }
 
 // O (64 x D) += P (registers, A fragments) V (shared, keys x D with D contiguous: transposed B).
-__device__ __forceinline__ void wg_mma_pv(float (&d)[$(D // 2)], const unsigned a[4], u64 desc_v)
+__device__ __forceinline__ void wg_mma_pv(float (&d)[$(D // 8)][4], const unsigned a[4], u64 desc_v)
 {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %$(D // 2 + 5), 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n$(D)k16.f32.$(WG_TY).$(WG_TY) "
@@ -219,11 +221,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
     }
 
     // Consumer warpgroup: warp w holds rows 16w .. 16w + 15 of the tile, as mma.sync's m16 tiles.
-    const int chunk_rows = (int)p.chunk_rows, ring = (int)p.ring_chunks;
     const float scale = (float)p.softmax_scale * LOG2E;
-    float *acc_o = reinterpret_cast<float *>(p.acc_o);
-    float *acc_l = reinterpret_cast<float *>(p.acc_l);
-    const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
     const unsigned q_base = smem_addr(sm.q[0]), kv_base = smem_addr(sm.kv[0]);
     constexpr unsigned Q_BYTES = TILE_M * WG_QROW_BYTES, KV_BYTES = TILE_N * WG_QROW_BYTES;
     int kv_next = 0, run_item = 0, prev_list = -1;
@@ -240,35 +238,22 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
         }
         prev_list = m.list;
         const bool release = !reuses(j + 1, next_list, m.list);
-        const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
-        const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
-        const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
-        const int r_lo = warp * 16 + lane / 4;   // this thread's two rows of the tile
-        const unsigned e_lo = sm.entry[qb][r_lo], e_hi = sm.entry[qb][r_lo + 8];
-        const bool valid[2] = {r_lo < m.n_rows, r_lo + 8 < m.n_rows};
-        // Key position of each row; rows past the tile's queries see every key (they are dropped).
-        const int t_lo = valid[0] ? (int)(e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
-        const int t_hi = valid[1] ? (int)(e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
-        auto acc_row = [&](int r) {
-            return (chunk % ring) * chunk_rows + ((int)((r ? e_hi : e_lo) >> 7) - row_chunk * chunk_rows);
-        };
+        const TileRows rows = tile_rows(p, m, sm.entry[qb], warp, lane);
         float mx[2], l[2] = {0.f, 0.f};
+        tile_refs(p, m, rows, mx);
+        float o[DT][4];
 #pragma unroll
-        for (int r = 0; r < 2; r++)
-            mx[r] = valid[r] ? __ldg(&row_ref[(long long)(m.q0 + (int)((r ? e_hi : e_lo) >> 7)) * hq + h]) : 0.f;
-        float o[DT * 4];
-#pragma unroll
-        for (int i = 0; i < DT * 4; i++) o[i] = 0.f;
+        for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
         const unsigned q_addr = q_base + qb * Q_BYTES;
 
         for (int step = 0; step < NSTEP; step++) {
             const int kv_item = run_item + 2 * step;
             const int k_slot = kv_item % WG_SLOTS, v_slot = (kv_item + 1) % WG_SLOTS;
-            const int n0 = key_begin + step * TILE_N;
-            const bool active = n0 < key_end;   // the same for the whole warpgroup
-            float s[NT * 4];
+            const int n0 = rows.key_begin + step * TILE_N;
+            const bool active = n0 < rows.key_end;   // the same for the whole warpgroup
+            float s[NT][4];
 #pragma unroll
-            for (int i = 0; i < NT * 4; i++) s[i] = 0.f;
+            for (int i = 0; i < NT; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
             mbar_wait(kv_full + 8 * k_slot, (kv_item / WG_SLOTS) & 1);
             if (active) {
                 const unsigned k_addr = kv_base + k_slot * KV_BYTES;
@@ -286,44 +271,14 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
             }
             if (step + 1 == NSTEP) mbar_arrive(q_empty + 8 * qb);   // the tile's last read of Q
             if (release) mbar_arrive(kv_empty + 8 * k_slot);
-            if (active) {
-                // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
-                // that reaches past some row's t or past the keys needs the mask.
-% if spec.causal then
-                const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
-% else
-                const bool need_mask = n0 + TILE_N > key_end;
-% end
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float v = s[nt * 4 + e] * scale;
-                        if (need_mask) {
-                            const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-% if spec.causal then
-                            if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
-% else
-                            if (key >= key_end) v = -INFINITY;
-% end
-                        }
-                        const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
-                        s[nt * 4 + e] = pr;
-                        l[e >> 1] += pr;
-                    }
-            }
+            if (active) tile_probs(s, rows, n0, scale, mx, l, lane);
             mbar_wait(kv_full + 8 * v_slot, ((kv_item + 1) / WG_SLOTS) & 1);
             if (active) {
                 // O += P V: the score accumulators become the A fragments (mma.sync's layout).
                 const unsigned v_addr = kv_base + v_slot * KV_BYTES;
                 unsigned pa[TILE_N / 16][4];
 #pragma unroll
-                for (int kk = 0; kk < TILE_N / 16; kk++) {
-                    pa[kk][0] = pack_pair(s[8 * kk + 0], s[8 * kk + 1]);
-                    pa[kk][1] = pack_pair(s[8 * kk + 2], s[8 * kk + 3]);
-                    pa[kk][2] = pack_pair(s[8 * kk + 4], s[8 * kk + 5]);
-                    pa[kk][3] = pack_pair(s[8 * kk + 6], s[8 * kk + 7]);
-                }
+                for (int kk = 0; kk < TILE_N / 16; kk++) probs_fragment(s, kk, pa[kk]);
                 wg_hold(o);
                 wg_fence();
 #pragma unroll
@@ -335,18 +290,6 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
             }
             if (release) mbar_arrive(kv_empty + 8 * v_slot);
         }
-        if (warp * 16 >= m.n_rows) continue;
-
-        // Into the queries' rows: O and the sum (impl 2's epilogue).
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-            if (!valid[r]) continue;
-            float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
-#pragma unroll
-            for (int dt = 0; dt < DT; dt++) red_add2(ao + dt * 8, o[dt * 4 + 2 * r], o[dt * 4 + 2 * r + 1]);
-            if ((lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
-        }
+        if (warp * 16 < m.n_rows) tile_rows_out(p, rows, o, l, lane);   // impl 2's epilogue
     }
 }
