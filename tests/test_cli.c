@@ -188,20 +188,7 @@ static void test_list_default_spec(void **state)
     assert_non_null(strstr(out, "attn_bwd/sm_90a/tile_n=128\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
     assert_non_null(strstr(err, "variants of spec 'default'"));
-    free(out);
-    free(err);
-}
-
-/* attn_fwd impl 3 (wgmma) exists on sm_90a only, and comes first there (the default choice);
- * a spec that asks for it on another arch is refused with the reason. */
-static void test_list_attn_wgmma_impl(void **state)
-{
-    (void)state;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/specs/default.yaml", tu_repo_root());
-    char *out, *err;
-    int rc = RUN(&out, &err, "list", path);
-    expect_code(rc, 0, out, err);
+    /* attn_fwd impl 3 (wgmma) exists on sm_90a only, and comes first there (the default choice). */
     const char *impl3 = strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n");
     const char *impl2 = strstr(out, "attn_fwd/sm_90a/impl=2,warps=4\n");
     assert_non_null(impl3);
@@ -212,12 +199,18 @@ static void test_list_attn_wgmma_impl(void **state)
     assert_non_null(strstr(out, "attn_fwd/sm_80/impl=2,warps=4\n"));
     free(out);
     free(err);
+}
 
+/* A spec that asks for attn_fwd impl 3 on another arch than sm_90a is refused with the reason. */
+static void test_list_attn_wgmma_impl(void **state)
+{
+    (void)state;
+    char *out, *err;
     char spec[1024];
     tu_write_file(work, "wgmma.yaml",
                   "name: wg\nhead_dim: 128\nblock_size: 64\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
                   "  attn_fwd: { impl: 3, warps: 4 }\n", spec, sizeof spec);
-    rc = RUN(&out, &err, "list", spec);
+    int rc = RUN(&out, &err, "list", spec);
     expect_code(rc, 4, out, err);
     assert_non_null(strstr(err, "impl 3 needs wgmma (sm_90a only)"));
     free(out);
