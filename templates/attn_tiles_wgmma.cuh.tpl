@@ -106,11 +106,12 @@ struct WgSmem {
 };
 static_assert(sizeof(WgSmem) == $(wg_smem(spec)), "launch()'s shared memory size is WgSmem's");
 
-// 4. The tiles of the chunks [chunk_begin, chunk_end), in impl 2's static order over a
-// persistent grid. Warps 0-3 (the consumer warpgroup) compute; warp 4 (the producer) loads. Per
-// tile: Q into buffer j % 2 (with its description and entries); per 64-key step: K, then V, into
-// the next ring slots. A slot is full when its producer lanes' cp.async have landed (32
-// arrivals), and empty when the consumer's 128 threads have finished the wgmma that read it.
+// 4. The tiles of the chunks [chunk_begin, chunk_end) over a persistent grid (runs of tiles, see
+// tile_of). Warps 0-3 (the consumer warpgroup) compute; warp 4 (the producer) loads. Per tile: Q
+// into buffer j % 2 (with its description and entries); per step of TILE_N keys: K, then V, into
+// the next ring slots (none for a tile that reuses its predecessor's). A slot is full when its
+// producer lanes' cp.async have landed (32 arrivals), and empty when the consumer's 128 threads
+// have finished the wgmma that read it in the last tile of its run.
 __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, NT = TILE_N / 8, DT = D / 8;
