@@ -259,6 +259,8 @@ static void bench_one(gpu_env *env, mem_get_info_fn mem_info, const bench_case *
         for (int i = 0; i < mobagen_op_variant_count(op, templates[t]); i++) {
             if (mobagen_op_select(op, templates[t], i) != MG_OK) continue;
             float ms = time_stages_capped(env, op, &a, ws, ws_bytes, stage[t], 3 * dflt.stage[t] + 0.5f);
+            if (t == 2 && mobagen_op_variant_count(op, templates[t]) > 1)   /* impls side by side */
+                printf("    attention %-34s %8.3f ms\n", mobagen_op_variant_id(op, templates[t], i), ms);
             if (ms < best[t]) {
                 best[t] = ms;
                 best_i[t] = i;

@@ -3,21 +3,32 @@
 %! -- (chunk of query rows, key block); 64-query tiles of a list meet their block's keys on
 %! -- mma.sync once: exp2(S - ref) V added into one fp32 row per query, ref a lower bound of the
 %! -- row's max known before any tile runs, for a bounded ring of chunks at a time; rows whose
-%! -- sums overflow are redone exactly by the fallback kernel. impl 1 (CUDA cores): one warp per
-%! -- (query row, head) streams that query's own blocks; it reads each selected block once per
-%! -- query, with no reuse (the same row function is impl 2's fallback).
-%! knobs = { impl = {2, 1}, warps = {4, 8} }
+%! -- sums overflow are redone exactly by the fallback kernel. impl 3 (sm_90a only,
+%! -- attn_tiles_wgmma.cuh.tpl): impl 2's lists, workspace and epilogue, with a producer warp
+%! -- gathering each tile's queries and streaming its keys and values through an mbarrier ring,
+%! -- and one warpgroup computing on wgmma. impl 1 (CUDA cores): one warp per (query row, head)
+%! -- streams that query's own blocks; it reads each selected block once per query, with no
+%! -- reuse (the same row function is impl 2's and impl 3's fallback).
+%! knobs = { impl = {3, 2, 1}, warps = {4, 8} }
 %! function valid(spec, arch, p)
-%!   if p.impl ~= 1 and p.impl ~= 2 then return false, "impl is 1 (CUDA cores) or 2 (tensor cores)" end
+%!   if p.impl < 1 or p.impl > 3 then
+%!     return false, "impl is 1 (CUDA cores), 2 (tensor cores, mma.sync) or 3 (sm_90a, wgmma)"
+%!   end
 %!   if p.warps < 1 or p.warps > 32 then return false, "warps must be in 1..32" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
-%!   if p.impl == 2 then
-%!     if p.warps ~= 4 then return false, "impl 2 runs 4 warps" end
+%!   if p.impl >= 2 then
+%!     if p.warps ~= 4 then return false, "impl " .. p.impl .. " runs 4 warps" end
 %!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
-%!       return false, "impl 2 supports head_dim 64 and 128"
+%!       return false, "impl " .. p.impl .. " supports head_dim 64 and 128"
 %!     end
+%!   end
+%!   if p.impl == 2 then
 %!     if arch.sm < 80 then return false, "impl 2 needs mma.sync with bf16 (sm_80+)" end
 %!     if tiles_smem(spec) > arch.max_smem then return false, "impl 2 does not fit shared memory" end
+%!   end
+%!   if p.impl == 3 then
+%!     if arch.name ~= "sm_90a" then return false, "impl 3 needs wgmma (sm_90a only)" end
+%!     if wg_slots(spec) < 3 then return false, "impl 3 needs 3 key/value slots in shared memory" end
 %!   end
 %!   return true
 %! end
@@ -32,25 +43,44 @@
 %! end
 %! -- Rows (and threads) per CTA of the list kernels: one chunk's rows at most per CTA.
 %! function list_rows() return 1024 end
-%! function kernels(spec, p)
-%!   if p.impl == 2 then
-%!     return { main = "moba_attn_tiles", fallback = "moba_attn_fallback<4>",
-%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<" .. list_rows() .. ">",
-%!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
-%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<" .. list_rows() .. ">" }
-%!   end
-%!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
-%! end
 %! -- CTAs per multiprocessor of the tile kernel: 3 where 64-key steps are not needed (fewer
 %! -- registers, a third of shared memory less), so that a third CTA hides the others' latency.
 %! function tile_ctas(spec)
 %!   if tile_n(spec) <= 32 then return 3 end
 %!   return 2
 %! end
+%! -- impl 3's ring: as many key or value slots (tile_n rows each) as fit beside two 64-row query
+%! -- buffers in a tile_ctas share of the multiprocessor's 228 KB (1 KB reserved per CTA, 1 KB
+%! -- for descriptions, entries and barriers), at most 8.
+%! function wg_slots(spec)
+%!   local budget = 233472 // tile_ctas(spec) - 1024
+%!   local q_bytes = 2 * 64 * spec.head_dim * 2
+%!   return math.min(8, (budget - q_bytes - 1024) // (tile_n(spec) * spec.head_dim * 2))
+%! end
+%! -- WgSmem: the query buffers and the ring (1024-byte aligned swizzle atoms), two descriptions,
+%! -- two entry lists, and 8-byte mbarriers: two pairs for the queries, a pair per slot.
+%! function wg_smem(spec)
+%!   local s = wg_slots(spec)
+%!   return (2 * 64 + s * tile_n(spec)) * spec.head_dim * 2 + 2 * 32 + 2 * 64 * 4 + 8 * (4 + 2 * s)
+%! end
+%! function kernels(spec, p)
+%!   if p.impl >= 2 then
+%!     return { main = p.impl == 3 and "moba_attn_tiles_wgmma" or "moba_attn_tiles",
+%!              fallback = "moba_attn_fallback<4>",
+%!              finalize = "moba_attn_finalize<4>", count = "moba_attn_count<" .. list_rows() .. ">",
+%!              scan_reduce = "moba_attn_scan_reduce", scan_top = "moba_attn_scan_top",
+%!              scan_down = "moba_attn_scan_down", scatter = "moba_attn_scatter<" .. list_rows() .. ">" }
+%!   end
+%!   return { main = "moba_attn_fwd<" .. p.warps .. ">" }
+%! end
 %! function launch(spec, p)
 %!   if p.impl == 2 then
 %!     -- main: a persistent grid of ctas_per_sm per multiprocessor
 %!     return { threads = 128, smem = tiles_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = list_rows() }
+%!   end
+%!   if p.impl == 3 then
+%!     -- main: a consumer warpgroup and a producer warp per CTA, persistent as impl 2's
+%!     return { threads = 160, smem = wg_smem(spec), ctas_per_sm = tile_ctas(spec), rows = 64, list_rows = list_rows() }
 %!   end
 %!   return { threads = 32 * p.warps, smem = 0, rows = p.warps }
 %! end
@@ -146,7 +176,7 @@ __device__ __forceinline__ void moba_attn_row(const FwdParams &p, float *q_s, in
     __syncwarp();   // q_s may be refilled for the warp's next row
 }
 
-% if point.impl == 2 then
+% if point.impl >= 2 then
 %   include("attn_tiles.cuh.tpl")
 % else
 

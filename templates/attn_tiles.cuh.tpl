@@ -342,6 +342,108 @@ __global__ void __launch_bounds__(ROWS) moba_attn_scatter(const FwdParams p)
     }
 }
 
+// The tile kernels' per-row work, shared by impl 2 (mma.sync) and impl 3 (wgmma), whose score
+// and output accumulators have the same layout: this thread holds rows r and r + 8 of its warp's
+// 16 (r = lane / 4), columns 2 (lane % 4) and 2 (lane % 4) + 1 of every 8.
+struct TileRows {
+    int chunk, row_chunk, h, key_begin, key_end;
+    unsigned e_lo, e_hi;   // the rows' entries: query row << 7 | slot << 1 | last
+    bool valid[2];         // the rows hold queries of the tile
+    int t_lo, t_hi;        // key positions; rows past the tile's queries see every key
+};
+
+__device__ __forceinline__ TileRows tile_rows(const FwdParams &p, const TileMeta &m, const unsigned *entry, int warp, int lane)
+{
+    const int max_blocks = (int)p.max_blocks, row_chunks = (int)p.row_chunks;
+    TileRows t;
+    t.chunk = m.list / max_blocks;
+    const int blk = m.list % max_blocks;
+    t.h = (t.chunk / row_chunks) % (int)p.hq;
+    t.row_chunk = t.chunk % row_chunks;
+    t.key_begin = blk * MOBA_BLOCK;
+    t.key_end = min(t.key_begin + MOBA_BLOCK, m.len_k);
+    const int r_lo = warp * 16 + lane / 4;
+    t.e_lo = entry[r_lo];
+    t.e_hi = entry[r_lo + 8];
+    t.valid[0] = r_lo < m.n_rows;
+    t.valid[1] = r_lo + 8 < m.n_rows;
+    t.t_lo = t.valid[0] ? (int)(t.e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
+    t.t_hi = t.valid[1] ? (int)(t.e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
+    return t;
+}
+
+// The rows' references (the count kernel's lower bounds of their max scaled scores).
+__device__ __forceinline__ void tile_refs(const FwdParams &p, const TileMeta &m, const TileRows &t, float mx[2])
+{
+    const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        mx[r] = t.valid[r] ? __ldg(&row_ref[(long long)(m.q0 + (int)((r ? t.e_hi : t.e_lo) >> 7)) * p.hq + t.h]) : 0.f;
+}
+
+// P = exp2(S scale - ref) for the step of TILE_N keys from n0, in place, and its row sums into l.
+// Scale; mask keys past the block or the sequence, and (causal) after t. Only a step that
+// reaches past some row's t or past the keys needs the mask.
+__device__ __forceinline__ void tile_probs(float (&s)[TILE_N / 8][4], const TileRows &t, int n0, float scale,
+                                           const float mx[2], float l[2], int lane)
+{
+% if spec.causal then
+    const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > t.key_end || n0 + TILE_N - 1 > min(t.t_lo, t.t_hi));
+% else
+    const bool need_mask = n0 + TILE_N > t.key_end;
+% end
+#pragma unroll
+    for (int nt = 0; nt < TILE_N / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = s[nt][e] * scale;
+            if (need_mask) {
+                const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+% if spec.causal then
+                if (key >= t.key_end || key > (e < 2 ? t.t_lo : t.t_hi)) v = -INFINITY;
+% else
+                if (key >= t.key_end) v = -INFINITY;
+% end
+            }
+            const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
+            s[nt][e] = pr;
+            l[e >> 1] += pr;
+        }
+}
+
+// The A fragments of P for keys 16 kk .. 16 kk + 15 of the step, from the score accumulators.
+__device__ __forceinline__ void probs_fragment(const float (&s)[TILE_N / 8][4], int kk, unsigned pa[4])
+{
+    pa[0] = pack_pair(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = pack_pair(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Into the queries' fp32 rows of the ring: O and the row sums (a warp whose rows all lie past
+// the tile's queries skips this).
+__device__ __forceinline__ void tile_rows_out(const FwdParams &p, const TileRows &t, const float (&o)[MOBA_HEAD_DIM / 8][4],
+                                              float l[2], int lane)
+{
+    float *acc_o = reinterpret_cast<float *>(p.acc_o);
+    float *acc_l = reinterpret_cast<float *>(p.acc_l);
+    const int chunk_rows = (int)p.chunk_rows;
+    auto acc_row = [&](int r) {   // ring slot of the chunk, row within the chunk
+        return (t.chunk % (int)p.ring_chunks) * chunk_rows + ((int)((r ? t.e_hi : t.e_lo) >> 7) - t.row_chunk * chunk_rows);
+    };
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (!t.valid[r]) continue;
+        float *ao = acc_o + (long long)acc_row(r) * MOBA_HEAD_DIM + (lane & 3) * 2;
+#pragma unroll
+        for (int dt = 0; dt < MOBA_HEAD_DIM / 8; dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
+        if ((lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
+    }
+}
+
+% if point.impl == 2 then
 // 4. The tiles of the chunks [chunk_begin, chunk_end): a persistent grid walks them in a static
 // order; each CTA fetches the next tiles' descriptions and entries two tiles ahead and loads the
 // next tile's queries and keys (cp.async) while the current one computes. P = exp2(S - ref),
@@ -365,13 +467,9 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
     TilesSmem &sm = *reinterpret_cast<TilesSmem *>(smem_raw);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int max_blocks = (int)p.max_blocks, row_chunks = (int)p.row_chunks, hq = (int)p.hq;
-    const int chunk_rows = (int)p.chunk_rows, ring = (int)p.ring_chunks;
     const int *tile_offset = reinterpret_cast<const int *>(p.tile_offset);
     const int first_tile = tile_offset[p.chunk_begin * max_blocks], end_tile = tile_offset[p.chunk_end * max_blocks];
     const float scale = (float)p.softmax_scale * LOG2E;
-    float *acc_o = reinterpret_cast<float *>(p.acc_o);
-    float *acc_l = reinterpret_cast<float *>(p.acc_l);
-    const float *row_ref = reinterpret_cast<const float *>(p.row_ref);
 % if spec.conv_width > 0 then
     const elem_t *kbase = reinterpret_cast<const elem_t *>(p.kprime);
     const long long k_row_stride = p.hkv * D, k_head_stride = D;
@@ -444,24 +542,11 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
         cp_async_wait<1>();
         __syncthreads();   // this tile's Q and step-0 K have landed; the previous tile is done with smem
         const TileMeta m = sm.meta[slot];
-        const int chunk = m.list / max_blocks, blk = m.list % max_blocks;
-        const int h = (chunk / row_chunks) % hq, row_chunk = chunk % row_chunks;
-        const int key_begin = blk * MOBA_BLOCK, key_end = min(key_begin + MOBA_BLOCK, m.len_k);
-        const int r_lo = warp * 16 + lane / 4;   // this thread's two rows of the tile
+        const TileRows rows = tile_rows(p, m, sm.entry[slot], warp, lane);
+        const int key_begin = rows.key_begin, key_end = rows.key_end;
         const bool warp_busy = warp * 16 < m.n_rows;
-        const unsigned e_lo = sm.entry[slot][r_lo], e_hi = sm.entry[slot][r_lo + 8];
-        const bool valid[2] = {r_lo < m.n_rows, r_lo + 8 < m.n_rows};
-        // Key position of each row; rows past the tile's queries see every key (they are dropped).
-        const int t_lo = valid[0] ? (int)(e_lo >> 7) + m.len_k - m.len_q : 0x7fffffff;
-        const int t_hi = valid[1] ? (int)(e_hi >> 7) + m.len_k - m.len_q : 0x7fffffff;
-        // This thread's two accumulator rows (ring slot of the chunk, row within the chunk).
-        auto acc_row = [&](int r) {
-            return (chunk % ring) * chunk_rows + ((int)((r ? e_hi : e_lo) >> 7) - row_chunk * chunk_rows);
-        };
         float mx[2], l[2] = {0.f, 0.f};
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            mx[r] = valid[r] ? __ldg(&row_ref[(long long)(m.q0 + (int)((r ? e_hi : e_lo) >> 7)) * hq + h]) : 0.f;
+        tile_refs(p, m, rows, mx);
         float o[DT][4];
 #pragma unroll
         for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -505,30 +590,7 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
                         mma_16816(s[nt + 1], qa, kb[2], kb[3]);
                     }
                 }
-                // Scale; mask keys past the block or the sequence, and (causal) after t. Only a step
-                // that reaches past some row's t or past the keys needs the mask.
-% if spec.causal then
-                const bool need_mask = __any_sync(0xffffffffu, n0 + TILE_N > key_end || n0 + TILE_N - 1 > min(t_lo, t_hi));
-% else
-                const bool need_mask = n0 + TILE_N > key_end;
-% end
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float v = s[nt][e] * scale;
-                        if (need_mask) {
-                            const int key = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-% if spec.causal then
-                            if (key >= key_end || key > (e < 2 ? t_lo : t_hi)) v = -INFINITY;
-% else
-                            if (key >= key_end) v = -INFINITY;
-% end
-                        }
-                        const float pr = exp2f(v - mx[e >> 1]);   // ref <= max: the largest pr >= 1
-                        s[nt][e] = pr;
-                        l[e >> 1] += pr;
-                    }
+                tile_probs(s, rows, n0, scale, mx, l, lane);
             }
             cp_async_wait<2>();   // this step's V; the next step's K and V stay in flight
             __syncthreads();
@@ -536,9 +598,8 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
                 // O += P V: the score accumulators become the A fragments of the next product.
 #pragma unroll
                 for (int kk = 0; kk < TILE_N / 16; kk++) {
-                    const unsigned pa[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1]), pack_pair(s[2 * kk][2], s[2 * kk][3]),
-                                            pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                            pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                    unsigned pa[4];
+                    probs_fragment(s, kk, pa);
 #pragma unroll
                     for (int dt = 0; dt < DT; dt += 2) {
                         const int mat = lane >> 3;
@@ -550,21 +611,12 @@ __global__ void __launch_bounds__(128, $(tile_ctas(spec))) moba_attn_tiles(const
                 }
             }
         }
-        if (!warp_busy) continue;
-
-        // Into the queries' rows: O and the sum.
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-            if (!valid[r]) continue;
-            float *ao = acc_o + (long long)acc_row(r) * D + (lane & 3) * 2;
-#pragma unroll
-            for (int dt = 0; dt < DT; dt++) red_add2(ao + dt * 8, o[dt][2 * r], o[dt][2 * r + 1]);
-            if ((lane & 3) == 0) atomicAdd(&acc_l[acc_row(r)], l[r]);
-        }
+        if (warp_busy) tile_rows_out(p, rows, o, l, lane);
     }
 }
+% else
+%   include("attn_tiles_wgmma.cuh.tpl")
+% end
 
 // 5. Finalize the rows of the chunks [chunk_begin, chunk_end): o = acc / l, LSE = ref + log l,
 // and clear the rows for the next group (one warp per row). Rows that selected nothing (ref =

@@ -188,6 +188,36 @@ static void test_list_default_spec(void **state)
     assert_non_null(strstr(out, "attn_bwd/sm_90a/tile_n=128\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
     assert_non_null(strstr(err, "variants of spec 'default'"));
+    /* attn_fwd impl 3 (wgmma) exists on sm_90a only, and comes first there (the default choice). */
+    const char *impl3 = strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n");
+    const char *impl2 = strstr(out, "attn_fwd/sm_90a/impl=2,warps=4\n");
+    assert_non_null(impl3);
+    assert_non_null(impl2);
+    assert_true(impl3 < impl2);
+    assert_null(strstr(out, "attn_fwd/sm_90a/impl=3,warps=8"));
+    assert_null(strstr(out, "attn_fwd/sm_80/impl=3"));
+    assert_non_null(strstr(out, "attn_fwd/sm_80/impl=2,warps=4\n"));
+    free(out);
+    free(err);
+}
+
+/* A spec that asks for attn_fwd impl 3 on another arch than sm_90a is refused with the reason. */
+static void test_list_attn_wgmma_impl(void **state)
+{
+    (void)state;
+    char *out, *err;
+    char spec[1024];
+    tu_write_file(work, "wgmma.yaml",
+                  "name: wg\nhead_dim: 128\nblock_size: 64\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
+                  "  attn_fwd: { impl: 3, warps: 4 }\n", spec, sizeof spec);
+    int rc = RUN(&out, &err, "list", spec);
+    expect_code(rc, 4, out, err);
+    assert_non_null(strstr(err, "impl 3 needs wgmma (sm_90a only)"));
+    free(out);
+    free(err);
+    rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec);
+    expect_code(rc, 0, out, err);
+    assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n"));
     free(out);
     free(err);
 }
@@ -519,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_help_and_usage_errors),
         cmocka_unit_test(test_list),
         cmocka_unit_test(test_list_default_spec),
+        cmocka_unit_test(test_list_attn_wgmma_impl),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_gen),
         cmocka_unit_test(test_build_then_cache_commands),
