@@ -141,6 +141,55 @@ static mg_status check_bwd_args(mobagen_op *op, const mobagen_bwd_args *a, mg_fw
     return MG_OK;
 }
 
+/* Bytes from the first to one past the last element of a [rows][heads][d] tensor (0 if empty). */
+static unsigned long long tensor_span(long long rows, long long heads, long long rs, long long hs,
+                                      long long d, int elem_bytes)
+{
+    if (rows <= 0 || heads <= 0 || d <= 0) return 0;
+    return (unsigned long long)((rows - 1) * rs + (heads - 1) * hs + d) * (unsigned long long)elem_bytes;
+}
+
+/* The lists are built in dq before the kernels read the other arguments for the last time, so dq
+ * must not share a byte with any of them: a silent wrong answer otherwise. */
+static mg_status check_dq_alone(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr workspace,
+                                size_t workspace_bytes)
+{
+    const mobagen_fwd_args *f = &a->fwd;
+    const mg_spec *s = &op->spec;
+    long long fs[8];
+    mg_fwd_strides(f, fs);
+    const long long d = f->head_dim, w = s->conv_width;
+    const unsigned long long dq_end = a->dq + tensor_span(f->total_q, f->hq, (long long)f->hq * d, d, d, 2);
+    const struct { const char *name; mobagen_devptr p; unsigned long long bytes; } other[] = {
+        {"q", f->q, tensor_span(f->total_q, f->hq, fs[0], fs[1], d, 2)},
+        {"k", f->k, tensor_span(f->total_k, f->hkv, fs[2], fs[3], d, 2)},
+        {"v", f->v, tensor_span(f->total_k, f->hkv, fs[4], fs[5], d, 2)},
+        {"out", f->out, tensor_span(f->total_q, f->hq, fs[6], fs[7], d, 2)},
+        {"lse", f->lse, 4ull * (unsigned long long)f->total_q * (unsigned long long)f->hq},
+        {"cu_seqlens_q", f->cu_seqlens_q, 4ull * (unsigned long long)(f->batch + 1)},
+        {"cu_seqlens_k", f->cu_seqlens_k, 4ull * (unsigned long long)(f->batch + 1)},
+        {"conv_weight", f->conv_weight, 2ull * (unsigned long long)(f->hkv * w * d)},
+        {"dout", a->dout, tensor_span(f->total_q, f->hq, packed(a->dout_row_stride, (long long)f->hq * d),
+                                      packed(a->dout_head_stride, d), d, 2)},
+        {"dlse", a->dlse, 4ull * (unsigned long long)f->total_q * (unsigned long long)f->hq},
+        {"selection", a->selection,
+         4ull * (unsigned long long)f->total_q * (unsigned long long)f->hq * (unsigned long long)s->top_k},
+        {"dk", a->dk, tensor_span(f->total_k, f->hkv, packed(a->dk_row_stride, (long long)f->hkv * d),
+                                  packed(a->dk_head_stride, d), d, 2)},
+        {"dv", a->dv, tensor_span(f->total_k, f->hkv, packed(a->dv_row_stride, (long long)f->hkv * d),
+                                  packed(a->dv_head_stride, d), d, 2)},
+        {"dconv_weight", a->dconv_weight, 4ull * (unsigned long long)(f->hkv * w * d)},
+        {"workspace", workspace, workspace_bytes}};
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        if (!other[i].p || !other[i].bytes) continue;
+        if (other[i].p < dq_end && a->dq < other[i].p + other[i].bytes)
+            return mg_fail(&op->err, MG_E_ARG, "dq (0x%llx) overlaps %s (0x%llx): the backward builds its "
+                           "query lists in dq, which must not share memory with another argument",
+                           (unsigned long long)a->dq, other[i].name, (unsigned long long)other[i].p);
+    }
+    return MG_OK;
+}
+
 static mg_status checked_layout(mobagen_op *op, const mobagen_bwd_args *a, bwd_layout *w)
 {
     mg_fwd_region_offsets fr;
@@ -249,6 +298,7 @@ mg_status mobagen_bwd(mobagen_op *op, const mobagen_bwd_args *a, mobagen_devptr 
     if (w.total && (!workspace || workspace % WORKSPACE_ALIGN))
         return mg_fail(&op->err, MG_E_ARG, "workspace must be a %d-byte aligned device pointer",
                        WORKSPACE_ALIGN);
+    if (w.lists_in_dq && (st = check_dq_alone(op, a, workspace, workspace_bytes)) != MG_OK) return st;
     const int conv = s->conv_width > 0;
     if (f->batch == 0 && !conv) return MG_OK;   /* nothing to write */
     if (!op->ctx) return mg_fail(&op->err, MG_E_NO_DEVICE, "the op has no device to run on");

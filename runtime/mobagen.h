@@ -236,7 +236,8 @@ typedef struct mobagen_bwd_args {
  * + 4*total_q*hq (D') + 4*(1 + 2N + S) (the query lists: a counter, each list's count and
  * cursor, an entry per slot), except in fast mode when dq is packed and 4*(1 + 2N + S) <=
  * 2*total_q*hq*head_dim (dq's bytes): the lists are then built in dq, which is written only
- * after they are last read (so dq must not overlap another argument) + dq accumulators:
+ * after they are last read (so dq must not overlap another argument; mobagen_bwd refuses it)
+ * + dq accumulators:
  * 4*total_q*hq*head_dim (fast) or 4*batch*R*hq*top_k*head_dim (deterministic: one partial row
  * per (query, slot) of a chunk) + 4*total_k*hkv*head_dim for dk' when conv_width > 0 or C > 1,
  * and as much again for dv when C > 1 + the conv weights' partial sums

@@ -28,15 +28,16 @@ static mobagen_op *detached_op_topk(int conv_width, int top_k)
 
 static mobagen_op *detached_op(int conv_width) { return detached_op_topk(conv_width, 8); }
 
-/* Two sequences of 100 and 156 tokens; fake but aligned device pointers. */
+/* Two sequences of 100 and 156 tokens; fake but aligned device pointers, 16 MiB apart (no two
+ * arguments share a byte; the workspace goes at 1 MiB). */
 static mobagen_bwd_args good_args(void)
 {
     mobagen_bwd_args a = {.fwd = {.batch = 2, .hq = 4, .hkv = 2, .head_dim = 128, .total_q = 256,
                                   .total_k = 256, .max_seqlen_q = 156, .max_seqlen_k = 156,
-                                  .dtype = MOBAGEN_BF16, .q = 0x10000, .k = 0x20000, .v = 0x30000,
-                                  .out = 0x40000, .lse = 0x50000, .cu_seqlens_q = 0x60000,
-                                  .cu_seqlens_k = 0x60000},
-                          .dout = 0x70000, .dq = 0x80000, .dk = 0x90000, .dv = 0xa0000};
+                                  .dtype = MOBAGEN_BF16, .q = 0x1000000, .k = 0x2000000, .v = 0x3000000,
+                                  .out = 0x4000000, .lse = 0x5000000, .cu_seqlens_q = 0x6000000,
+                                  .cu_seqlens_k = 0x6000000},
+                          .dout = 0x7000000, .dq = 0x8000000, .dk = 0x9000000, .dv = 0xa000000};
     return a;
 }
 
@@ -63,7 +64,7 @@ static void test_good_args_size_and_no_device(void **state)
     /* Routing runs again inside: the forward's workspace, then at least the fp32 dq rows. */
     assert_true(bytes >= fwd_bytes + (size_t)256 * 4 * 128 * 4);
     assert_int_equal(bytes % 256, 0);
-    a.selection = 0xb0000;   /* given: no forward workspace */
+    a.selection = 0xb000000;   /* given: no forward workspace */
     assert_int_equal(mobagen_bwd_workspace_size(op, &a, &given), MOBAGEN_OK);
     assert_true(given < bytes && given >= (size_t)256 * 4 * 128 * 4);
     assert_int_equal(mobagen_bwd(op, &a, 0x100000, given, NULL), MOBAGEN_E_NO_DEVICE);
@@ -101,7 +102,7 @@ static void test_bad_arguments_are_named(void **state)
     a.selection = 0x90002;
     expect_refused(op, &a, MOBAGEN_E_ARG, "selection");
     a = good_args();
-    a.dconv_weight = 0xc0000;
+    a.dconv_weight = 0xc000000;
     expect_refused(op, &a, MOBAGEN_E_ARG, "dconv_weight must be 0");
     const char *strides[] = {"dout_row_stride", "dout_head_stride", "dq_row_stride", "dq_head_stride",
                              "dk_row_stride", "dk_head_stride", "dv_row_stride", "dv_head_stride"};
@@ -117,9 +118,9 @@ static void test_bad_arguments_are_named(void **state)
     mobagen_op_destroy(op);
     op = detached_op(3);
     a = good_args();
-    a.fwd.conv_weight = 0xc0000;
+    a.fwd.conv_weight = 0xc000000;
     expect_refused(op, &a, MOBAGEN_E_ARG, "dconv_weight is a null device pointer");
-    a.dconv_weight = 0xd0000;
+    a.dconv_weight = 0xd000000;
     size_t bytes;
     assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
     mobagen_op_destroy(op);
@@ -171,7 +172,7 @@ static void test_deterministic_workspace_is_bounded(void **state)
     a.fwd.hkv = 8;
     a.fwd.total_q = a.fwd.total_k = 2 * 131072;
     a.fwd.max_seqlen_q = a.fwd.max_seqlen_k = 131072;
-    a.selection = 0xb0000;
+    a.selection = 0xb000000;
     size_t fast = 0, det = 0;
     assert_int_equal(mobagen_bwd_workspace_size(op, &a, &fast), MOBAGEN_OK);
     a.deterministic = 1;
@@ -218,7 +219,7 @@ static void test_workspace_formula_lists_in_dq(void **state)
     for (int i = 0; i < 2; i++) {
         mobagen_op *op = detached_op_topk(0, top_ks[i]);
         mobagen_bwd_args a = good_args();
-        a.selection = 0xb0000;
+        a.selection = 0xb000000;
         size_t bytes = 0;
         for (int variant = 0; variant < 4; variant++) {
             a.deterministic = variant == 3;
@@ -245,6 +246,42 @@ static void test_workspace_formula_lists_in_dq(void **state)
     }
 }
 
+/* Where the lists are built in dq, dq must not share memory with any other argument: the lists
+ * would overwrite it before its last read. Refused, naming both; a strided dq holds no lists. */
+static void test_dq_sharing_memory_is_refused(void **state)
+{
+    (void)state;
+    mobagen_op *op = detached_op(0);
+    mobagen_bwd_args a = good_args();
+    a.selection = 0xb000000;
+    size_t bytes = 0;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    assert_int_equal(mobagen_bwd(op, &a, 0x100000, bytes, NULL), MOBAGEN_E_NO_DEVICE);
+    const struct { const char *name; mobagen_devptr *field; } other[] = {
+        {"dout", &a.dout}, {"q", &a.fwd.q}, {"out", &a.fwd.out}, {"selection", &a.selection}, {"dk", &a.dk}};
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        mobagen_devptr saved = *other[i].field;
+        *other[i].field = a.dq + 256 * 4 * 128 * 2 - 16;   /* its first bytes are dq's last */
+        assert_int_equal(mobagen_bwd(op, &a, 0x100000, bytes, NULL), MOBAGEN_E_ARG);
+        char want[64];
+        snprintf(want, sizeof want, "overlaps %s", other[i].name);
+        if (!strstr(mobagen_op_errmsg(op), want)) fail_msg("'%s' lacks '%s'", mobagen_op_errmsg(op), want);
+        *other[i].field = saved;
+    }
+    assert_int_equal(mobagen_bwd(op, &a, a.dq - 256, bytes, NULL), MOBAGEN_E_ARG);
+    assert_non_null(strstr(mobagen_op_errmsg(op), "overlaps workspace"));
+    /* Next to dq, not on it: accepted (up to the missing device). */
+    a.dout = a.dq + 256 * 4 * 128 * 2;
+    assert_int_equal(mobagen_bwd(op, &a, 0x100000, bytes, NULL), MOBAGEN_E_NO_DEVICE);
+    /* A strided dq keeps the lists in the workspace: sharing is the caller's business there, as
+     * for the forward's outputs. */
+    a.dout = a.dq + 16;
+    a.dq_row_stride = 4 * 128 + 8;
+    assert_int_equal(mobagen_bwd_workspace_size(op, &a, &bytes), MOBAGEN_OK);
+    assert_int_equal(mobagen_bwd(op, &a, 0x100000, bytes, NULL), MOBAGEN_E_NO_DEVICE);
+    mobagen_op_destroy(op);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_null_pointers_only_for_empty_tensors),
         cmocka_unit_test(test_deterministic_workspace_is_bounded),
         cmocka_unit_test(test_workspace_formula_lists_in_dq),
+        cmocka_unit_test(test_dq_sharing_memory_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
