@@ -229,16 +229,8 @@ static mg_status launch(mobagen_op *op, const mg_loaded_variant *v, const char *
                         unsigned gy, unsigned gz, int threads, int smem, mg_bwd_params *p,
                         mobagen_stream stream)
 {
-    if (gx <= 0 || gy == 0 || gz == 0) return MG_OK;
-    cu_function fn = mg_variant_kernel(v, role);
-    if (!fn) return mg_fail(&op->err, MG_E_TEMPLATE, "%s has no '%s' kernel", v->id, role);
-    void *params[] = {p};
-    mg_cuda *cu = &op->ctx->cu;
-    char what[400];
-    snprintf(what, sizeof what, "launch of %s (%s)", v->id, role);
-    return mg_cuda_check(cu, cu->LaunchKernel(fn, (unsigned)gx, gy, gz, (unsigned)threads, 1, 1,
-                                              (unsigned)smem, (cu_stream)stream, params, NULL),
-                         what, &op->err);
+    if (gx <= 0) return MG_OK;
+    return mg_launch_role(op, v, role, (unsigned)gx, gy, gz, (unsigned)threads, (unsigned)smem, p, stream);
 }
 
 static mg_status memset32(mobagen_op *op, mobagen_devptr at, long long words, const char *what,

@@ -245,15 +245,7 @@ static unsigned row_threads(const mobagen_kv_cache *c)
 static mg_status launch_role(mobagen_op *op, const mg_loaded_variant *v, const char *role, unsigned gx, unsigned gy,
                              unsigned gz, unsigned threads, unsigned smem, mg_decode_params *p, mobagen_stream stream)
 {
-    if (gx == 0 || gy == 0 || gz == 0) return MG_OK;
-    cu_function fn = mg_variant_kernel(v, role);
-    if (!fn) return mg_fail(&op->err, MG_E_TEMPLATE, "%s has no '%s' kernel", v->id, role);
-    void *params[] = {p};
-    mg_cuda *cu = &op->ctx->cu;
-    char what[400];
-    snprintf(what, sizeof what, "launch of %s (%s)", v->id, role);
-    return mg_cuda_check(cu, cu->LaunchKernel(fn, gx, gy, gz, threads, 1, 1, smem, (cu_stream)stream, params, NULL),
-                         what, &op->err);
+    return mg_launch_role(op, v, role, gx, gy, gz, threads, smem, p, stream);
 }
 
 static void cache_params(const mobagen_kv_cache *c, long long max_blocks, mg_decode_params *p)

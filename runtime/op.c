@@ -80,6 +80,21 @@ cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role)
     return NULL;
 }
 
+mg_status mg_launch_role(mobagen_op *op, const mg_loaded_variant *v, const char *role, unsigned gx,
+                         unsigned gy, unsigned gz, unsigned threads, unsigned smem, void *params,
+                         mobagen_stream stream)
+{
+    if (gx == 0 || gy == 0 || gz == 0) return MG_OK;
+    cu_function fn = mg_variant_kernel(v, role);
+    if (!fn) return mg_fail(&op->err, MG_E_TEMPLATE, "%s has no '%s' kernel", v->id, role);
+    void *args[] = {params};
+    mg_cuda *cu = &op->ctx->cu;
+    char what[400];
+    snprintf(what, sizeof what, "launch of %s (%s)", v->id, role);
+    return mg_cuda_check(cu, cu->LaunchKernel(fn, gx, gy, gz, threads, 1, 1, smem, (cu_stream)stream, args, NULL),
+                         what, &op->err);
+}
+
 static int first_variant_of(const mobagen_op *op, const char *template_name)
 {
     for (int i = 0; i < op->n_variants; i++)

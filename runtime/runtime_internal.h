@@ -57,6 +57,12 @@ typedef struct mg_loaded_variant {
 
 /* A kernel of the variant by role (runtime/kernel_contract.h), or NULL. */
 cu_function mg_variant_kernel(const mg_loaded_variant *v, const char *role);
+/* Launches the variant's kernel of that role on `stream` with one parameter block (`params`
+ * points at the struct the kernels read); an empty grid launches nothing. Errors name the
+ * variant and the role. */
+mg_status mg_launch_role(mobagen_op *op, const mg_loaded_variant *v, const char *role, unsigned gx,
+                         unsigned gy, unsigned gz, unsigned threads, unsigned smem, void *params,
+                         mobagen_stream stream);
 
 #define MG_MAX_LOADED 128
 
