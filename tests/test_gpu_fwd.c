@@ -377,6 +377,10 @@ static const fwd_case grid[] = {
     {"d128_b16_k64_2k", 128, 16, 64, 1, 0, 1, MG_BF16, 1, 2, {2500, 1100}, {2500, 1100}, 1, 0, 0},
     {"huge_scores_d128_b64_k4", 128, 64, 4, 1, 0, 1, MG_BF16, 1, 2, {700, 90}, {700, 90}, 1, 0, 0, 40.0},
     {"huge_scores_d64_b32_k3_noncausal_fp16", 64, 32, 3, 0, 2, 1, MG_FP16, 1, 1, {300}, {420}, 1, 0, 0, 12.0},
+    /* More than 8192 key blocks in a sequence: the list kernels' block histogram (8192 bins)
+     * then takes several windows. Few queries, so the reference stays cheap. */
+    {"many_blocks_d64_b16_k8_noncausal", 64, 16, 8, 0, 0, 1, MG_BF16, 1, 2, {200, 57}, {140000, 131100}, 1, 0, 0},
+    {"many_blocks_d64_b16_k6_causal_lq_lt_lk", 64, 16, 6, 1, 0, 2, MG_BF16, 1, 1, {300}, {140000}, 1, 0, 0},
 };
 
 static const fwd_case long_cases[] = {
