@@ -10,11 +10,12 @@
 %! -- still use every column).
 %! knobs = { tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
-%! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
-%! -- row data (entry, LSE, D', causal position) and the least causal position of each 16 rows
+%! -- K' and V tiles, Q and dO tiles per stage, the dS tile, per stage 64 x 12 bytes of row data
+%! -- (LSE, D', causal position) and the least causal position of each pass's rows, and the
+%! -- entries of three tiles
 %! function bwd_smem(spec, p, stages)
 %!   local d = spec.head_dim
-%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 16 + 16)
+%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 12 + 16) + 3 * 64 * 4
 %! end
 %! -- Warps: 16 keys each, and below 64 keys per CTA also a slice of the 64-query tile each
 %! -- (tile_n queries), so that every CTA has 4 warps or more: at 255 registers a thread an SM
@@ -68,6 +69,12 @@ __device__ __forceinline__ void bwd_red_add2(float *a, float x, float y)
     atomicAdd(a, x);
     atomicAdd(a + 1, y);
 % end
+}
+
+// 4 bytes global -> shared, asynchronously (cp.async of 4 bytes goes through L1: .ca).
+__device__ __forceinline__ void bwd_cp_async4(void *dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 
 // Rows of CH 16-byte chunks: the chunk index xor (row % 8) within each whole group of 8 chunks
@@ -236,11 +243,11 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     uint4 *q_s = v_s + KT * CH;                 // [ST][64 * CH]
     uint4 *do_s = q_s + ST * 64 * CH;           // [ST][64 * CH]
     uint4 *ds_s = do_s + ST * 64 * CH;          // [64 queries][KT keys]
-    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], LSE log2e (+inf: no row)
+    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], the forward's LSE (0: no row)
     float *dlt_s = lse_s + ST * 64;             // [ST][64]
-    int *ent_s = reinterpret_cast<int *>(dlt_s + ST * 64);       // [ST][64], -1: no row
-    int *tq_s = ent_s + ST * 64;                // [ST][64], causal position of the row
+    int *tq_s = reinterpret_cast<int *>(dlt_s + ST * 64);        // [ST][64], causal position of the row
     int *tqmin_s = tq_s + ST * 64;              // [ST][4], least position of each pass's PQ rows
+    int *ent_s = tqmin_s + ST * 4;              // [3][64], walk tile j's entries at j % 3; -1: no row
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int kg = QS == 1 ? warp : warp % KG, qs = QS == 1 ? 0 : warp / KG;   // key group, query slice
@@ -283,40 +290,52 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             t -= n;
         }
     };
-    // Gathered queries and upstream gradients of walk tile j into stage buffer `buf`.
+    // The entries of walk tile j into ent_s[j % 3] (cp.async, two tiles ahead of their use, so
+    // that no global load is waited on inside the walk), -1 past the list's end.
+    auto load_entries = [&](int j) {
+        int g, t;
+        locate(j, g, t);
+        const long long list = list0 + g;
+        const int n_rows = min(64, count[list] - t * 64);
+        const unsigned *ent = entries + bwd_list_begin(p, list) + t * 64;
+        for (int r = tid; r < 64; r += NTH) {
+            if (r < n_rows) bwd_cp_async4(&ent_s[(j % 3) * 64 + r], ent + r);
+            else ent_s[(j % 3) * 64 + r] = -1;
+        }
+    };
+    // Gathered queries, upstream gradients, LSE and D' of walk tile j into stage buffer `buf`,
+    // from its entries in shared memory. Rows past the list's end read zeros: their S, dP and D'
+    // are 0, so P is 1 where unmasked, but their dO row is 0 and dS = P (dP - D') = 0, so they add
+    // nothing to dV or dK' (and dQ skips them by their entry -1).
     auto load_tile = [&](int j, int buf) {
         int g, t;
         locate(j, g, t);
         const int h = kvh * G + g;
-        const long long list = list0 + g;
-        const int n_rows = min(64, count[list] - t * 64);
-        const unsigned *ent = entries + bwd_list_begin(p, list) + t * 64;
+        const int *eb = ent_s + (j % 3) * 64;
         for (int i = tid; i < 64 * CH; i += NTH) {
-            const int r = i / CH, c = i % CH;
-            const bool ok = r < n_rows;
-            const long long row = q0 + (ok ? (long long)(ent[r] >> 6) : 0);
+            const int r = i / CH, c = i % CH, e = eb[r];
+            const bool ok = e >= 0;
+            const long long row = q0 + (ok ? (long long)(e >> 6) : 0);
             cp_async16(&q_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], qbase + row * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
             cp_async16(&do_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], dobase + row * p.do_row_stride + h * p.do_head_stride + c * 8, ok);
         }
         for (int r = tid; r < 64; r += NTH) {
-            int e = -1, tq = -1;
-            float l2 = INFINITY, dl = 0.f;
-            if (r < n_rows) {
-                e = (int)ent[r];
+            const int e = eb[r];
+            int tq = -1;
+            if (e >= 0) {
                 const int row = e >> 6;
                 const long long at = (long long)(q0 + row) * p.hq + h;
-                const float lse = lse_g[at];
-                l2 = lse == -INFINITY ? INFINITY : lse * LOG2E;   // no keys: P = 0
-                dl = delta_g[at];
+                bwd_cp_async4(&lse_s[buf * 64 + r], lse_g + at);
+                bwd_cp_async4(&dlt_s[buf * 64 + r], delta_g + at);
                 tq = row + len_k - len_q;
+            } else {
+                lse_s[buf * 64 + r] = 0.f;
+                dlt_s[buf * 64 + r] = 0.f;
             }
-            ent_s[buf * 64 + r] = e;
-            lse_s[buf * 64 + r] = l2;
-            dlt_s[buf * 64 + r] = dl;
             tq_s[buf * 64 + r] = tq;
-            // whole warps run this loop (64 rows, NTH a multiple of 32); rows past the tile are
-            // all-masked already (P = 0) and do not count
-            int least = r < n_rows ? tq : 0x7fffffff;
+            // whole warps run this loop (64 rows, NTH a multiple of 32); rows past the list's
+            // end add nothing whether masked or not, and do not count
+            int least = e >= 0 ? tq : 0x7fffffff;
             if (PQ == 32) {
                 least = __reduce_min_sync(0xffffffffu, least);
             } else {
@@ -327,6 +346,8 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
         }
     };
 
+    // LSE log2 e, and +inf for a row without keys (LSE -inf), so that its P is 0.
+    auto lse_log2 = [](float lse) { return lse == -INFINITY ? INFINITY : lse * LOG2E; };
     float *dq_acc = reinterpret_cast<float *>(p.dq_acc);
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int key0 = blk_begin + kt * KT;
@@ -345,19 +366,34 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
             for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
 
-        if (ST == 2 && n_tiles_total > 0) load_tile(0, 0);
+        // Entries two tiles ahead of their use, rows (two stages) one tile ahead.
+        if (n_tiles_total > 0) {
+            load_entries(0);
+            if (ST == 2) {
+                cp_async_wait_all();
+                __syncthreads();
+                load_tile(0, 0);
+                if (n_tiles_total > 1) load_entries(1);
+            }
+        }
         for (int j = 0; j < n_tiles_total; j++) {
             const int buf = ST == 2 ? (j & 1) : 0;
-            if (ST == 1) load_tile(j, 0);
+            if (ST == 1) {
+                cp_async_wait_all();
+                __syncthreads();   // tile j's entries have landed; everyone is done with tile j - 1
+                load_tile(j, 0);
+                if (j + 1 < n_tiles_total) load_entries(j + 1);
+            }
             cp_async_wait_all();
             __syncthreads();   // tile j has landed; everyone is done with tile j - 1
             if (ST == 2 && j + 1 < n_tiles_total) load_tile(j + 1, buf ^ 1);
+            if (ST == 2 && j + 2 < n_tiles_total) load_entries(j + 2);
             int g, t;
             locate(j, g, t);
             const int h = kvh * G + g;
             const uint4 *qb = q_s + buf * 64 * CH, *dob = do_s + buf * 64 * CH;
             const float *lse_b = lse_s + buf * 64, *dlt_b = dlt_s + buf * 64;
-            const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + buf * 64;
+            const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + (j % 3) * 64;
 
             // The warp's QW queries in passes of PQ.
 #pragma unroll 1
@@ -406,7 +442,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 % else
                             const bool ok = key < key_end;
 % end
-                            const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_b[qc]) : 0.f;
+                            const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_log2(lse_b[qc])) : 0.f;
                             s[nt][e] = pr;
                             dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
                         }
@@ -416,7 +452,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             const int qc = qb0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-                            const float pr = exp2f(s[nt][e] * scale_log2 - lse_b[qc]);
+                            const float pr = exp2f(s[nt][e] * scale_log2 - lse_log2(lse_b[qc]));
                             s[nt][e] = pr;
                             dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
                         }
