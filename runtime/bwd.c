@@ -247,7 +247,7 @@ static mg_status run_kernels(mobagen_op *op, const mg_loaded_variant *v, const m
 {
     const mobagen_fwd_args *f = &a->fwd;
     const mg_spec *s = &op->spec;
-    const int det = a->deterministic, tile_n = v->threads / 2, dparts = (f->head_dim + 127) / 128;
+    const int det = a->deterministic, tile_n = v->rows /* keys per CTA */, dparts = (f->head_dim + 127) / 128;
     const unsigned hq = (unsigned)f->hq, batch = (unsigned)f->batch;
     const long long row_tiles = mg_ceil_div(f->max_seqlen_q, ROW_THREADS);
     /* The entry counter and the list counts are adjacent. */

@@ -10,12 +10,17 @@
 %! -- still use every column).
 %! knobs = { tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
-%! -- K' and V tiles, Q and dO tiles per stage, the dS tile, and per stage 64 x 16 bytes of
-%! -- row data (entry, LSE, D', causal position) and the least causal position of each half
+%! -- K' and V tiles, Q and dO tiles per stage, the dS tile, per stage 64 x 12 bytes of row data
+%! -- (LSE, D', causal position) and the least causal position of each pass's rows, and the
+%! -- entries of three tiles
 %! function bwd_smem(spec, p, stages)
 %!   local d = spec.head_dim
-%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 16 + 8)
+%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 12 + 16) + 3 * 64 * 4
 %! end
+%! -- Warps: 16 keys each, and below 64 keys per CTA also a slice of the 64-query tile each
+%! -- (tile_n queries), so that every CTA has 4 warps or more: at 255 registers a thread an SM
+%! -- holds 8 warps, and two CTAs of tile_n / 16 warps would leave it with 2 or 4.
+%! function bwd_warps(p) return p.tile_n // 16 * (64 // math.min(64, p.tile_n)) end
 %! function bwd_stages(spec, arch, p)
 %!   if bwd_smem(spec, p, 2) <= arch.max_smem then return 2 end
 %!   return 1
@@ -36,14 +41,17 @@
 %!            bwd_dq = "moba_bwd_dq", bwd_kconv = "moba_bwd_kconv", bwd_dw = "moba_bwd_dw" }
 %! end
 %! function launch(spec, p)
-%!   return { threads = p.tile_n // 16 * 32, smem = bwd_smem(spec, p, bwd_stages(spec, arch, p)), rows = 64 }
+%!   return { threads = bwd_warps(p) * 32, smem = bwd_smem(spec, p, bwd_stages(spec, arch, p)), rows = p.tile_n }
 %! end
 % include("common.cuh.tpl")
 % include("mma.cuh.tpl")
 % include("bwd_params.cuh.tpl")
 typedef mg_bwd_params BwdParams;
 #define BWD_KT $(point.tile_n)                 // keys per CTA tile
-#define BWD_NW (BWD_KT / 16)                  // warps: 16 keys each
+#define BWD_KG (BWD_KT / 16)                  // key groups of 16 keys, one per warp of a query slice
+#define BWD_QW (BWD_KT < 64 ? BWD_KT : 64)    // queries per warp of each 64-query tile
+#define BWD_QS (64 / BWD_QW)                  // query slices
+#define BWD_NW (BWD_KG * BWD_QS)              // warps: $(bwd_warps(point))
 #define BWD_STAGES $(bwd_stages(spec, arch, point))
 #define BWD_NDP $(dparts(spec))                // parts of the head dim per key tile
 #define BWD_DP (MOBA_HEAD_DIM / BWD_NDP)      // output columns per CTA
@@ -61,6 +69,12 @@ __device__ __forceinline__ void bwd_red_add2(float *a, float x, float y)
     atomicAdd(a, x);
     atomicAdd(a + 1, y);
 % end
+}
+
+// 4 bytes global -> shared, asynchronously (cp.async of 4 bytes goes through L1: .ca).
+__device__ __forceinline__ void bwd_cp_async4(void *dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 
 // Rows of CH 16-byte chunks: the chunk index xor (row % 8) within each whole group of 8 chunks
@@ -210,14 +224,18 @@ __global__ void __launch_bounds__(512) moba_bwd_sort(const BwdParams p)
 
 // 5. The tiles. CTA (key tile or key block, kv head x head-dim part, sequence); in fast mode one
 // key tile per CTA, in deterministic mode every key tile of the block in turn (so that one
-// thread owns each dq partial element across them). Warp w owns keys 16w..16w+15 of the tile:
-// S^T = K' Q^T and dP^T = V dO^T (16 x 64 per warp), P = exp2(S scale log2e - LSE log2e),
+// thread owns each dq partial element across them). Warp w owns keys 16 (w % KG).. + 15 of the
+// tile and queries QW (w / KG).. + QW - 1 of each 64-query tile (QW = 64 from tile_n 64 up):
+// S^T = K' Q^T and dP^T = V dO^T (16 x QW per warp), P = exp2(S scale log2e - LSE log2e),
 // dS = P (dP - D') scale, dV += P^T dO and dK' += dS^T Q in registers, dS^T to shared memory,
-// dQ = dS K' by all warps.
+// dQ = dS K' by all warps. The query slices' dK'/dV are summed in shared memory after the walk.
 __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, DP = BWD_DP, DT = DP / 8, KT = BWD_KT, KCH = KT / 8;
-    constexpr int NTH = BWD_NW * 32, NT = 32 / 8, G = MOBA_GQA, ST = BWD_STAGES;
+    // PQ queries per pass (S and dP of a pass, 2 PQ / 8 registers, live beside dK' and dV)
+    constexpr int KG = BWD_KG, QW = BWD_QW, QS = BWD_QS, PQ = QW < 32 ? QW : 32;
+    constexpr int NTH = BWD_NW * 32, NT = PQ / 8, G = MOBA_GQA, ST = BWD_STAGES;
+    static_assert(NT % 2 == 0 && QW % PQ == 0, "passes are whole pairs of 8-query n-tiles");
     constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     uint4 *k_s = reinterpret_cast<uint4 *>(smem_raw);
@@ -225,13 +243,14 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     uint4 *q_s = v_s + KT * CH;                 // [ST][64 * CH]
     uint4 *do_s = q_s + ST * 64 * CH;           // [ST][64 * CH]
     uint4 *ds_s = do_s + ST * 64 * CH;          // [64 queries][KT keys]
-    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], LSE log2e (+inf: no row)
+    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], the forward's LSE (0: no row)
     float *dlt_s = lse_s + ST * 64;             // [ST][64]
-    int *ent_s = reinterpret_cast<int *>(dlt_s + ST * 64);       // [ST][64], -1: no row
-    int *tq_s = ent_s + ST * 64;                // [ST][64], causal position of the row
-    int *tqmin_s = tq_s + ST * 64;              // [ST][2], least position of rows 0-31, 32-63
+    int *tq_s = reinterpret_cast<int *>(dlt_s + ST * 64);        // [ST][64], causal position of the row
+    int *tqmin_s = tq_s + ST * 64;              // [ST][4], least position of each pass's PQ rows
+    int *ent_s = tqmin_s + ST * 4;              // [3][64], walk tile j's entries at j % 3; -1: no row
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int kg = QS == 1 ? warp : warp % KG, qs = QS == 1 ? 0 : warp / KG;   // key group, query slice
     const int b = blockIdx.z, kvh = blockIdx.y / BWD_NDP, d0 = (blockIdx.y % BWD_NDP) * DP;
     constexpr int KTPB = MOBA_BLOCK / KT;
     const bool det = p.deterministic != 0;
@@ -271,44 +290,64 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             t -= n;
         }
     };
-    // Gathered queries and upstream gradients of walk tile j into stage buffer `buf`.
+    // The entries of walk tile j into ent_s[j % 3] (cp.async, two tiles ahead of their use, so
+    // that no global load is waited on inside the walk), -1 past the list's end.
+    auto load_entries = [&](int j) {
+        int g, t;
+        locate(j, g, t);
+        const long long list = list0 + g;
+        const int n_rows = min(64, count[list] - t * 64);
+        const unsigned *ent = entries + bwd_list_begin(p, list) + t * 64;
+        for (int r = tid; r < 64; r += NTH) {
+            if (r < n_rows) bwd_cp_async4(&ent_s[(j % 3) * 64 + r], ent + r);
+            else ent_s[(j % 3) * 64 + r] = -1;
+        }
+    };
+    // Gathered queries, upstream gradients, LSE and D' of walk tile j into stage buffer `buf`,
+    // from its entries in shared memory. Rows past the list's end read zeros: their S, dP and D'
+    // are 0, so P is 1 where unmasked, but their dO row is 0 and dS = P (dP - D') = 0, so they add
+    // nothing to dV or dK' (and dQ skips them by their entry -1).
     auto load_tile = [&](int j, int buf) {
         int g, t;
         locate(j, g, t);
         const int h = kvh * G + g;
-        const long long list = list0 + g;
-        const int n_rows = min(64, count[list] - t * 64);
-        const unsigned *ent = entries + bwd_list_begin(p, list) + t * 64;
+        const int *eb = ent_s + (j % 3) * 64;
         for (int i = tid; i < 64 * CH; i += NTH) {
-            const int r = i / CH, c = i % CH;
-            const bool ok = r < n_rows;
-            const long long row = q0 + (ok ? (long long)(ent[r] >> 6) : 0);
+            const int r = i / CH, c = i % CH, e = eb[r];
+            const bool ok = e >= 0;
+            const long long row = q0 + (ok ? (long long)(e >> 6) : 0);
             cp_async16(&q_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], qbase + row * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
             cp_async16(&do_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], dobase + row * p.do_row_stride + h * p.do_head_stride + c * 8, ok);
         }
         for (int r = tid; r < 64; r += NTH) {
-            int e = -1, tq = -1;
-            float l2 = INFINITY, dl = 0.f;
-            if (r < n_rows) {
-                e = (int)ent[r];
+            const int e = eb[r];
+            int tq = -1;
+            if (e >= 0) {
                 const int row = e >> 6;
                 const long long at = (long long)(q0 + row) * p.hq + h;
-                const float lse = lse_g[at];
-                l2 = lse == -INFINITY ? INFINITY : lse * LOG2E;   // no keys: P = 0
-                dl = delta_g[at];
+                bwd_cp_async4(&lse_s[buf * 64 + r], lse_g + at);
+                bwd_cp_async4(&dlt_s[buf * 64 + r], delta_g + at);
                 tq = row + len_k - len_q;
+            } else {
+                lse_s[buf * 64 + r] = 0.f;
+                dlt_s[buf * 64 + r] = 0.f;
             }
-            ent_s[buf * 64 + r] = e;
-            lse_s[buf * 64 + r] = l2;
-            dlt_s[buf * 64 + r] = dl;
             tq_s[buf * 64 + r] = tq;
-            // whole warps run this loop (64 rows, NTH a multiple of 32); rows past the tile are
-            // all-masked already (P = 0) and do not count
-            const int least = __reduce_min_sync(0xffffffffu, r < n_rows ? tq : 0x7fffffff);
-            if (lane == 0) tqmin_s[buf * 2 + r / 32] = least;
+            // whole warps run this loop (64 rows, NTH a multiple of 32); rows past the list's
+            // end add nothing whether masked or not, and do not count
+            int least = e >= 0 ? tq : 0x7fffffff;
+            if (PQ == 32) {
+                least = __reduce_min_sync(0xffffffffu, least);
+            } else {
+#pragma unroll
+                for (int o = PQ / 2; o > 0; o >>= 1) least = min(least, __shfl_xor_sync(0xffffffffu, least, o));
+            }
+            if (lane % PQ == 0) tqmin_s[buf * 4 + r / PQ] = least;
         }
     };
 
+    // LSE log2 e, and +inf for a row without keys (LSE -inf), so that its P is 0.
+    auto lse_log2 = [](float lse) { return lse == -INFINITY ? INFINITY : lse * LOG2E; };
     float *dq_acc = reinterpret_cast<float *>(p.dq_acc);
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int key0 = blk_begin + kt * KT;
@@ -327,30 +366,45 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
             for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
 
-        if (ST == 2 && n_tiles_total > 0) load_tile(0, 0);
+        // Entries two tiles ahead of their use, rows (two stages) one tile ahead.
+        if (n_tiles_total > 0) {
+            load_entries(0);
+            if (ST == 2) {
+                cp_async_wait_all();
+                __syncthreads();
+                load_tile(0, 0);
+                if (n_tiles_total > 1) load_entries(1);
+            }
+        }
         for (int j = 0; j < n_tiles_total; j++) {
             const int buf = ST == 2 ? (j & 1) : 0;
-            if (ST == 1) load_tile(j, 0);
+            if (ST == 1) {
+                cp_async_wait_all();
+                __syncthreads();   // tile j's entries have landed; everyone is done with tile j - 1
+                load_tile(j, 0);
+                if (j + 1 < n_tiles_total) load_entries(j + 1);
+            }
             cp_async_wait_all();
             __syncthreads();   // tile j has landed; everyone is done with tile j - 1
             if (ST == 2 && j + 1 < n_tiles_total) load_tile(j + 1, buf ^ 1);
+            if (ST == 2 && j + 2 < n_tiles_total) load_entries(j + 2);
             int g, t;
             locate(j, g, t);
             const int h = kvh * G + g;
             const uint4 *qb = q_s + buf * 64 * CH, *dob = do_s + buf * 64 * CH;
             const float *lse_b = lse_s + buf * 64, *dlt_b = dlt_s + buf * 64;
-            const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + buf * 64;
+            const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + (j % 3) * 64;
 
-            // Two halves of 32 queries, so that S and dP of a half (32 registers) live beside
-            // the dK' and dV accumulators.
+            // The warp's QW queries in passes of PQ.
 #pragma unroll 1
-            for (int qh = 0; qh < 2; qh++) {
+            for (int qp = 0; qp < QW / PQ; qp++) {
+                const int qb0 = qs * QW + qp * PQ;   // the pass's first query in the tile
                 float s[NT][4], dp[NT][4];
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.f;
-                const int ar = warp * 16 + (lane & 15);
+                const int ar = kg * 16 + (lane & 15);
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++) {
                     unsigned ka[4], va[4];
@@ -358,7 +412,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     ldsm_x4(smem_addr(&v_s[ar * CH + bsw<CH>(ar, 2 * kk + (lane >> 4))]), va);
 #pragma unroll
                     for (int nt = 0; nt < NT; nt += 2) {
-                        const int mat = lane >> 3, br = qh * 32 + (nt + (mat >> 1)) * 8 + (lane & 7), bc = 2 * kk + (mat & 1);
+                        const int mat = lane >> 3, br = qb0 + (nt + (mat >> 1)) * 8 + (lane & 7), bc = 2 * kk + (mat & 1);
                         unsigned qf[4], of[4];
                         ldsm_x4(smem_addr(&qb[br * CH + bsw<CH>(br, bc)]), qf);
                         ldsm_x4(smem_addr(&dob[br * CH + bsw<CH>(br, bc)]), of);
@@ -371,9 +425,9 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                 // P and dS; keys past the block or the sequence, and (causal) after the row, are 0.
                 // Only a tile that reaches past the keys or (causal) past some row's position
                 // needs the mask: the diagonal block's.
-                const int key_lo = key0 + warp * 16 + lane / 4;
+                const int key_lo = key0 + kg * 16 + lane / 4;
 % if spec.causal then
-                const bool need_mask = key0 + KT > key_end || tqmin_s[buf * 2 + qh] < key0 + KT - 1;
+                const bool need_mask = key0 + KT > key_end || tqmin_s[buf * 4 + qb0 / PQ] < key0 + KT - 1;
 % else
                 const bool need_mask = key0 + KT > key_end;
 % end
@@ -382,13 +436,13 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
-                            const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), key = key_lo + (e >> 1) * 8;
+                            const int qc = qb0 + nt * 8 + (lane & 3) * 2 + (e & 1), key = key_lo + (e >> 1) * 8;
 % if spec.causal then
                             const bool ok = key < key_end && key <= tq_b[qc];
 % else
                             const bool ok = key < key_end;
 % end
-                            const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_b[qc]) : 0.f;
+                            const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse_log2(lse_b[qc])) : 0.f;
                             s[nt][e] = pr;
                             dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
                         }
@@ -397,8 +451,8 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
-                            const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1);
-                            const float pr = exp2f(s[nt][e] * scale_log2 - lse_b[qc]);
+                            const int qc = qb0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+                            const float pr = exp2f(s[nt][e] * scale_log2 - lse_log2(lse_b[qc]));
                             s[nt][e] = pr;
                             dp[nt][e] = pr * (dp[nt][e] - dlt_b[qc]) * scale;
                         }
@@ -412,7 +466,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                                             pack_pair(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack_pair(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
 #pragma unroll
                     for (int dt = 0; dt < DT; dt += 2) {
-                        const int mat = lane >> 3, br = qh * 32 + kk * 16 + (mat & 1) * 8 + (lane & 7), bc = d0 / 8 + dt + (mat >> 1);
+                        const int mat = lane >> 3, br = qb0 + kk * 16 + (mat & 1) * 8 + (lane & 7), bc = d0 / 8 + dt + (mat >> 1);
                         unsigned of[4], qf[4];
                         ldsm_x4_trans(smem_addr(&dob[br * CH + bsw<CH>(br, bc)]), of);
                         ldsm_x4_trans(smem_addr(&qb[br * CH + bsw<CH>(br, bc)]), qf);
@@ -428,7 +482,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int qc = qh * 32 + nt * 8 + (lane & 3) * 2 + (e & 1), kl = warp * 16 + lane / 4 + (e >> 1) * 8;
+                        const int qc = qb0 + nt * 8 + (lane & 3) * 2 + (e & 1), kl = kg * 16 + lane / 4 + (e >> 1) * 8;
                         ds_e[(qc * KCH + bsw<KCH>(qc, kl / 8)) * 8 + kl % 8] = float_to_elem(dp[nt][e]);
                     }
             }
@@ -486,12 +540,37 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             }
         }
 
+        // Query slices 1.. add their dK' and dV into slice 0's, one slice at a time, through the
+        // Q and dO buffers (no tile reads them any more; the next key tile's loads wait for the
+        // barrier at the top of the loop): per warp and column tile, a float4 per lane.
+        if constexpr (QS > 1) {
+            static_assert(QS == 1 || KG * DT * 2 * 32 <= ST * 2 * 64 * CH, "the slice sums fit the Q and dO buffers");
+            float4 *sum_s = reinterpret_cast<float4 *>(q_s);
+            for (int sl = 1; sl < QS; sl++) {
+                __syncthreads();
+                if (qs == sl)
+#pragma unroll
+                    for (int dt = 0; dt < DT; dt++) {
+                        sum_s[((kg * DT + dt) * 2) * 32 + lane] = make_float4(dk[dt][0], dk[dt][1], dk[dt][2], dk[dt][3]);
+                        sum_s[((kg * DT + dt) * 2 + 1) * 32 + lane] = make_float4(dv[dt][0], dv[dt][1], dv[dt][2], dv[dt][3]);
+                    }
+                __syncthreads();
+                if (qs == 0)
+#pragma unroll
+                    for (int dt = 0; dt < DT; dt++) {
+                        const float4 x = sum_s[((kg * DT + dt) * 2) * 32 + lane], y = sum_s[((kg * DT + dt) * 2 + 1) * 32 + lane];
+                        dk[dt][0] += x.x; dk[dt][1] += x.y; dk[dt][2] += x.z; dk[dt][3] += x.w;
+                        dv[dt][0] += y.x; dv[dt][1] += y.y; dv[dt][2] += y.z; dv[dt][3] += y.w;
+                    }
+            }
+        }
+
         // dK' and dV of the tile's keys: carried over chunks in fp32, the last chunk writes them.
         float *dk_acc = reinterpret_cast<float *>(p.dk_acc), *dv_acc = reinterpret_cast<float *>(p.dv_acc);
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            const int key = key0 + warp * 16 + lane / 4 + half * 8;
-            if (key >= key_end) continue;
+            const int key = key0 + kg * 16 + lane / 4 + half * 8;
+            if (qs != 0 || key >= key_end) continue;
             const long long krow = k0 + key;
 #pragma unroll
             for (int dt = 0; dt < DT; dt++) {
