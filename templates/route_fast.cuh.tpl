@@ -7,12 +7,15 @@
 % include("mma.cuh.tpl")
 % include("centroid_split.cuh.tpl")
 % local heap = heap_slots(spec)
+% local stages, scols = fast_shape(spec, point)
 
 // Heap entries per row: the candidates kept besides the own block (causal) or all (non-causal).
 #define RF_HEAP $(heap)
 
 __device__ __forceinline__ void rf_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void rf_cp_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// Until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void rf_cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
 // A candidate as one 64-bit key, larger = better: the score mapped to an order-preserving
 // unsigned (-0 as +0) above the complemented block index, so equal scores rank the lower block
@@ -77,12 +80,16 @@ template <int WARPS, int MT, int MIN_CTAS>
 __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, THREADS = WARPS * 32;
-    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8, STAGES = 3;
+    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8;
+    // STAGES tiles in flight; survivors are staged SCOLS columns at a time (route.cu.tpl's
+    // fast_shape: 2 and 16 where that fits a second CTA on the SM, else 3 and 32).
+    constexpr int STAGES = $(stages), SCOLS = $(scols), ROUNDS = TN / SCOLS, NT_ROUND = NT / ROUNDS;
+    static_assert((STAGES == 2 || STAGES == 3) && (SCOLS == 16 || SCOLS == 32), "route.cu.tpl's fast_shape");
     constexpr int PART = TN * CH, STAGE = 2 * PART;   // 16-byte chunks: high rows, then low rows
     extern __shared__ __align__(128) unsigned char smem_raw[];
     uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
     u64 *heap = reinterpret_cast<u64 *>(stage_s + STAGES * STAGE);    // [RF_HEAP][ROWS]
-    constexpr int SROW = TN + 1;
+    constexpr int SROW = SCOLS + 1;
     float *stage_sc = reinterpret_cast<float *>(heap + RF_HEAP * ROWS); // [ROWS][SROW]: survivors
     uint4 *q_s = stage_s;                                             // [ROWS][CH], before the loop
 
@@ -156,10 +163,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
             cp_async16(&dst[part * PART + swizzle(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
         }
     };
-    if (n_tiles > 0) issue(0);
-    rf_cp_commit();
-    if (n_tiles > 1) issue(1);
-    rf_cp_commit();
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) {
+        if (n_tiles > t) issue(t);
+        rf_cp_commit();
+    }
 
     // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8; its staging row likewise.
     // Lane `quad` of a quad owns row r = quad (when r < 2 MT): only it touches that heap
@@ -178,9 +186,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         if (own_r == r) own_limit = limit[r];
 
     for (int tile = 0; tile < n_tiles; tile++) {
-        rf_cp_wait_one();                          // this tile's group landed (the next may fly)
+        rf_cp_wait<STAGES - 2>();                  // this tile's group landed (later ones may fly)
         __syncthreads();                           // ... for every thread; the stage read last
-        if (tile + 2 < n_tiles) issue(tile + 2);   // iteration is free again
+        if (tile + STAGES - 1 < n_tiles) issue(tile + STAGES - 1);   // iteration is free again
         rf_cp_commit();
         const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE;   // the lo half sits PART chunks on
 
@@ -227,40 +235,50 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         if (__any_sync(0xffffffffu, mask)) {
             // Survivors' scores go through this warp's staging rows, so that the lane owning
             // a row reads them by column: no register array indexed at run time, no turns.
-#pragma unroll
-            for (int r = 0; r < 2 * MT; r++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        if (mask >> (r * 8 + nt * 2 + e) & 1u)
-                            RF_STAGE_OF(r)[nt * 8 + quad * 2 + e] = s[r >> 1][nt][(r & 1) * 2 + e];
-            // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
-            // OR over the quad, and keep the mask of the row this lane owns.
+            // SCOLS columns at a time (fragments nt of NT_ROUND rd .. NT_ROUND (rd + 1) - 1),
+            // in ascending order.
             unsigned bits = 0;
 #pragma unroll
-            for (int r = 0; r < 2 * MT; r++) {
-                const unsigned b = mask >> (r * 8) & 0xffu;
-                unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
-                m |= __shfl_xor_sync(0xffffffffu, m, 1);
-                m |= __shfl_xor_sync(0xffffffffu, m, 2);
-                if (quad == r) bits = m;
-            }
-            __syncwarp();                          // staged scores visible to the owners
-            // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
-            // survives until then), the last one heapifies, later ones replace the root.
-            while (bits) {
-                const int c = __ffs(bits) - 1;
-                bits &= bits - 1;
-                const int j = j0 + c;
-                const u64 key = rf_key(own_stage[c], j);
-                if (j < RF_HEAP) {
-                    own_heap[j * ROWS] = key;
-                    if (j == RF_HEAP - 1)
-                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
-                } else if (key > own_heap[0]) {
-                    rf_sift_down<ROWS>(own_heap, 0, key);
+            for (int rd = 0; rd < ROUNDS; rd++) {
+#pragma unroll
+                for (int r = 0; r < 2 * MT; r++)
+#pragma unroll
+                    for (int nt = NT_ROUND * rd; nt < NT_ROUND * (rd + 1); nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if (mask >> (r * 8 + nt * 2 + e) & 1u)
+                                RF_STAGE_OF(r)[nt * 8 + quad * 2 + e - SCOLS * rd] = s[r >> 1][nt][(r & 1) * 2 + e];
+                if (rd == 0) {
+                    // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
+                    // OR over the quad, and keep the mask of the row this lane owns.
+#pragma unroll
+                    for (int r = 0; r < 2 * MT; r++) {
+                        const unsigned b = mask >> (r * 8) & 0xffu;
+                        unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
+                        m |= __shfl_xor_sync(0xffffffffu, m, 1);
+                        m |= __shfl_xor_sync(0xffffffffu, m, 2);
+                        if (quad == r) bits = m;
+                    }
                 }
+                __syncwarp();                      // staged scores visible to the owners
+                // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
+                // survives until then), the last one heapifies, later ones replace the root.
+                constexpr unsigned ROUND_COLS = SCOLS == 32 ? ~0u : (1u << (SCOLS % 32)) - 1u;
+                unsigned rbits = bits >> (SCOLS * rd % 32) & ROUND_COLS;
+                while (rbits) {
+                    const int c = __ffs(rbits) - 1;
+                    rbits &= rbits - 1;
+                    const int j = j0 + SCOLS * rd + c;
+                    const u64 key = rf_key(own_stage[c], j);
+                    if (j < RF_HEAP) {
+                        own_heap[j * ROWS] = key;
+                        if (j == RF_HEAP - 1)
+                            for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
+                    } else if (key > own_heap[0]) {
+                        rf_sift_down<ROWS>(own_heap, 0, key);
+                    }
+                }
+                if (rd + 1 < ROUNDS) __syncwarp(); // the next round rewrites the staging rows
             }
             const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
 #pragma unroll
