@@ -73,7 +73,97 @@ __device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
     }
     h[pos * ROWS] = key;
 }
+
+// First slot of heap level d: (4^d - 1) / 3.
+__host__ __device__ constexpr int rf_level_first(int d) { return ((1 << (2 * d)) - 1) / 3; }
+
+// rf_sift_down from the root for a key of a block later than every kept one (blocks arrive in
+// ascending order): on an equal score the key is the smaller, so comparing the scores (high
+// words) decides. Unrolled by level: the levels whose nodes all have four children (known at
+// compile time) load them at fixed offsets from one address, no clamps or masks.
+template <int ROWS>
+__device__ __forceinline__ void rf_replace_root(u64 *h, u64 key)
+{
+    const unsigned key_hi = (unsigned)(key >> 32);
+    int pos = 0;
+    u64 *hole = h;
+#pragma unroll
+    for (int d = 0; rf_level_first(d + 1) < RF_HEAP; d++) {
+        const bool full = rf_level_first(d + 2) <= RF_HEAP;   // every node of level d has 4 children
+        const int c0 = 4 * pos + 1;
+        if (!full && c0 >= RF_HEAP) break;
+        const u64 *c = h + c0 * ROWS;
+        u64 k[4];
+        if (full) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) k[i] = c[i * ROWS];
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; i++) k[i] = h[min(c0 + i, RF_HEAP - 1) * ROWS];
+#pragma unroll
+            for (int i = 1; i < 4; i++)
+                if (c0 + i >= RF_HEAP) k[i] = ~0ull;
+        }
+        // The smallest child, the lower slot on equal keys, as in rf_sift_down.
+        const bool r01 = k[1] < k[0], r23 = k[3] < k[2];
+        const u64 m01 = r01 ? k[1] : k[0], m23 = r23 ? k[3] : k[2];
+        const bool right = m23 < m01;
+        const u64 kc = right ? m23 : m01;
+        const int child = right ? 2 + (int)r23 : (int)r01;
+        if (key_hi <= (unsigned)(kc >> 32)) break;
+        *hole = kc;
+        pos = c0 + child;
+        hole = h + pos * ROWS;
+    }
+    *hole = key;
+}
+
+// A key of a block later than every kept one replaces the root if it is larger. Small heaps
+// (two levels) keep the generic sift: there the unrolled one costs registers (a spill at k = 8).
+template <int ROWS>
+__device__ __forceinline__ void rf_offer(u64 *h, u64 key)
+{
+    if constexpr (RF_HEAP > 8) {
+        if ((unsigned)(key >> 32) > (unsigned)(h[0] >> 32)) rf_replace_root<ROWS>(h, key);
+    } else {
+        if (key > h[0]) rf_sift_down<ROWS>(h, 0, key);
+    }
+}
 % end
+
+// Bitonic sort, ascending, of the 4 P values of each lane of a quad (element quad * P + e of
+// the quad's 4 P), P a power of two: strides below P within a lane, P and 2 P between lanes.
+template <int P>
+__device__ __forceinline__ void rf_quad_sort(int (&v)[P], int quad, unsigned quad_mask)
+{
+#pragma unroll
+    for (int k = 2; k <= 4 * P; k *= 2) {
+        // Element i sorts ascending in its k-run when bit k of i is 0; bit k is e's (compile
+        // time) below P, quad's at P and 2 P, 0 at 4 P.
+        const bool quad_up = k < P || k == 4 * P || !(quad & (k / P));
+#pragma unroll
+        for (int j = k / 2; j > 0; j /= 2) {
+            if (j >= P) {
+                const bool lower = !(quad & (j / P));   // this lane holds the lower element of each pair
+#pragma unroll
+                for (int e = 0; e < P; e++) {
+                    const bool up = k < P ? !(e & k) : quad_up;
+                    const int other = __shfl_xor_sync(quad_mask, v[e], j / P);
+                    v[e] = lower == up ? min(v[e], other) : max(v[e], other);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < P; e++) {
+                    if (e & j) continue;
+                    const bool up = k < P ? !(e & k) : quad_up;
+                    const int lo = min(v[e], v[e + j]), hi = max(v[e], v[e + j]);
+                    v[e] = up ? lo : hi;
+                    v[e + j] = up ? hi : lo;
+                }
+            }
+        }
+    }
+}
 
 // MT m16 fragments (16 MT query rows) per warp.
 template <int WARPS, int MT, int MIN_CTAS>
@@ -274,8 +364,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                         own_heap[j * ROWS] = key;
                         if (j == RF_HEAP - 1)
                             for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
-                    } else if (key > own_heap[0]) {
-                        rf_sift_down<ROWS>(own_heap, 0, key);
+                    } else {
+                        rf_offer<ROWS>(own_heap, key);
                     }
                 }
                 if (rd + 1 < ROUNDS) __syncwarp(); // the next round rewrites the staging rows
@@ -288,8 +378,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 % end
     }
 
-    // Emit each row's blocks ascending: the four lanes of a quad rank a quarter of the heap
-    // each by counting smaller block indices; causal appends the own block (the largest).
+    // Emit each row's blocks ascending, the four lanes of a quad together (a sort or a ranking
+    // by counting, below); causal appends the own block (the largest).
     __syncwarp();
     constexpr int PER_LANE = (RF_HEAP + 3) / 4;
 #pragma unroll
@@ -307,21 +397,39 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 % end
 % if heap > 0 then
         const unsigned *idx = reinterpret_cast<const unsigned *>(RF_HEAP_OF(r));   // low words
-        int mine[PER_LANE > 0 ? PER_LANE : 1], rank[PER_LANE > 0 ? PER_LANE : 1];
+        if constexpr (RF_HEAP > 24) {
+            // Many entries: the quad sorts them (lane quad holds slots quad * SORT_P + e,
+            // missing ones as INT_MAX, which sort last), then writes its sorted positions.
+            constexpr int SORT_P = PER_LANE <= 8 ? 8 : 16;
+            static_assert(4 * SORT_P >= RF_HEAP, "the quad's sort holds the heap");
+            int v[SORT_P];
 #pragma unroll
-        for (int e = 0; e < PER_LANE; e++) {
-            const int i = quad + 4 * e;
-            mine[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
-            rank[e] = 0;
+            for (int e = 0; e < SORT_P; e++) {
+                const int i = quad * SORT_P + e;
+                v[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
+            }
+            rf_quad_sort<SORT_P>(v, quad, 0xfu << (lane & 28));
+#pragma unroll
+            for (int e = 0; e < SORT_P; e++)
+                if (quad * SORT_P + e < kept) out[quad * SORT_P + e] = v[e];
+        } else {
+            // Few entries: the quad's lanes rank a quarter each by counting smaller indices.
+            int mine[PER_LANE > 0 ? PER_LANE : 1], rank[PER_LANE > 0 ? PER_LANE : 1];
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++) {
+                const int i = quad + 4 * e;
+                mine[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
+                rank[e] = 0;
+            }
+            for (int m = 0; m < kept; m++) {
+                const int jm = (int)~idx[2 * m * ROWS];
+#pragma unroll
+                for (int e = 0; e < PER_LANE; e++) rank[e] += jm < mine[e];
+            }
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++)
+                if (quad + 4 * e < kept) out[rank[e]] = mine[e];
         }
-        for (int m = 0; m < kept; m++) {
-            const int jm = (int)~idx[2 * m * ROWS];
-#pragma unroll
-            for (int e = 0; e < PER_LANE; e++) rank[e] += jm < mine[e];
-        }
-#pragma unroll
-        for (int e = 0; e < PER_LANE; e++)
-            if (quad + 4 * e < kept) out[rank[e]] = mine[e];
 % end
         for (int i = total + quad; i < MOBA_TOP_K; i += 4) out[i] = -1;
     }
