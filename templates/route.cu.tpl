@@ -2,7 +2,7 @@
 %! -- [L, L/B] score matrix never reaches global memory. A CTA takes consecutive query rows of
 %! -- one head and walks the centroid tiles of its kv head up to its last row's diagonal.
 %! -- impl 3 (route_fast.cuh.tpl): 32 rows per warp on mma.sync against the centroids' high/low
-%! -- split prepared by kconv_centroid, 3-stage cp.async tiles, a per-row threshold in registers
+%! -- split prepared by kconv_centroid, 2- or 3-stage cp.async tiles (fast_shape), a per-row threshold in registers
 %! -- and a per-row heap in shared memory touched only by candidates that beat it.
 %! -- impl 2: 64-row tiles, scores on mma.sync against the fp32 centroids split into a high and
 %! -- a low part in the element type (error about 2^-16 of sum |q_i c_i|, fp32 accumulation).
@@ -20,13 +20,33 @@
 %!   if spec.causal then return spec.top_k - 1 end
 %!   return spec.top_k
 %! end
+%! -- impl 3: the __launch_bounds__ minimum of CTAs per SM that caps registers at 128 a thread
+%! -- for 32 rows per warp, 80 for 16 (given more, ptxas hoists tile addresses and grows to
+%! -- 255 without running faster)
+%! function min_ctas(spec, arch, p)
+%!   local threads = p.block_m // p.warp_rows * 32
+%!   return 65536 // (threads * (p.warp_rows == 32 and 128 or 80))
+%! end
+%! -- impl 3 shared memory: cp.async stages of 32 centroids (high and low rows), the heaps, a
+%! -- staging row of scols + 1 floats per query row; the q tile aliases them first
+%! function fast_smem(spec, p, stages, scols)
+%!   local tiles = stages * 2 * 32 * spec.head_dim * 2
+%!   local rows = heap_slots(spec) * 8 + (scols + 1) * 4
+%!   return math.max(tiles + rows * p.block_m, p.block_m * spec.head_dim * 2)
+%! end
+%! -- impl 3's shape: 3 stages and a whole tile staged at once, or, where that leaves the SM
+%! -- fewer CTAs than the registers allow (k = 32 at 256 rows: 143 KB, one CTA of 8 warps),
+%! -- 2 stages and the tile staged in two halves of 16 columns (112 KB: two CTAs).
+%! -- An SM holds the opt-in maximum plus 1 KB, each CTA reserves 1 KB.
+%! function fast_shape(spec, p)
+%!   local function ctas(bytes) return math.min(min_ctas(spec, arch, p), (arch.max_smem + 1024) // (bytes + 1024)) end
+%!   if ctas(fast_smem(spec, p, 2, 16)) > ctas(fast_smem(spec, p, 3, 32)) then return 2, 16 end
+%!   return 3, 32
+%! end
 %! function smem_bytes(spec, p)
 %!   if p.impl == 3 then
-%!     -- 3 stages of 32 centroids (high and low rows), the heaps, a 33-float staging row per
-%!     -- query row; the q tile aliases them first
-%!     local tiles = 3 * 2 * 32 * spec.head_dim * 2
-%!     local rows = heap_slots(spec) * 8 + 33 * 4
-%!     return math.max(tiles + rows * p.block_m, p.block_m * spec.head_dim * 2)
+%!     local stages, scols = fast_shape(spec, p)
+%!     return fast_smem(spec, p, stages, scols)
 %!   end
 %!   local lists = slots(spec) * p.block_m * 8             -- score and index per slot
 %!   if p.impl == 2 then
@@ -36,13 +56,6 @@
 %!   local q_tile = p.block_m * (spec.head_dim + 1) * 4    -- +1 float per row: no bank conflicts
 %!   local c_tile = p.tile_n * spec.head_dim * 4
 %!   return q_tile + c_tile + lists
-%! end
-%! -- impl 3: the __launch_bounds__ minimum of CTAs per SM that caps registers at 128 a thread
-%! -- for 32 rows per warp, 80 for 16 (given more, ptxas hoists tile addresses and grows to
-%! -- 255 without running faster)
-%! function min_ctas(spec, arch, p)
-%!   local threads = p.block_m // p.warp_rows * 32
-%!   return 65536 // (threads * (p.warp_rows == 32 and 128 or 80))
 %! end
 %! function valid(spec, arch, p)
 %!   if p.impl < 1 or p.impl > 3 then return false, "impl is 1 (CUDA cores), 2 or 3 (tensor cores)" end

@@ -7,12 +7,15 @@
 % include("mma.cuh.tpl")
 % include("centroid_split.cuh.tpl")
 % local heap = heap_slots(spec)
+% local stages, scols = fast_shape(spec, point)
 
 // Heap entries per row: the candidates kept besides the own block (causal) or all (non-causal).
 #define RF_HEAP $(heap)
 
 __device__ __forceinline__ void rf_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void rf_cp_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// Until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void rf_cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
 // A candidate as one 64-bit key, larger = better: the score mapped to an order-preserving
 // unsigned (-0 as +0) above the complemented block index, so equal scores rank the lower block
@@ -70,19 +73,113 @@ __device__ __forceinline__ void rf_sift_down(u64 *h, int pos, u64 key)
     }
     h[pos * ROWS] = key;
 }
+
+// First slot of heap level d: (4^d - 1) / 3.
+__host__ __device__ constexpr int rf_level_first(int d) { return ((1 << (2 * d)) - 1) / 3; }
+
+// rf_sift_down from the root for a key of a block later than every kept one (blocks arrive in
+// ascending order): on an equal score the key is the smaller, so comparing the scores (high
+// words) decides. Unrolled by level: the levels whose nodes all have four children (known at
+// compile time) load them at fixed offsets from one address, no clamps or masks.
+template <int ROWS>
+__device__ __forceinline__ void rf_replace_root(u64 *h, u64 key)
+{
+    const unsigned key_hi = (unsigned)(key >> 32);
+    int pos = 0;
+    u64 *hole = h;
+#pragma unroll
+    for (int d = 0; rf_level_first(d + 1) < RF_HEAP; d++) {
+        const bool full = rf_level_first(d + 2) <= RF_HEAP;   // every node of level d has 4 children
+        const int c0 = 4 * pos + 1;
+        if (!full && c0 >= RF_HEAP) break;
+        const u64 *c = h + c0 * ROWS;
+        u64 k[4];
+        if (full) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) k[i] = c[i * ROWS];
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; i++) k[i] = h[min(c0 + i, RF_HEAP - 1) * ROWS];
+#pragma unroll
+            for (int i = 1; i < 4; i++)
+                if (c0 + i >= RF_HEAP) k[i] = ~0ull;
+        }
+        // The smallest child, the lower slot on equal keys, as in rf_sift_down.
+        const bool r01 = k[1] < k[0], r23 = k[3] < k[2];
+        const u64 m01 = r01 ? k[1] : k[0], m23 = r23 ? k[3] : k[2];
+        const bool right = m23 < m01;
+        const u64 kc = right ? m23 : m01;
+        const int child = right ? 2 + (int)r23 : (int)r01;
+        if (key_hi <= (unsigned)(kc >> 32)) break;
+        *hole = kc;
+        pos = c0 + child;
+        hole = h + pos * ROWS;
+    }
+    *hole = key;
+}
+
+// A key of a block later than every kept one replaces the root if it is larger. Small heaps
+// (two levels) keep the generic sift: there the unrolled one costs registers (a spill at k = 8).
+template <int ROWS>
+__device__ __forceinline__ void rf_offer(u64 *h, u64 key)
+{
+    if constexpr (RF_HEAP > 8) {
+        if ((unsigned)(key >> 32) > (unsigned)(h[0] >> 32)) rf_replace_root<ROWS>(h, key);
+    } else {
+        if (key > h[0]) rf_sift_down<ROWS>(h, 0, key);
+    }
+}
 % end
+
+// Bitonic sort, ascending, of the 4 P values of each lane of a quad (element quad * P + e of
+// the quad's 4 P), P a power of two: strides below P within a lane, P and 2 P between lanes.
+template <int P>
+__device__ __forceinline__ void rf_quad_sort(int (&v)[P], int quad, unsigned quad_mask)
+{
+#pragma unroll
+    for (int k = 2; k <= 4 * P; k *= 2) {
+        // Element i sorts ascending in its k-run when bit k of i is 0; bit k is e's (compile
+        // time) below P, quad's at P and 2 P, 0 at 4 P.
+        const bool quad_up = k < P || k == 4 * P || !(quad & (k / P));
+#pragma unroll
+        for (int j = k / 2; j > 0; j /= 2) {
+            if (j >= P) {
+                const bool lower = !(quad & (j / P));   // this lane holds the lower element of each pair
+#pragma unroll
+                for (int e = 0; e < P; e++) {
+                    const bool up = k < P ? !(e & k) : quad_up;
+                    const int other = __shfl_xor_sync(quad_mask, v[e], j / P);
+                    v[e] = lower == up ? min(v[e], other) : max(v[e], other);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < P; e++) {
+                    if (e & j) continue;
+                    const bool up = k < P ? !(e & k) : quad_up;
+                    const int lo = min(v[e], v[e + j]), hi = max(v[e], v[e + j]);
+                    v[e] = up ? lo : hi;
+                    v[e + j] = up ? hi : lo;
+                }
+            }
+        }
+    }
+}
 
 // MT m16 fragments (16 MT query rows) per warp.
 template <int WARPS, int MT, int MIN_CTAS>
 __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const FwdParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, CH = D / 8, KSTEPS = D / 16, THREADS = WARPS * 32;
-    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8, STAGES = 3;
+    constexpr int WR = 16 * MT, ROWS = WARPS * WR, TN = 32, NT = TN / 8;
+    // STAGES tiles in flight; survivors are staged SCOLS columns at a time (route.cu.tpl's
+    // fast_shape: 2 and 16 where that fits a second CTA on the SM, else 3 and 32).
+    constexpr int STAGES = $(stages), SCOLS = $(scols), ROUNDS = TN / SCOLS, NT_ROUND = NT / ROUNDS;
+    static_assert((STAGES == 2 || STAGES == 3) && (SCOLS == 16 || SCOLS == 32), "route.cu.tpl's fast_shape");
     constexpr int PART = TN * CH, STAGE = 2 * PART;   // 16-byte chunks: high rows, then low rows
     extern __shared__ __align__(128) unsigned char smem_raw[];
     uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
     u64 *heap = reinterpret_cast<u64 *>(stage_s + STAGES * STAGE);    // [RF_HEAP][ROWS]
-    constexpr int SROW = TN + 1;
+    constexpr int SROW = SCOLS + 1;
     float *stage_sc = reinterpret_cast<float *>(heap + RF_HEAP * ROWS); // [ROWS][SROW]: survivors
     uint4 *q_s = stage_s;                                             // [ROWS][CH], before the loop
 
@@ -156,10 +253,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
             cp_async16(&dst[part * PART + swizzle(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
         }
     };
-    if (n_tiles > 0) issue(0);
-    rf_cp_commit();
-    if (n_tiles > 1) issue(1);
-    rf_cp_commit();
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) {
+        if (n_tiles > t) issue(t);
+        rf_cp_commit();
+    }
 
     // Row r's heap column: heap_row + (r >> 1) * 16 + (r & 1) * 8; its staging row likewise.
     // Lane `quad` of a quad owns row r = quad (when r < 2 MT): only it touches that heap
@@ -178,9 +276,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         if (own_r == r) own_limit = limit[r];
 
     for (int tile = 0; tile < n_tiles; tile++) {
-        rf_cp_wait_one();                          // this tile's group landed (the next may fly)
+        rf_cp_wait<STAGES - 2>();                  // this tile's group landed (later ones may fly)
         __syncthreads();                           // ... for every thread; the stage read last
-        if (tile + 2 < n_tiles) issue(tile + 2);   // iteration is free again
+        if (tile + STAGES - 1 < n_tiles) issue(tile + STAGES - 1);   // iteration is free again
         rf_cp_commit();
         const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE;   // the lo half sits PART chunks on
 
@@ -227,40 +325,50 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         if (__any_sync(0xffffffffu, mask)) {
             // Survivors' scores go through this warp's staging rows, so that the lane owning
             // a row reads them by column: no register array indexed at run time, no turns.
-#pragma unroll
-            for (int r = 0; r < 2 * MT; r++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        if (mask >> (r * 8 + nt * 2 + e) & 1u)
-                            RF_STAGE_OF(r)[nt * 8 + quad * 2 + e] = s[r >> 1][nt][(r & 1) * 2 + e];
-            // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
-            // OR over the quad, and keep the mask of the row this lane owns.
+            // SCOLS columns at a time (fragments nt of NT_ROUND rd .. NT_ROUND (rd + 1) - 1),
+            // in ascending order.
             unsigned bits = 0;
 #pragma unroll
-            for (int r = 0; r < 2 * MT; r++) {
-                const unsigned b = mask >> (r * 8) & 0xffu;
-                unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
-                m |= __shfl_xor_sync(0xffffffffu, m, 1);
-                m |= __shfl_xor_sync(0xffffffffu, m, 2);
-                if (quad == r) bits = m;
-            }
-            __syncwarp();                          // staged scores visible to the owners
-            // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
-            // survives until then), the last one heapifies, later ones replace the root.
-            while (bits) {
-                const int c = __ffs(bits) - 1;
-                bits &= bits - 1;
-                const int j = j0 + c;
-                const u64 key = rf_key(own_stage[c], j);
-                if (j < RF_HEAP) {
-                    own_heap[j * ROWS] = key;
-                    if (j == RF_HEAP - 1)
-                        for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
-                } else if (key > own_heap[0]) {
-                    rf_sift_down<ROWS>(own_heap, 0, key);
+            for (int rd = 0; rd < ROUNDS; rd++) {
+#pragma unroll
+                for (int r = 0; r < 2 * MT; r++)
+#pragma unroll
+                    for (int nt = NT_ROUND * rd; nt < NT_ROUND * (rd + 1); nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if (mask >> (r * 8 + nt * 2 + e) & 1u)
+                                RF_STAGE_OF(r)[nt * 8 + quad * 2 + e - SCOLS * rd] = s[r >> 1][nt][(r & 1) * 2 + e];
+                if (rd == 0) {
+                    // Row r's survivor columns: this lane's bit 2 nt + e is column 8 nt + 2 quad + e;
+                    // OR over the quad, and keep the mask of the row this lane owns.
+#pragma unroll
+                    for (int r = 0; r < 2 * MT; r++) {
+                        const unsigned b = mask >> (r * 8) & 0xffu;
+                        unsigned m = ((b & 0x3u) | (b & 0xcu) << 6 | (b & 0x30u) << 12 | (b & 0xc0u) << 18) << (2 * quad);
+                        m |= __shfl_xor_sync(0xffffffffu, m, 1);
+                        m |= __shfl_xor_sync(0xffffffffu, m, 2);
+                        if (quad == r) bits = m;
+                    }
                 }
+                __syncwarp();                      // staged scores visible to the owners
+                // In ascending block order: slots 0..RF_HEAP-1 fill in order (every candidate
+                // survives until then), the last one heapifies, later ones replace the root.
+                constexpr unsigned ROUND_COLS = SCOLS == 32 ? ~0u : (1u << (SCOLS % 32)) - 1u;
+                unsigned rbits = bits >> (SCOLS * rd % 32) & ROUND_COLS;
+                while (rbits) {
+                    const int c = __ffs(rbits) - 1;
+                    rbits &= rbits - 1;
+                    const int j = j0 + SCOLS * rd + c;
+                    const u64 key = rf_key(own_stage[c], j);
+                    if (j < RF_HEAP) {
+                        own_heap[j * ROWS] = key;
+                        if (j == RF_HEAP - 1)
+                            for (int i = (RF_HEAP - 2) / 4; i >= 0; i--) rf_sift_down<ROWS>(own_heap, i, own_heap[i * ROWS]);
+                    } else {
+                        rf_offer<ROWS>(own_heap, key);
+                    }
+                }
+                if (rd + 1 < ROUNDS) __syncwarp(); // the next round rewrites the staging rows
             }
             const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
 #pragma unroll
@@ -270,8 +378,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 % end
     }
 
-    // Emit each row's blocks ascending: the four lanes of a quad rank a quarter of the heap
-    // each by counting smaller block indices; causal appends the own block (the largest).
+    // Emit each row's blocks ascending, the four lanes of a quad together (a sort or a ranking
+    // by counting, below); causal appends the own block (the largest).
     __syncwarp();
     constexpr int PER_LANE = (RF_HEAP + 3) / 4;
 #pragma unroll
@@ -289,21 +397,39 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 % end
 % if heap > 0 then
         const unsigned *idx = reinterpret_cast<const unsigned *>(RF_HEAP_OF(r));   // low words
-        int mine[PER_LANE > 0 ? PER_LANE : 1], rank[PER_LANE > 0 ? PER_LANE : 1];
+        if constexpr (RF_HEAP > 24) {
+            // Many entries: the quad sorts them (lane quad holds slots quad * SORT_P + e,
+            // missing ones as INT_MAX, which sort last), then writes its sorted positions.
+            constexpr int SORT_P = PER_LANE <= 8 ? 8 : 16;
+            static_assert(4 * SORT_P >= RF_HEAP, "the quad's sort holds the heap");
+            int v[SORT_P];
 #pragma unroll
-        for (int e = 0; e < PER_LANE; e++) {
-            const int i = quad + 4 * e;
-            mine[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
-            rank[e] = 0;
+            for (int e = 0; e < SORT_P; e++) {
+                const int i = quad * SORT_P + e;
+                v[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
+            }
+            rf_quad_sort<SORT_P>(v, quad, 0xfu << (lane & 28));
+#pragma unroll
+            for (int e = 0; e < SORT_P; e++)
+                if (quad * SORT_P + e < kept) out[quad * SORT_P + e] = v[e];
+        } else {
+            // Few entries: the quad's lanes rank a quarter each by counting smaller indices.
+            int mine[PER_LANE > 0 ? PER_LANE : 1], rank[PER_LANE > 0 ? PER_LANE : 1];
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++) {
+                const int i = quad + 4 * e;
+                mine[e] = i < kept ? (int)~idx[2 * i * ROWS] : 0x7fffffff;
+                rank[e] = 0;
+            }
+            for (int m = 0; m < kept; m++) {
+                const int jm = (int)~idx[2 * m * ROWS];
+#pragma unroll
+                for (int e = 0; e < PER_LANE; e++) rank[e] += jm < mine[e];
+            }
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++)
+                if (quad + 4 * e < kept) out[rank[e]] = mine[e];
         }
-        for (int m = 0; m < kept; m++) {
-            const int jm = (int)~idx[2 * m * ROWS];
-#pragma unroll
-            for (int e = 0; e < PER_LANE; e++) rank[e] += jm < mine[e];
-        }
-#pragma unroll
-        for (int e = 0; e < PER_LANE; e++)
-            if (quad + 4 * e < kept) out[rank[e]] = mine[e];
 % end
         for (int i = total + quad; i < MOBA_TOP_K; i += 4) out[i] = -1;
     }

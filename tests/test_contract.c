@@ -117,11 +117,64 @@ static void test_breaches_are_refused(void **state)
     expect_breach(&r, "smem = 1099511627776");
 }
 
+/* Routing impl 3's shape: at k = 32 the 256-row CTA (the default) takes 2 stages and 16-column
+ * staging so that two CTAs share an sm_90a SM (233,472 B, 1 KB reserved per CTA); at k = 8 and 16,
+ * where two fit already, it keeps 3 stages and 32 columns. */
+static long long route_fast_smem(const char *yaml, const char *arch, const char **shape)
+{
+    mg_diag d = {{0}};
+    mg_template_set *set = NULL;
+    assert_int_equal(mg_template_set_open(NULL, &set, &d), MG_OK);
+    mg_spec spec;
+    if (mg_spec_parse(yaml, strlen(yaml), "shape.yaml", &spec, &d) != MG_OK) fail_msg("%s", d.msg);
+    const char *archs[] = {arch};
+    mg_variant *v = NULL;
+    int n = 0;
+    if (mg_variants_expand(set, &spec, archs, 1, &v, &n, &d) != MG_OK) fail_msg("%s", d.msg);
+    char id[128];
+    snprintf(id, sizeof id, "route/%s/block_m=256,impl=3,tile_n=16,warp_rows=32", arch);
+    long long smem = -1;
+    *shape = NULL;
+    for (int j = 0; j < n; j++)
+        if (!strcmp(v[j].id, id)) {
+            smem = mg_rendered_launch(&v[j].rendered, "smem", -1);
+            *shape = strstr(v[j].rendered.source, "STAGES = 3, SCOLS = 32") ? "3/32"
+                     : strstr(v[j].rendered.source, "STAGES = 2, SCOLS = 16") ? "2/16" : "?";
+        }
+    mg_variants_free(v, n);
+    mg_template_set_free(set);
+    if (smem < 0) fail_msg("no variant %s", id);
+    return smem;
+}
+
+static void test_route_fast_shape(void **state)
+{
+    (void)state;
+    const char *shape;
+    const long long sm90_per_sm = 232448 + 1024;
+    long long smem = route_fast_smem("name: a\nhead_dim: 128\nblock_size: 32\ntop_k: 32\n", "sm_90a", &shape);
+    assert_string_equal(shape, "2/16");
+    assert_true(2 * (smem + 1024) <= sm90_per_sm);
+    smem = route_fast_smem("name: a\nhead_dim: 128\nblock_size: 128\ntop_k: 8\n", "sm_90a", &shape);
+    assert_string_equal(shape, "3/32");
+    assert_int_equal(smem, 3 * 2 * 32 * 128 * 2 + (7 * 8 + 33 * 4) * 256);
+    smem = route_fast_smem("name: a\nhead_dim: 128\nblock_size: 64\ntop_k: 16\n", "sm_90a", &shape);
+    assert_string_equal(shape, "3/32");
+    assert_true(2 * (smem + 1024) <= sm90_per_sm);
+    /* k = 64 fits one CTA either way: the 3-stage shape stays */
+    route_fast_smem("name: a\nhead_dim: 128\nblock_size: 16\ntop_k: 64\n", "sm_90a", &shape);
+    assert_string_equal(shape, "3/32");
+    /* sm_80 (167,936 B an SM) fits one 256-row CTA at k = 32 either way */
+    route_fast_smem("name: a\nhead_dim: 128\nblock_size: 32\ntop_k: 32\n", "sm_80", &shape);
+    assert_string_equal(shape, "3/32");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shipped_templates_keep_the_contract),
         cmocka_unit_test(test_breaches_are_refused),
+        cmocka_unit_test(test_route_fast_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
