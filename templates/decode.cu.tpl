@@ -295,10 +295,83 @@ __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const 
 }
 
 // ---- decode 1: routing scores and each chunk's best candidates ------------------------------
+// The K best of a warp's candidates by (score desc, block asc), found by bisection on the score
+// order rather than K rounds of warp-wide maxima: count(order >= T) is one compare per candidate
+// and one warp reduction, and the search stops as soon as exactly K candidates are at or above
+// T (random scores: about log2 of the candidates' spread, 10-20 rounds). Lane `lane` holds
+// candidate slots m = 0..slots-1: ord(m) its score order (0: no candidate), blk(m) its block.
+// emit(m, pos) is called for each pick, pos = 0, 1, ... in (slot, lane) order (deterministic);
+// returns the number picked (min(K, candidates)). Every lane of the warp must call it.
+template <class Ord, class Blk, class Emit>
+__device__ __forceinline__ int dec_pick(int slots, int K, Ord ord, Blk blk, Emit emit)
+{
+    const unsigned lane = threadIdx.x % 32;
+    if (K <= 0) return 0;
+    auto count_ge = [&](unsigned long long t) -> int {
+        int c = 0;
+#pragma unroll 8
+        for (int m = 0; m < slots; m++) c += (unsigned long long)ord(m) >= t;
+        return (int)__reduce_add_sync(0xffffffffu, (unsigned)c);
+    };
+    unsigned thr = 1, cut = 0xffffffffu;   // take order > thr, and order == thr with block <= cut
+    if (count_ge(1) > K) {
+        unsigned lo = 0xffffffffu, hi = 0;
+#pragma unroll 8
+        for (int m = 0; m < slots; m++) {
+            const unsigned o = ord(m);
+            if (o) lo = min(lo, o);
+            hi = max(hi, o);
+        }
+        // count_ge(lo) > K and count_ge(hi + 1) = 0 < K: keep that invariant
+        unsigned long long l = __reduce_min_sync(0xffffffffu, lo), h = (unsigned long long)__reduce_max_sync(0xffffffffu, hi) + 1;
+        while (h - l > 1) {
+            const unsigned long long mid = l + (h - l) / 2;
+            const int c = count_ge(mid);
+            if (c == K) { l = mid; break; }
+            if (c > K) l = mid; else h = mid;
+        }
+        thr = (unsigned)l;
+        const int above = count_ge(l + 1), ties = count_ge(l) - above;
+        const int need = K - above;   // 1 <= need <= ties
+        if (ties > need) {
+            // score ties at the threshold: the lowest blocks first, as the forward ranks them
+            unsigned prev = 0;
+            for (int r = 0; r < need; r++) {
+                unsigned b = 0xffffffffu;
+#pragma unroll 8
+                for (int m = 0; m < slots; m++) {
+                    if (ord(m) != thr) continue;
+                    const unsigned bm = (unsigned)blk(m);
+                    if (r == 0 || bm > prev) b = min(b, bm);
+                }
+                prev = __reduce_min_sync(0xffffffffu, b);
+            }
+            cut = prev;
+        }
+    } else {
+        thr = 0;   // all of them
+    }
+    const unsigned below = (1u << lane) - 1u;
+    int base = 0;
+#pragma unroll 8
+    for (int m = 0; m < slots; m++) {
+        const unsigned o = ord(m);
+        const bool take = o > thr || (o != 0 && o == thr && (unsigned)blk(m) <= cut);
+        const unsigned bal = __ballot_sync(0xffffffffu, take);
+        if (take) emit(m, base + __popc(bal & below));
+        base += __popc(bal);
+    }
+    return base;
+}
+
+// A candidate's score order for dec_pick: never 0 (that is "none").
+__device__ __forceinline__ unsigned dec_cand_order(float s) { return max(dec_order(s), 1u); }
+
 // One CTA per (chunk of CHUNK centroid blocks, kv head, sequence). Rows i = r * G + g (token r,
-// head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per block; scores are fp32
-// dot products with the centroid (running sum / count), as the forward's. Then each row keeps
-// the best DEC_OTHERS of its candidates in the chunk (whole blocks before its own block).
+// head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per block, with the next two
+// groups' loads in flight; scores are fp32 dot products with the centroid (running sum /
+// count), as the forward's. Then each row keeps the best DEC_OTHERS of its candidates in the
+// chunk (whole blocks before its own block), unsorted, the rest of its list 0.
 template <int CHUNK>
 __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 {
@@ -325,7 +398,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     __syncthreads();
     const float4 *cent = reinterpret_cast<const float4 *>(p.centroid_sum);
     const int sub = lane & 3;
-    // the next 8 blocks' centroids load while this warp scores the current ones
+    // a group of 8 blocks' centroids (4 KiB per warp); two groups load while this warp scores one
     auto load = [&](int base, float4 *c) {
         const int j = base + lane / 4;
         if (j >= jend) return;
@@ -333,13 +406,17 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 #pragma unroll
         for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
     };
-    float4 c[C4], next[C4];
+    float4 c[C4], next[C4], after[C4];
     load(j0 + warp * 8, next);
+    load(j0 + warp * 8 + 32, after);
     for (int base = j0 + warp * 8; base < jend; base += 32) {
         const int j = base + lane / 4;
 #pragma unroll
-        for (int i = 0; i < C4; i++) c[i] = next[i];
-        if (base + 32 < jend) load(base + 32, next);
+        for (int i = 0; i < C4; i++) {
+            c[i] = next[i];
+            next[i] = after[i];
+        }
+        if (base + 64 < jend) load(base + 64, after);
         const float count = (float)min(MOBA_BLOCK, len - j * MOBA_BLOCK);
         for (int i = 0; i < rows; i++) {
             float acc = 0.f;
@@ -357,40 +434,35 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     u64 *cand = reinterpret_cast<u64 *>(p.cand);
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
-        u64 key[PER_LANE];
+        unsigned ord[PER_LANE];
 #pragma unroll
         for (int m = 0; m < PER_LANE; m++) {
             const int j = j0 + lane + 32 * m;
-            key[m] = j < jend && j < own ? dec_key(sc[i][j - j0], j) : 0ull;
+            ord[m] = j < jend && j < own ? dec_cand_order(sc[i][j - j0]) : 0u;
         }
         u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + blockIdx.x) * DEC_OTHERS;
-        for (int s = 0; s < DEC_OTHERS; s++) {
-            u64 best = 0;
-#pragma unroll
-            for (int m = 0; m < PER_LANE; m++) best = key[m] > best ? key[m] : best;
-            best = warp_max_u64(best);
-            if (lane == 0) out[s] = best;
-            if (best == 0) break;
-#pragma unroll
-            for (int m = 0; m < PER_LANE; m++) if (key[m] == best) key[m] = 0;
-        }
+        const int n = dec_pick(
+            PER_LANE, DEC_OTHERS, [&](int m) { return ord[m]; }, [&](int m) { return j0 + lane + 32 * m; },
+            [&](int m, int pos) {
+                const int j = j0 + lane + 32 * m;
+                out[pos] = dec_key(sc[i][j - j0], j);
+            });
+        for (int s = n + lane; s < DEC_OTHERS; s += 32) out[s] = 0ull;
     }
 }
 
 // ---- decode 2: each row's selection and the kv head's union of blocks ------------------------
-// One CTA per (kv head, sequence). A warp merges a row's sorted chunk lists (each lane keeps
-// the heads of chunks lane, lane + 32, ...; the first entries of every list are staged in shared
-// memory in one parallel read, so that the rounds do not wait on global memory), adds the own
+// One CTA per (kv head, sequence). A warp picks a row's best DEC_OTHERS among its chunk lists
+// (their score orders staged in shared memory in one parallel read; dec_pick), adds the own
 // block and sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head
 // (bitonic, in shared memory) and writes each distinct block once with the mask of its rows.
-#define DEC_STAGE 768                                 // staged candidate keys per warp
+#define DEC_STAGE 2048                                // staged candidate score orders per warp
 __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
 {
     const int kvh = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     __shared__ int chosen[DEC_ROWS][MOBA_TOP_K];
     __shared__ int n_chosen[DEC_ROWS + 1];
-    __shared__ unsigned char heads[4][DEC_MAX_CHUNKS];
-    __shared__ u64 stage[4][DEC_STAGE];
+    __shared__ unsigned stage[4][DEC_STAGE];
     __shared__ unsigned pairs[DEC_UNION];
     __shared__ int scan[128];
     int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
@@ -409,31 +481,23 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
         const int used = own > 0 ? (own - 1) / DEC_CHUNK + 1 : 0;   // chunks holding candidates
+        // the row's candidates: lists[e], e < used * DEC_OTHERS (unsorted; 0 ends a short list)
         const u64 *lists = cand + (((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks * DEC_OTHERS;
-        // the first `win` entries of each list (all of them when they fit)
-        const int win = used > 0 ? max(1, min(DEC_OTHERS, DEC_STAGE / used)) : 0;
-        for (int c = lane; c < used; c += 32) heads[warp][c] = 0;
-        for (int e = lane; e < used * win; e += 32) stage[warp][e] = lists[(long long)(e / win) * DEC_OTHERS + e % win];
+        const int n_cand = used * DEC_OTHERS, slots = (n_cand + 31) / 32;
+        auto order_of = [](u64 key) -> unsigned { return key ? max((unsigned)(key >> 32), 1u) : 0u; };
+        for (int e = lane; e < min(n_cand, DEC_STAGE); e += 32) stage[warp][e] = order_of(lists[e]);
         __syncwarp();
-        int n = 0;
-        if (lane == 0) chosen[i][n] = own;
-        n++;
-        for (; n < MOBA_TOP_K; n++) {
-            u64 best = 0;
-            int best_chunk = -1;
-            for (int c = lane; c < used; c += 32) {
-                const int h = heads[warp][c];
-                const u64 k = h < win ? stage[warp][c * win + h]
-                                      : h < DEC_OTHERS ? lists[(long long)c * DEC_OTHERS + h] : 0ull;
-                if (k > best) { best = k; best_chunk = c; }
-            }
-            const u64 top = warp_max_u64(best);
-            if (top == 0) break;
-            if (best == top) heads[warp][best_chunk]++;
-            if (lane == 0) chosen[i][n] = dec_key_block(top);
-            __syncwarp();
-        }
-        // ascending: each entry's rank among the row's distinct blocks
+        if (lane == 0) chosen[i][0] = own;
+        const int n = 1 + dec_pick(
+            slots, DEC_OTHERS,
+            [&](int m) -> unsigned {
+                const int e = lane + 32 * m;
+                return e >= n_cand ? 0u : e < DEC_STAGE ? stage[warp][e] : order_of(lists[e]);
+            },
+            [&](int m) { return dec_key_block(lists[lane + 32 * m]); },
+            [&](int m, int pos) { chosen[i][1 + pos] = dec_key_block(lists[lane + 32 * m]); });
+        __syncwarp();
+    // ascending: each entry's rank among the row's distinct blocks
         __syncwarp();
         int vals[(MOBA_TOP_K + 31) / 32], ranks[(MOBA_TOP_K + 31) / 32];
 #pragma unroll
