@@ -9,7 +9,13 @@
 %!   -- q tile (16 rows) + per warp: stages x (k and v tiles of 16 keys); the warps' fp32 partials
 %!   -- (16 x (d + 2) each) reuse the tiles at the end
 %!   local tiles = 16 * spec.head_dim * 2 + 4 * p.stages * 2 * 16 * spec.head_dim * 2
-%!   return math.max(tiles, 4 * 16 * (spec.head_dim + 2) * 4 + 16 * spec.head_dim * 2)
+%!   return math.max(tiles, 4 * 16 * (spec.head_dim + 2) * 4 + 16 * spec.head_dim * 2,
+%!                   16 * spec.head_dim * 2 + select_smem(spec))
+%! end
+%! -- the kv head's selection (struct DecSelect), made before the tile loop in the stages' space
+%! function select_smem(spec)
+%!   local union = 16 * spec.top_k
+%!   return 4 * union + 4 * 17 + 4 * 128 + 4 * union + math.max(4 * 4 * 2048, 8 * union) + 16
 %! end
 %! -- What decode supports; other specs get stub kernels (never launched: runtime/decode.c refuses
 %! -- them first) so that their forward still expands and builds.
@@ -35,7 +41,7 @@
 %! end
 %! function kernels(spec, p)
 %!   return { main = "moba_decode_attn<" .. p.stages .. ">", decode_route = "moba_decode_route<" .. p.route_chunk .. ">",
-%!            decode_select = "moba_decode_select", decode_merge = "moba_decode_merge",
+%!            decode_merge = "moba_decode_merge",
 %!            append = "moba_decode_append", append_commit = "moba_decode_commit", truncate = "moba_decode_truncate",
 %!            append_step = "moba_decode_append_step" }
 %! end
@@ -49,7 +55,6 @@ typedef mg_decode_params DecodeParams;
 // $(select(2, supported(spec))): stubs with the contract's names, never launched.
 template <int STAGES> __global__ void moba_decode_attn(const DecodeParams p) {}
 template <int CHUNK> __global__ void moba_decode_route(const DecodeParams p) {}
-__global__ void moba_decode_select(const DecodeParams p) {}
 __global__ void moba_decode_merge(const DecodeParams p) {}
 __global__ void moba_decode_append(const DecodeParams p) {}
 __global__ void moba_decode_append_step(const DecodeParams p) {}
@@ -451,70 +456,83 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     }
 }
 
-// ---- decode 2: each row's selection and the kv head's union of blocks ------------------------
-// One CTA per (kv head, sequence). A warp picks a row's best DEC_OTHERS among its chunk lists
-// (their score orders staged in shared memory in one parallel read; dec_pick), adds the own
-// block and sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head
-// (bitonic, in shared memory) and writes each distinct block once with the mask of its rows.
+// ---- decode 2: each row's selection and the kv head's union of blocks -------------------------
+// Run by every attention CTA of the (kv head, sequence) at its start (the same inputs give the
+// same union in each, so no CTA waits on another and no launch sits between routing and
+// attention). A warp picks a row's best DEC_OTHERS among its chunk lists (their score orders
+// staged in shared memory, eight loads in flight per lane; dec_pick), adds the own block and
+// sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head (bitonic,
+// in shared memory) and keeps each distinct block once with the mask of its rows.
 #define DEC_STAGE 2048                                // staged candidate score orders per warp
-__global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
+struct DecSelect {
+    int chosen[DEC_ROWS][MOBA_TOP_K];
+    int n_chosen[DEC_ROWS + 1];
+    int scan[128];
+    unsigned pairs[DEC_UNION];
+    union {
+        unsigned stage[4][DEC_STAGE];                 // while the rows pick
+        struct { int blk[DEC_UNION]; unsigned mask[DEC_UNION]; } uni;   // the result
+    } u;
+};
+static_assert(DEC_ROWS * MOBA_HEAD_DIM * 2 + sizeof(DecSelect) <= $(attn_smem(spec, point)),
+              "the selection fits the attention's shared memory after the q tile (select_smem)");
+
+// The union of (b, kvh)'s selected blocks, ascending, into s.u.uni; returns its size. All 128
+// threads call it. write_sel: this CTA writes the rows' selections to p.sel (when set).
+__device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh, int q0, int qlen, int len,
+                                          DecSelect &s, bool write_sel)
 {
-    const int kvh = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    __shared__ int chosen[DEC_ROWS][MOBA_TOP_K];
-    __shared__ int n_chosen[DEC_ROWS + 1];
-    __shared__ unsigned stage[4][DEC_STAGE];
-    __shared__ unsigned pairs[DEC_UNION];
-    __shared__ int scan[128];
-    int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
-    unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
-    int *uni_count = reinterpret_cast<int *>(p.uni_count) + (long long)b * p.hkv + kvh;
-    int q0, qlen, len;
-    if (!dec_seq(p, b, q0, qlen, len)) {
-        if (tid == 0) {
-            *uni_count = 0;
-            if (kvh == 0) dec_flag(p, qlen > len ? DEC_ERR_QLEN : DEC_ERR_FULL);
-        }
-        return;
-    }
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int rows = qlen * MOBA_GQA;
     const u64 *cand = reinterpret_cast<const u64 *>(p.cand);
+    auto order_of = [](u64 key) -> unsigned { return key ? max((unsigned)(key >> 32), 1u) : 0u; };
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
         const int used = own > 0 ? (own - 1) / DEC_CHUNK + 1 : 0;   // chunks holding candidates
         // the row's candidates: lists[e], e < used * DEC_OTHERS (unsorted; 0 ends a short list)
         const u64 *lists = cand + (((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks * DEC_OTHERS;
-        const int n_cand = used * DEC_OTHERS, slots = (n_cand + 31) / 32;
-        auto order_of = [](u64 key) -> unsigned { return key ? max((unsigned)(key >> 32), 1u) : 0u; };
-        for (int e = lane; e < min(n_cand, DEC_STAGE); e += 32) stage[warp][e] = order_of(lists[e]);
+        const int n_cand = used * DEC_OTHERS, slots = (n_cand + 31) / 32, staged = min(n_cand, DEC_STAGE);
+        for (int e0 = 0; e0 < staged; e0 += 8 * 32) {
+            u64 k[8];
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                const int e = e0 + lane + 32 * r;
+                k[r] = e < staged ? lists[e] : 0ull;
+            }
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                const int e = e0 + lane + 32 * r;
+                if (e < staged) s.u.stage[warp][e] = order_of(k[r]);
+            }
+        }
         __syncwarp();
-        if (lane == 0) chosen[i][0] = own;
+        if (lane == 0) s.chosen[i][0] = own;
         const int n = 1 + dec_pick(
             slots, DEC_OTHERS,
             [&](int m) -> unsigned {
                 const int e = lane + 32 * m;
-                return e >= n_cand ? 0u : e < DEC_STAGE ? stage[warp][e] : order_of(lists[e]);
+                return e >= n_cand ? 0u : e < DEC_STAGE ? s.u.stage[warp][e] : order_of(lists[e]);
             },
             [&](int m) { return dec_key_block(lists[lane + 32 * m]); },
-            [&](int m, int pos) { chosen[i][1 + pos] = dec_key_block(lists[lane + 32 * m]); });
+            [&](int m, int pos) { s.chosen[i][1 + pos] = dec_key_block(lists[lane + 32 * m]); });
         __syncwarp();
-    // ascending: each entry's rank among the row's distinct blocks
-        __syncwarp();
+        // ascending: each entry's rank among the row's distinct blocks
         int vals[(MOBA_TOP_K + 31) / 32], ranks[(MOBA_TOP_K + 31) / 32];
 #pragma unroll
         for (int m = 0; m < (MOBA_TOP_K + 31) / 32; m++) {
-            vals[m] = lane + 32 * m < n ? chosen[i][lane + 32 * m] : -1;
+            vals[m] = lane + 32 * m < n ? s.chosen[i][lane + 32 * m] : -1;
             ranks[m] = 0;
-            for (int e = 0; e < n; e++) ranks[m] += chosen[i][e] < vals[m];
+            for (int e = 0; e < n; e++) ranks[m] += s.chosen[i][e] < vals[m];
         }
         __syncwarp();
 #pragma unroll
         for (int m = 0; m < (MOBA_TOP_K + 31) / 32; m++)
-            if (lane + 32 * m < n) chosen[i][ranks[m]] = vals[m];
-        if (lane == 0) n_chosen[i] = n;
+            if (lane + 32 * m < n) s.chosen[i][ranks[m]] = vals[m];
+        if (lane == 0) s.n_chosen[i] = n;
         __syncwarp();
-        if (p.sel) {
+        if (write_sel && p.sel) {
             int *sel = reinterpret_cast<int *>(p.sel) + ((long long)(q0 + i / MOBA_GQA) * p.hq + kvh * MOBA_GQA + i % MOBA_GQA) * MOBA_TOP_K;
-            for (int s = lane; s < MOBA_TOP_K; s += 32) sel[s] = s < n ? chosen[i][s] : -1;
+            for (int e = lane; e < MOBA_TOP_K; e += 32) sel[e] = e < n ? s.chosen[i][e] : -1;
         }
     }
     __syncthreads();
@@ -522,24 +540,24 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
     if (tid == 0) {
         int off = 0;
         for (int i = 0; i < rows; i++) {
-            const int n = n_chosen[i];
-            n_chosen[i] = off;
+            const int n = s.n_chosen[i];
+            s.n_chosen[i] = off;
             off += n;
         }
-        n_chosen[DEC_ROWS] = off;
+        s.n_chosen[DEC_ROWS] = off;
     }
     __syncthreads();
-    const int total = n_chosen[DEC_ROWS];
+    const int total = s.n_chosen[DEC_ROWS];
     int pow2 = 1;
     while (pow2 < total) pow2 *= 2;
     for (int e = tid; e < pow2; e += 128) {
         unsigned key = 0xffffffffu;
         if (e < total) {
             int i = 0;
-            while (i + 1 < rows && n_chosen[i + 1] <= e) i++;
-            key = (unsigned)chosen[i][e - n_chosen[i]] * DEC_ROWS + (unsigned)i;
+            while (i + 1 < rows && s.n_chosen[i + 1] <= e) i++;
+            key = (unsigned)s.chosen[i][e - s.n_chosen[i]] * DEC_ROWS + (unsigned)i;
         }
-        pairs[e] = key;
+        s.pairs[e] = key;
     }
     __syncthreads();
     for (int k2 = 2; k2 <= pow2; k2 *= 2)
@@ -547,10 +565,10 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
             for (int e = tid; e < pow2; e += 128) {
                 const int other = e ^ j;
                 if (other > e) {
-                    const unsigned x = pairs[e], y = pairs[other];
+                    const unsigned x = s.pairs[e], y = s.pairs[other];
                     if ((x > y) == ((e & k2) == 0)) {
-                        pairs[e] = y;
-                        pairs[other] = x;
+                        s.pairs[e] = y;
+                        s.pairs[other] = x;
                     }
                 }
             }
@@ -560,26 +578,27 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
     // scan of the counts gives where they go
     const int per = (total + 127) / 128, lo = min(tid * per, total), hi = min(lo + per, total);
     int starts = 0;
-    for (int e = lo; e < hi; e++) starts += e == 0 || pairs[e] / DEC_ROWS != pairs[e - 1] / DEC_ROWS;
-    scan[tid] = starts;
+    for (int e = lo; e < hi; e++) starts += e == 0 || s.pairs[e] / DEC_ROWS != s.pairs[e - 1] / DEC_ROWS;
+    s.scan[tid] = starts;
     __syncthreads();
     for (int o = 1; o < 128; o *= 2) {
-        const int x = tid >= o ? scan[tid - o] : 0;
+        const int x = tid >= o ? s.scan[tid - o] : 0;
         __syncthreads();
-        scan[tid] += x;
+        s.scan[tid] += x;
         __syncthreads();
     }
-    int at = scan[tid] - starts;
+    int at = s.scan[tid] - starts;
     for (int e = lo; e < hi; e++) {
-        const unsigned blk = pairs[e] / DEC_ROWS;
-        if (e > 0 && pairs[e - 1] / DEC_ROWS == blk) continue;
+        const unsigned blk = s.pairs[e] / DEC_ROWS;
+        if (e > 0 && s.pairs[e - 1] / DEC_ROWS == blk) continue;
         unsigned mask = 0;
-        for (int f = e; f < total && pairs[f] / DEC_ROWS == blk; f++) mask |= 1u << (pairs[f] % DEC_ROWS);
-        uni_blocks[at] = (int)blk;
-        uni_masks[at] = mask;
+        for (int f = e; f < total && s.pairs[f] / DEC_ROWS == blk; f++) mask |= 1u << (s.pairs[f] % DEC_ROWS);
+        s.u.uni.blk[at] = (int)blk;
+        s.u.uni.mask[at] = mask;
         at++;
     }
-    if (tid == 127) *uni_count = scan[127];
+    __syncthreads();
+    return s.scan[127];
 }
 
 // ---- decode 3: split-KV attention over the union ---------------------------------------------
@@ -602,37 +621,52 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
     float *part_o = reinterpret_cast<float *>(p.part_o) + part * D;
     float2 *part_ml = reinterpret_cast<float2 *>(p.part_ml) + part;
     int q0, qlen, len;
-    const bool ok = dec_seq(p, b, q0, qlen, len);
-    const int n_uni = ok ? reinterpret_cast<const int *>(p.uni_count)[b * p.hkv + kvh] : 0;
-    const int mine = split < n_uni ? (n_uni - split + splits - 1) / splits : 0;
-    if (mine == 0) {
+    if (!dec_seq(p, b, q0, qlen, len)) {
+        // o = 0 and LSE = 0 for its rows (merge); flagged once per sequence
         if (tid < DEC_ROWS) part_ml[tid] = make_float2(-INFINITY, 0.f);
+        if (tid == 0 && split == 0 && kvh == 0) dec_flag(p, qlen > len ? DEC_ERR_QLEN : DEC_ERR_FULL);
         return;
     }
-    const int *uni_blocks = reinterpret_cast<const int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
-    const unsigned *uni_masks = reinterpret_cast<const unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     const int rows = qlen * MOBA_GQA;
     const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
-    for (int e = tid; e < DEC_ROWS * CH; e += 128) {
+    for (int e = tid; e < DEC_ROWS * CH; e += 128) {   // lands while the selection runs
         const int i = e / CH, c = e % CH;
         const elem_t *src = q + (long long)(q0 + (i < rows ? i / MOBA_GQA : 0)) * p.q_row_stride + (kvh * MOBA_GQA + i % MOBA_GQA) * D + c * 8;
         cp_async16(&q_s[swizzle(i, c)], src, i < rows);
     }
-    // This CTA's blocks, their row masks and the page of every position they cover, read once
-    // into shared memory (all in parallel) so that the tile loads never wait on a dependent
-    // global read. A CTA with more than fits reads them from global memory instead.
+    // the selection, in the stage buffers' space (free until the tile loop)
+    DecSelect &sel = *reinterpret_cast<DecSelect *>(q_s + DEC_ROWS * CH);
+    const int n_uni = dec_select(p, b, kvh, q0, qlen, len, sel, split == 0);
+    const int mine = split < n_uni ? (n_uni - split + splits - 1) / splits : 0;
+    if (mine == 0) {
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        if (tid < DEC_ROWS) part_ml[tid] = make_float2(-INFINITY, 0.f);
+        return;
+    }
+    // This CTA's blocks (union entries split, split + splits, ...), their row masks and the page
+    // of every position they cover, in shared memory so that the tile loads never wait on a
+    // dependent global read. A CTA with more than fits keeps them in its own part of the
+    // workspace instead.
+    int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     __shared__ int s_blk[DEC_ATTN_BLOCKS];
     __shared__ unsigned s_mask[DEC_ATTN_BLOCKS];
     __shared__ int s_page[DEC_ATTN_PAGES];
     const int ps = (int)p.page_size, ppb = (MOBA_BLOCK + ps - 1) / ps + 1;
     const bool cached = mine <= DEC_ATTN_BLOCKS && mine * ppb <= DEC_ATTN_PAGES;
     const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
-    if (cached) {
-        for (int e = tid; e < mine; e += 128) {
-            s_blk[e] = uni_blocks[split + e * splits];
-            s_mask[e] = uni_masks[split + e * splits];
+    for (int e = tid; e < mine; e += 128) {
+        const int u = split + e * splits;
+        if (cached) {
+            s_blk[e] = sel.u.uni.blk[u];
+            s_mask[e] = sel.u.uni.mask[u];
+        } else {
+            uni_blocks[u] = sel.u.uni.blk[u];
+            uni_masks[u] = sel.u.uni.mask[u];
         }
-        __syncthreads();
+    }
+    __syncthreads();   // the selection's space is the stages' from here on
+    if (cached) {
         for (int e = tid; e < mine * ppb; e += 128) {
             const int pg = s_blk[e / ppb] * MOBA_BLOCK / ps + e % ppb;
             s_page[e] = pg < (int)p.max_pages ? pt[pg] : -1;
