@@ -15,7 +15,7 @@
 #define WORKSPACE_ALIGN 256
 #define DECODE_ROWS 16           /* query rows of a kv head: one mma tile (decode.cu.tpl) */
 #define DEFAULT_ROUTE_CHUNK 256  /* before the decode variants are loaded (detached ops) */
-#define MAX_ROUTE_CHUNKS 2048    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
+#define MAX_ROUTE_CHUNKS 2048    /* routing chunks per sequence: 512K blocks (64M tokens at B 128) */
 #define DEFAULT_SM_COUNT 132
 #define STEP_APPEND_MAX 16       /* appends of at most this many tokens per sequence: one launch */
 

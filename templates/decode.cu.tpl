@@ -66,7 +66,6 @@ __global__ void moba_decode_truncate(const DecodeParams p) {}
 #define DEC_ROWS 16                                   // query rows of a kv head: one mma tile
 #define DEC_OTHERS (MOBA_TOP_K - 1)                   // blocks routing picks besides the own one
 #define DEC_UNION (DEC_ROWS * MOBA_TOP_K)             // most distinct blocks of a kv head
-#define DEC_MAX_CHUNKS 2048                           // routing chunks per sequence (select's heads)
 #define DEC_CHUNK $(point.route_chunk)               // centroid blocks per routing CTA
 #define DEC_ATTN_BLOCKS 256                           // blocks an attention CTA keeps in shared memory
 #define DEC_ATTN_PAGES 1024                           // and the page table entries they cover
@@ -102,16 +101,6 @@ __device__ __forceinline__ u64 dec_key(float s, int blk)
     return ((u64)dec_order(s) << 32) | (u64)(0xffffffffu - (unsigned)blk);
 }
 __device__ __forceinline__ int dec_key_block(u64 key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffu)); }
-
-__device__ __forceinline__ u64 warp_max_u64(u64 v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-        const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
-        v = x > v ? x : v;
-    }
-    return v;
-}
 
 // The sequence's state for decode: false (and the error flagged once) when it is inconsistent.
 __device__ __forceinline__ bool dec_seq(const DecodeParams &p, int b, int &q0, int &qlen, int &len)
