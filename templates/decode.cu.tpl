@@ -15,7 +15,12 @@
 %! -- the kv head's selection (struct DecSelect), made before the tile loop in the stages' space
 %! function select_smem(spec)
 %!   local union = 16 * spec.top_k
-%!   return 4 * union + 4 * 17 + 4 * 128 + 4 * union + math.max(4 * 4 * 2048, 8 * union) + 16
+%!   return 4 * union + 4 * 17 + 4 * 128 + 4 * union + math.max(4 * 8 * select_stage(spec), 8 * union) + 16
+%! end
+%! -- candidate keys a warp stages per row (more are re-read from global memory): what fits the
+%! -- stage buffers of the attention without growing its shared memory
+%! function select_stage(spec)
+%!   return spec.head_dim >= 128 and 2048 or 1024
 %! end
 %! -- What decode supports; other specs get stub kernels (never launched: runtime/decode.c refuses
 %! -- them first) so that their forward still expands and builds.
@@ -392,7 +397,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     __syncthreads();
     const float4 *cent = reinterpret_cast<const float4 *>(p.centroid_sum);
     const int sub = lane & 3;
-    // a group of 8 blocks' centroids (4 KiB per warp); two groups load while this warp scores one
+    // a group of 8 blocks' centroids (4 KiB per warp)
     auto load = [&](int base, float4 *c) {
         const int j = base + lane / 4;
         if (j >= jend) return;
@@ -400,17 +405,10 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 #pragma unroll
         for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
     };
-    float4 c[C4], next[C4], after[C4];
-    load(j0 + warp * 8, next);
-    load(j0 + warp * 8 + 32, after);
-    for (int base = j0 + warp * 8; base < jend; base += 32) {
+    // three groups in registers that rotate by unrolling, not by copies (a copy would wait for
+    // the load it copies): while one is scored the other two are in flight
+    auto score = [&](const float4 (&c)[C4], int base) {
         const int j = base + lane / 4;
-#pragma unroll
-        for (int i = 0; i < C4; i++) {
-            c[i] = next[i];
-            next[i] = after[i];
-        }
-        if (base + 64 < jend) load(base + 64, after);
         const float count = (float)min(MOBA_BLOCK, len - j * MOBA_BLOCK);
         for (int i = 0; i < rows; i++) {
             float acc = 0.f;
@@ -423,6 +421,21 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
             acc += __shfl_xor_sync(0xffffffffu, acc, 2);
             if (sub == 0 && j < jend) sc[i][j - j0] = acc / count;
         }
+    };
+    float4 ga[C4], gb[C4], gc[C4];
+    const int first = j0 + warp * 8;
+    load(first, ga);
+    load(first + 32, gb);
+    load(first + 64, gc);
+    for (int base = first; base < jend; base += 96) {
+        score(ga, base);
+        load(base + 96, ga);
+        if (base + 32 >= jend) break;
+        score(gb, base + 32);
+        load(base + 128, gb);
+        if (base + 64 >= jend) break;
+        score(gc, base + 64);
+        load(base + 160, gc);
     }
     __syncthreads();
     u64 *cand = reinterpret_cast<u64 *>(p.cand);
@@ -448,18 +461,18 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 // ---- decode 2: each row's selection and the kv head's union of blocks -------------------------
 // Run by every attention CTA of the (kv head, sequence) at its start (the same inputs give the
 // same union in each, so no CTA waits on another and no launch sits between routing and
-// attention). A warp picks a row's best DEC_OTHERS among its chunk lists (their score orders
-// staged in shared memory, eight loads in flight per lane; dec_pick), adds the own block and
+// attention). A warp picks a row's best DEC_OTHERS among its chunk lists (their keys staged in
+// shared memory, eight loads in flight per lane, so that no pick waits on global memory; dec_pick), adds the own block and
 // sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head (bitonic,
 // in shared memory) and keeps each distinct block once with the mask of its rows.
-#define DEC_STAGE 2048                                // staged candidate score orders per warp
+#define DEC_STAGE $(select_stage(spec))               // staged candidate keys per warp
 struct DecSelect {
     int chosen[DEC_ROWS][MOBA_TOP_K];
     int n_chosen[DEC_ROWS + 1];
     int scan[128];
     unsigned pairs[DEC_UNION];
     union {
-        unsigned stage[4][DEC_STAGE];                 // while the rows pick
+        u64 stage[4][DEC_STAGE];                      // while the rows pick
         struct { int blk[DEC_UNION]; unsigned mask[DEC_UNION]; } uni;   // the result
     } u;
 };
@@ -491,19 +504,20 @@ __device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh,
 #pragma unroll
             for (int r = 0; r < 8; r++) {
                 const int e = e0 + lane + 32 * r;
-                if (e < staged) s.u.stage[warp][e] = order_of(k[r]);
+                if (e < staged) s.u.stage[warp][e] = k[r];
             }
         }
         __syncwarp();
         if (lane == 0) s.chosen[i][0] = own;
+        // candidate slot m of this lane; past the staged ones from global memory
+        auto key_of = [&](int m) -> u64 {
+            const int e = lane + 32 * m;
+            return e >= n_cand ? 0ull : e < DEC_STAGE ? s.u.stage[warp][e] : lists[e];
+        };
         const int n = 1 + dec_pick(
-            slots, DEC_OTHERS,
-            [&](int m) -> unsigned {
-                const int e = lane + 32 * m;
-                return e >= n_cand ? 0u : e < DEC_STAGE ? s.u.stage[warp][e] : order_of(lists[e]);
-            },
-            [&](int m) { return dec_key_block(lists[lane + 32 * m]); },
-            [&](int m, int pos) { s.chosen[i][1 + pos] = dec_key_block(lists[lane + 32 * m]); });
+            slots, DEC_OTHERS, [&](int m) { return order_of(key_of(m)); },
+            [&](int m) { return dec_key_block(key_of(m)); },
+            [&](int m, int pos) { s.chosen[i][1 + pos] = dec_key_block(key_of(m)); });
         __syncwarp();
         // ascending: each entry's rank among the row's distinct blocks
         int vals[(MOBA_TOP_K + 31) / 32], ranks[(MOBA_TOP_K + 31) / 32];
