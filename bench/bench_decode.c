@@ -97,7 +97,7 @@ int main(int argc, char **argv)
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
     if (csv)
         fprintf(csv, "B,k,batch,ctx,layers,step_us,append_us,bytes_target,bytes_union,avg_union,gbps_target,gbps_union,"
-                     "splits,route_us,select_attn_us,merge_us,truncate_us\n");
+                     "splits,route_us,select_us,attn_us,merge_us,truncate_us\n");
 
     /* One pool for every case: pages of PAGE tokens. A case runs as a model would, layer after
      * layer: each layer has its own pages (a slice of the pool), centroid sums and lengths, and
@@ -119,9 +119,9 @@ int main(int argc, char **argv)
     fill_random(&env, vp, pool, &r);
     fill_random(&env, cent, cent_bytes, &r);   /* bf16 bit pairs read as fp32: finite, varied */
     printf("pool %.1f GiB (k and v), centroid sums %.2f GiB\n", 2.0 * pool / (1 << 30), (double)cent_bytes / (1 << 30));
-    printf("%5s %3s %5s %7s %6s | %8s %8s %6s | %8s %8s %6s | %7s %6s | %6s %7s %6s | %6s\n", "B", "k", "batch",
+    printf("%5s %3s %5s %7s %6s | %8s %8s %6s | %8s %8s %6s | %7s %6s | %6s %6s %6s %6s | %6s\n", "B", "k", "batch",
            "ctx", "layers", "step_us", "MiB_tgt", "U", "GB/s_tgt", "GB/s_U", "splits", "app_us", "app%", "route",
-           "sel+att", "merge", "trunc");
+           "select", "attn", "merge", "trunc");
 
     cu_event e0, e1;
     cu->EventCreate(&e0, 0);
@@ -181,8 +181,8 @@ int main(int argc, char **argv)
         if (passes < 3) passes = 3;
         float t[MAX_PASSES];
         if (passes > MAX_PASSES) passes = MAX_PASSES;
-        float stage_us[4];   /* whole step, then each launch alone (route, selection + attention, merge) */
-        for (int sidx = 0; sidx < 4; sidx++) {
+        float stage_us[5];   /* whole step, then each stage alone */
+        for (int sidx = 0; sidx < 5; sidx++) {
             unsigned stages = sidx == 0 ? MG_DECODE_ALL : 1u << (sidx - 1);
             for (int l = 0; l < layers; l++)   /* warm-up */
                 check(mg_decode_stages(op, &caches[l], &da, ws, ws_bytes, NULL, MG_DECODE_ALL), op, "decode");
@@ -255,13 +255,14 @@ int main(int argc, char **argv)
         long long splits = mg_decode_splits(op, &caches[0], &da);
         double step_s = stage_us[0] * 1e-6;
         double gbps_t = bytes_target / step_s / 1e9, gbps_u = bytes_union / step_s / 1e9;
-        printf("%5d %3d %5d %7d %6d | %8.1f %8.2f %6.1f | %8.0f %8.0f %6lld | %7.1f %5.1f%% | %6.1f %7.1f %6.1f "
+        printf("%5d %3d %5d %7d %6d | %8.1f %8.2f %6.1f | %8.0f %8.0f %6lld | %7.1f %5.1f%% | %6.1f %6.1f %6.1f %6.1f "
                "| %6.1f\n", c->B, c->k, batch, c->ctx, layers, stage_us[0], bytes_target / (1 << 20), avg_u, gbps_t,
-               gbps_u, splits, app_us, 100.0 * app_us / stage_us[0], stage_us[1], stage_us[2], stage_us[3], trunc_us);
+               gbps_u, splits, app_us, 100.0 * app_us / stage_us[0], stage_us[1], stage_us[2], stage_us[3], stage_us[4],
+               trunc_us);
         if (csv)
-            fprintf(csv, "%d,%d,%d,%d,%d,%.2f,%.2f,%.0f,%.0f,%.2f,%.1f,%.1f,%lld,%.2f,%.2f,%.2f,%.2f\n", c->B, c->k,
+            fprintf(csv, "%d,%d,%d,%d,%d,%.2f,%.2f,%.0f,%.0f,%.2f,%.1f,%.1f,%lld,%.2f,%.2f,%.2f,%.2f,%.2f\n", c->B, c->k,
                     batch, c->ctx, layers, stage_us[0], app_us, bytes_target, bytes_union, avg_u, gbps_t, gbps_u, splits,
-                    stage_us[1], stage_us[2], stage_us[3], trunc_us);
+                    stage_us[1], stage_us[2], stage_us[3], stage_us[4], trunc_us);
         fflush(stdout);
         free(sel); free(seen); free(table); free(lens); free(cuq);
         for (int l = 0; l < layers; l++) {

@@ -1,6 +1,6 @@
 /* Serving over a paged KV cache (docs/decode.md): argument checks, the decode workspace, the
  * launches of append (append_step for a step's few tokens; append + append_commit for longer
- * ones), truncate and decode (decode_route, main = the selection then split-KV attention,
+ * ones), truncate and decode (decode_route, decode_select, main = split-KV attention,
  * decode_merge). The decode variants load on first use. */
 #include <math.h>
 #include <stdint.h>
@@ -15,7 +15,7 @@
 #define WORKSPACE_ALIGN 256
 #define DECODE_ROWS 16           /* query rows of a kv head: one mma tile (decode.cu.tpl) */
 #define DEFAULT_ROUTE_CHUNK 256  /* before the decode variants are loaded (detached ops) */
-#define MAX_ROUTE_CHUNKS 2048    /* routing chunks per sequence: 512K blocks (64M tokens at B 128) */
+#define MAX_ROUTE_CHUNKS 2048    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
 #define DEFAULT_SM_COUNT 132
 #define STEP_APPEND_MAX 16       /* appends of at most this many tokens per sequence: one launch */
 
@@ -24,7 +24,7 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
                               decode_layout *w);
 
 struct decode_layout {
-    size_t cand, uni_blocks, uni_masks, part_o, part_ml, total;
+    size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, total;
     long long rows, route_chunks, splits, max_blocks;
     const char *overflow;
 };
@@ -173,6 +173,7 @@ static decode_layout layout_for(const mobagen_op *op, const mobagen_kv_cache *c,
                            w.route_chunks, s->top_k - 1, 8);
     w.uni_blocks = mg_layout_add(&l, "union blocks (batch x hkv x 16 x top_k)", heads, DECODE_ROWS, s->top_k, 4, 1);
     w.uni_masks = mg_layout_add(&l, "union row masks (batch x hkv x 16 x top_k)", heads, DECODE_ROWS, s->top_k, 4, 1);
+    w.uni_count = mg_layout_add(&l, "union sizes (batch x hkv)", heads, 4, 1, 1, 1);
     w.part_o = mg_layout_add(&l, "split partials (batch x hkv x splits x 16 x head_dim)", heads, w.splits,
                              DECODE_ROWS, s->head_dim, 4);
     w.part_ml = mg_layout_add(&l, "split maxima and sums", heads, w.splits, DECODE_ROWS, 8, 1);
@@ -368,7 +369,7 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     mg_decode_params p = {
         .q = a->q, .out = a->out, .lse = a->lse, .sel = a->sel, .cu_seqlens_q = a->cu_seqlens_q,
         .cand = workspace + w.cand, .uni_blocks = workspace + w.uni_blocks, .uni_masks = workspace + w.uni_masks,
-        .part_o = workspace + w.part_o, .part_ml = workspace + w.part_ml,
+        .uni_count = workspace + w.uni_count, .part_o = workspace + w.part_o, .part_ml = workspace + w.part_ml,
         .q_row_stride = a->q_row_stride ? a->q_row_stride : row,
         .out_row_stride = a->out_row_stride ? a->out_row_stride : row,
         .batch = a->batch, .hq = a->hq, .max_q_len = a->max_q_len, .rows = w.rows,
@@ -381,6 +382,8 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
     if (stages & MG_DECODE_ROUTE)
         st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, (unsigned)w.route_chunks, hkv, batch, 128, 0, &p, stream);
+    if (st == MG_OK && (stages & MG_DECODE_SELECT))
+        st = launch_role(op, v, MG_ROLE_DECODE_SELECT, hkv, batch, 1, 128, 0, &p, stream);
     if (st == MG_OK && (stages & MG_DECODE_ATTN))
         st = launch_role(op, v, MG_ROLE_MAIN, (unsigned)w.splits, hkv, batch, (unsigned)v->threads, (unsigned)v->smem,
                          &p, stream);

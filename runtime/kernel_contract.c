@@ -14,7 +14,8 @@ static const char *const block_list_roles[] = {MG_ROLE_COUNT, MG_ROLE_SCAN_REDUC
                                                MG_ROLE_SCAN_DOWN, MG_ROLE_SCATTER, MG_ROLE_FALLBACK,
                                                MG_ROLE_FINALIZE};
 #define N_BLOCK_LIST_ROLES ((int)(sizeof block_list_roles / sizeof block_list_roles[0]))
-static const char *const decode_roles[] = {MG_ROLE_DECODE_ROUTE, MG_ROLE_DECODE_MERGE, MG_ROLE_APPEND, MG_ROLE_APPEND_COMMIT,
+static const char *const decode_roles[] = {MG_ROLE_DECODE_ROUTE, MG_ROLE_DECODE_SELECT,
+                                           MG_ROLE_DECODE_MERGE, MG_ROLE_APPEND, MG_ROLE_APPEND_COMMIT,
                                            MG_ROLE_APPEND_STEP, MG_ROLE_TRUNCATE};
 #define N_DECODE_ROLES ((int)(sizeof decode_roles / sizeof decode_roles[0]))
 static const char *const bwd_roles[] = {MG_ROLE_BWD_COUNT, MG_ROLE_BWD_ALLOC,

@@ -22,6 +22,7 @@
 /* The decode template (decode.cu.tpl, docs/decode.md) has all of these besides main (its
  * split-KV attention), and launch()'s rows is its routing chunk (centroid blocks per CTA). */
 #define MG_ROLE_DECODE_ROUTE "decode_route"
+#define MG_ROLE_DECODE_SELECT "decode_select"
 #define MG_ROLE_DECODE_MERGE "decode_merge"
 #define MG_ROLE_APPEND "append"
 #define MG_ROLE_APPEND_COMMIT "append_commit"

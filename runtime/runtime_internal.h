@@ -112,7 +112,7 @@ mg_status mg_fwd_stages(mobagen_op *op, const mobagen_fwd_args *args, mobagen_de
 
 /* The decode's stages, for benchmarks that time them one by one (each reads what the earlier
  * ones left in the workspace), and the split count it runs with (-1 on invalid arguments). */
-enum { MG_DECODE_ROUTE = 1, MG_DECODE_ATTN = 2, MG_DECODE_MERGE = 4, MG_DECODE_ALL = 7 };
+enum { MG_DECODE_ROUTE = 1, MG_DECODE_SELECT = 2, MG_DECODE_ATTN = 4, MG_DECODE_MERGE = 8, MG_DECODE_ALL = 15 };
 mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a,
                            mobagen_devptr workspace, size_t workspace_bytes, mobagen_stream stream, unsigned stages);
 long long mg_decode_splits(const mobagen_op *op, const mobagen_kv_cache *cache, const mobagen_decode_args *a);

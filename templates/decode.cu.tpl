@@ -9,18 +9,7 @@
 %!   -- q tile (16 rows) + per warp: stages x (k and v tiles of 16 keys); the warps' fp32 partials
 %!   -- (16 x (d + 2) each) reuse the tiles at the end
 %!   local tiles = 16 * spec.head_dim * 2 + 4 * p.stages * 2 * 16 * spec.head_dim * 2
-%!   return math.max(tiles, 4 * 16 * (spec.head_dim + 2) * 4 + 16 * spec.head_dim * 2,
-%!                   16 * spec.head_dim * 2 + select_smem(spec))
-%! end
-%! -- the kv head's selection (struct DecSelect), made before the tile loop in the stages' space
-%! function select_smem(spec)
-%!   local union = 16 * spec.top_k
-%!   return 4 * union + 4 * 17 + 4 * 128 + 4 * union + math.max(4 * 8 * select_stage(spec), 8 * union) + 16
-%! end
-%! -- candidate keys a warp stages per row (more are re-read from global memory): what fits the
-%! -- stage buffers of the attention without growing its shared memory
-%! function select_stage(spec)
-%!   return spec.head_dim >= 128 and 2048 or 1024
+%!   return math.max(tiles, 4 * 16 * (spec.head_dim + 2) * 4 + 16 * spec.head_dim * 2)
 %! end
 %! -- What decode supports; other specs get stub kernels (never launched: runtime/decode.c refuses
 %! -- them first) so that their forward still expands and builds.
@@ -46,7 +35,7 @@
 %! end
 %! function kernels(spec, p)
 %!   return { main = "moba_decode_attn<" .. p.stages .. ">", decode_route = "moba_decode_route<" .. p.route_chunk .. ">",
-%!            decode_merge = "moba_decode_merge",
+%!            decode_select = "moba_decode_select", decode_merge = "moba_decode_merge",
 %!            append = "moba_decode_append", append_commit = "moba_decode_commit", truncate = "moba_decode_truncate",
 %!            append_step = "moba_decode_append_step" }
 %! end
@@ -60,6 +49,7 @@ typedef mg_decode_params DecodeParams;
 // $(select(2, supported(spec))): stubs with the contract's names, never launched.
 template <int STAGES> __global__ void moba_decode_attn(const DecodeParams p) {}
 template <int CHUNK> __global__ void moba_decode_route(const DecodeParams p) {}
+__global__ void moba_decode_select(const DecodeParams p) {}
 __global__ void moba_decode_merge(const DecodeParams p) {}
 __global__ void moba_decode_append(const DecodeParams p) {}
 __global__ void moba_decode_append_step(const DecodeParams p) {}
@@ -71,6 +61,7 @@ __global__ void moba_decode_truncate(const DecodeParams p) {}
 #define DEC_ROWS 16                                   // query rows of a kv head: one mma tile
 #define DEC_OTHERS (MOBA_TOP_K - 1)                   // blocks routing picks besides the own one
 #define DEC_UNION (DEC_ROWS * MOBA_TOP_K)             // most distinct blocks of a kv head
+#define DEC_MAX_CHUNKS 2048                           // routing chunks per sequence (select's heads)
 #define DEC_CHUNK $(point.route_chunk)               // centroid blocks per routing CTA
 #define DEC_ATTN_BLOCKS 256                           // blocks an attention CTA keeps in shared memory
 #define DEC_ATTN_PAGES 1024                           // and the page table entries they cover
@@ -106,6 +97,16 @@ __device__ __forceinline__ u64 dec_key(float s, int blk)
     return ((u64)dec_order(s) << 32) | (u64)(0xffffffffu - (unsigned)blk);
 }
 __device__ __forceinline__ int dec_key_block(u64 key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffu)); }
+
+__device__ __forceinline__ u64 warp_max_u64(u64 v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+        const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
+        v = x > v ? x : v;
+    }
+    return v;
+}
 
 // The sequence's state for decode: false (and the error flagged once) when it is inconsistent.
 __device__ __forceinline__ bool dec_seq(const DecodeParams &p, int b, int &q0, int &qlen, int &len)
@@ -294,83 +295,10 @@ __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const 
 }
 
 // ---- decode 1: routing scores and each chunk's best candidates ------------------------------
-// The K best of a warp's candidates by (score desc, block asc), found by bisection on the score
-// order rather than K rounds of warp-wide maxima: count(order >= T) is one compare per candidate
-// and one warp reduction, and the search stops as soon as exactly K candidates are at or above
-// T (random scores: about log2 of the candidates' spread, 10-20 rounds). Lane `lane` holds
-// candidate slots m = 0..slots-1: ord(m) its score order (0: no candidate), blk(m) its block.
-// emit(m, pos) is called for each pick, pos = 0, 1, ... in (slot, lane) order (deterministic);
-// returns the number picked (min(K, candidates)). Every lane of the warp must call it.
-template <class Ord, class Blk, class Emit>
-__device__ __forceinline__ int dec_pick(int slots, int K, Ord ord, Blk blk, Emit emit)
-{
-    const unsigned lane = threadIdx.x % 32;
-    if (K <= 0) return 0;
-    auto count_ge = [&](unsigned long long t) -> int {
-        int c = 0;
-#pragma unroll 8
-        for (int m = 0; m < slots; m++) c += (unsigned long long)ord(m) >= t;
-        return (int)__reduce_add_sync(0xffffffffu, (unsigned)c);
-    };
-    unsigned thr = 1, cut = 0xffffffffu;   // take order > thr, and order == thr with block <= cut
-    if (count_ge(1) > K) {
-        unsigned lo = 0xffffffffu, hi = 0;
-#pragma unroll 8
-        for (int m = 0; m < slots; m++) {
-            const unsigned o = ord(m);
-            if (o) lo = min(lo, o);
-            hi = max(hi, o);
-        }
-        // count_ge(lo) > K and count_ge(hi + 1) = 0 < K: keep that invariant
-        unsigned long long l = __reduce_min_sync(0xffffffffu, lo), h = (unsigned long long)__reduce_max_sync(0xffffffffu, hi) + 1;
-        while (h - l > 1) {
-            const unsigned long long mid = l + (h - l) / 2;
-            const int c = count_ge(mid);
-            if (c == K) { l = mid; break; }
-            if (c > K) l = mid; else h = mid;
-        }
-        thr = (unsigned)l;
-        const int above = count_ge(l + 1), ties = count_ge(l) - above;
-        const int need = K - above;   // 1 <= need <= ties
-        if (ties > need) {
-            // score ties at the threshold: the lowest blocks first, as the forward ranks them
-            unsigned prev = 0;
-            for (int r = 0; r < need; r++) {
-                unsigned b = 0xffffffffu;
-#pragma unroll 8
-                for (int m = 0; m < slots; m++) {
-                    if (ord(m) != thr) continue;
-                    const unsigned bm = (unsigned)blk(m);
-                    if (r == 0 || bm > prev) b = min(b, bm);
-                }
-                prev = __reduce_min_sync(0xffffffffu, b);
-            }
-            cut = prev;
-        }
-    } else {
-        thr = 0;   // all of them
-    }
-    const unsigned below = (1u << lane) - 1u;
-    int base = 0;
-#pragma unroll 8
-    for (int m = 0; m < slots; m++) {
-        const unsigned o = ord(m);
-        const bool take = o > thr || (o != 0 && o == thr && (unsigned)blk(m) <= cut);
-        const unsigned bal = __ballot_sync(0xffffffffu, take);
-        if (take) emit(m, base + __popc(bal & below));
-        base += __popc(bal);
-    }
-    return base;
-}
-
-// A candidate's score order for dec_pick: never 0 (that is "none").
-__device__ __forceinline__ unsigned dec_cand_order(float s) { return max(dec_order(s), 1u); }
-
 // One CTA per (chunk of CHUNK centroid blocks, kv head, sequence). Rows i = r * G + g (token r,
-// head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per block, with the next two
-// groups' loads in flight; scores are fp32 dot products with the centroid (running sum /
-// count), as the forward's. Then each row keeps the best DEC_OTHERS of its candidates in the
-// chunk (whole blocks before its own block), unsorted, the rest of its list 0.
+// head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per block; scores are fp32
+// dot products with the centroid (running sum / count), as the forward's. Then each row keeps
+// the best DEC_OTHERS of its candidates in the chunk (whole blocks before its own block).
 template <int CHUNK>
 __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 {
@@ -397,7 +325,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     __syncthreads();
     const float4 *cent = reinterpret_cast<const float4 *>(p.centroid_sum);
     const int sub = lane & 3;
-    // a group of 8 blocks' centroids (4 KiB per warp)
+    // the next 8 blocks' centroids load while this warp scores the current ones
     auto load = [&](int base, float4 *c) {
         const int j = base + lane / 4;
         if (j >= jend) return;
@@ -405,10 +333,13 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 #pragma unroll
         for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
     };
-    // three groups in registers that rotate by unrolling, not by copies (a copy would wait for
-    // the load it copies): while one is scored the other two are in flight
-    auto score = [&](const float4 (&c)[C4], int base) {
+    float4 c[C4], next[C4];
+    load(j0 + warp * 8, next);
+    for (int base = j0 + warp * 8; base < jend; base += 32) {
         const int j = base + lane / 4;
+#pragma unroll
+        for (int i = 0; i < C4; i++) c[i] = next[i];
+        if (base + 32 < jend) load(base + 32, next);
         const float count = (float)min(MOBA_BLOCK, len - j * MOBA_BLOCK);
         for (int i = 0; i < rows; i++) {
             float acc = 0.f;
@@ -421,121 +352,105 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
             acc += __shfl_xor_sync(0xffffffffu, acc, 2);
             if (sub == 0 && j < jend) sc[i][j - j0] = acc / count;
         }
-    };
-    float4 ga[C4], gb[C4], gc[C4];
-    const int first = j0 + warp * 8;
-    load(first, ga);
-    load(first + 32, gb);
-    load(first + 64, gc);
-    for (int base = first; base < jend; base += 96) {
-        score(ga, base);
-        load(base + 96, ga);
-        if (base + 32 >= jend) break;
-        score(gb, base + 32);
-        load(base + 128, gb);
-        if (base + 64 >= jend) break;
-        score(gc, base + 64);
-        load(base + 160, gc);
     }
     __syncthreads();
     u64 *cand = reinterpret_cast<u64 *>(p.cand);
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
-        unsigned ord[PER_LANE];
+        u64 key[PER_LANE];
 #pragma unroll
         for (int m = 0; m < PER_LANE; m++) {
             const int j = j0 + lane + 32 * m;
-            ord[m] = j < jend && j < own ? dec_cand_order(sc[i][j - j0]) : 0u;
+            key[m] = j < jend && j < own ? dec_key(sc[i][j - j0], j) : 0ull;
         }
         u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + blockIdx.x) * DEC_OTHERS;
-        const int n = dec_pick(
-            PER_LANE, DEC_OTHERS, [&](int m) { return ord[m]; }, [&](int m) { return j0 + lane + 32 * m; },
-            [&](int m, int pos) {
-                const int j = j0 + lane + 32 * m;
-                out[pos] = dec_key(sc[i][j - j0], j);
-            });
-        for (int s = n + lane; s < DEC_OTHERS; s += 32) out[s] = 0ull;
+        for (int s = 0; s < DEC_OTHERS; s++) {
+            u64 best = 0;
+#pragma unroll
+            for (int m = 0; m < PER_LANE; m++) best = key[m] > best ? key[m] : best;
+            best = warp_max_u64(best);
+            if (lane == 0) out[s] = best;
+            if (best == 0) break;
+#pragma unroll
+            for (int m = 0; m < PER_LANE; m++) if (key[m] == best) key[m] = 0;
+        }
     }
 }
 
-// ---- decode 2: each row's selection and the kv head's union of blocks -------------------------
-// Run by every attention CTA of the (kv head, sequence) at its start (the same inputs give the
-// same union in each, so no CTA waits on another and no launch sits between routing and
-// attention). A warp picks a row's best DEC_OTHERS among its chunk lists (their keys staged in
-// shared memory, eight loads in flight per lane, so that no pick waits on global memory; dec_pick), adds the own block and
-// sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head (bitonic,
-// in shared memory) and keeps each distinct block once with the mask of its rows.
-#define DEC_STAGE $(select_stage(spec))               // staged candidate keys per warp
-struct DecSelect {
-    int chosen[DEC_ROWS][MOBA_TOP_K];
-    int n_chosen[DEC_ROWS + 1];
-    int scan[128];
-    unsigned pairs[DEC_UNION];
-    union {
-        u64 stage[4][DEC_STAGE];                      // while the rows pick
-        struct { int blk[DEC_UNION]; unsigned mask[DEC_UNION]; } uni;   // the result
-    } u;
-};
-static_assert(DEC_ROWS * MOBA_HEAD_DIM * 2 + sizeof(DecSelect) <= $(attn_smem(spec, point)),
-              "the selection fits the attention's shared memory after the q tile (select_smem)");
-
-// The union of (b, kvh)'s selected blocks, ascending, into s.u.uni; returns its size. All 128
-// threads call it. write_sel: this CTA writes the rows' selections to p.sel (when set).
-__device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh, int q0, int qlen, int len,
-                                          DecSelect &s, bool write_sel)
+// ---- decode 2: each row's selection and the kv head's union of blocks ------------------------
+// One CTA per (kv head, sequence). A warp merges a row's sorted chunk lists (each lane keeps
+// the heads of chunks lane, lane + 32, ...; the first entries of every list are staged in shared
+// memory in one parallel read, so that the rounds do not wait on global memory), adds the own
+// block and sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head
+// (bitonic, in shared memory) and writes each distinct block once with the mask of its rows.
+#define DEC_STAGE 768                                 // staged candidate keys per warp
+__global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
 {
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int kvh = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    __shared__ int chosen[DEC_ROWS][MOBA_TOP_K];
+    __shared__ int n_chosen[DEC_ROWS + 1];
+    __shared__ unsigned char heads[4][DEC_MAX_CHUNKS];
+    __shared__ u64 stage[4][DEC_STAGE];
+    __shared__ unsigned pairs[DEC_UNION];
+    __shared__ int scan[128];
+    int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    int *uni_count = reinterpret_cast<int *>(p.uni_count) + (long long)b * p.hkv + kvh;
+    int q0, qlen, len;
+    if (!dec_seq(p, b, q0, qlen, len)) {
+        if (tid == 0) {
+            *uni_count = 0;
+            if (kvh == 0) dec_flag(p, qlen > len ? DEC_ERR_QLEN : DEC_ERR_FULL);
+        }
+        return;
+    }
     const int rows = qlen * MOBA_GQA;
     const u64 *cand = reinterpret_cast<const u64 *>(p.cand);
-    auto order_of = [](u64 key) -> unsigned { return key ? max((unsigned)(key >> 32), 1u) : 0u; };
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
         const int used = own > 0 ? (own - 1) / DEC_CHUNK + 1 : 0;   // chunks holding candidates
-        // the row's candidates: lists[e], e < used * DEC_OTHERS (unsorted; 0 ends a short list)
         const u64 *lists = cand + (((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks * DEC_OTHERS;
-        const int n_cand = used * DEC_OTHERS, slots = (n_cand + 31) / 32, staged = min(n_cand, DEC_STAGE);
-        for (int e0 = 0; e0 < staged; e0 += 8 * 32) {
-            u64 k[8];
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                const int e = e0 + lane + 32 * r;
-                k[r] = e < staged ? lists[e] : 0ull;
+        // the first `win` entries of each list (all of them when they fit)
+        const int win = used > 0 ? max(1, min(DEC_OTHERS, DEC_STAGE / used)) : 0;
+        for (int c = lane; c < used; c += 32) heads[warp][c] = 0;
+        for (int e = lane; e < used * win; e += 32) stage[warp][e] = lists[(long long)(e / win) * DEC_OTHERS + e % win];
+        __syncwarp();
+        int n = 0;
+        if (lane == 0) chosen[i][n] = own;
+        n++;
+        for (; n < MOBA_TOP_K; n++) {
+            u64 best = 0;
+            int best_chunk = -1;
+            for (int c = lane; c < used; c += 32) {
+                const int h = heads[warp][c];
+                const u64 k = h < win ? stage[warp][c * win + h]
+                                      : h < DEC_OTHERS ? lists[(long long)c * DEC_OTHERS + h] : 0ull;
+                if (k > best) { best = k; best_chunk = c; }
             }
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                const int e = e0 + lane + 32 * r;
-                if (e < staged) s.u.stage[warp][e] = k[r];
-            }
+            const u64 top = warp_max_u64(best);
+            if (top == 0) break;
+            if (best == top) heads[warp][best_chunk]++;
+            if (lane == 0) chosen[i][n] = dec_key_block(top);
+            __syncwarp();
         }
-        __syncwarp();
-        if (lane == 0) s.chosen[i][0] = own;
-        // candidate slot m of this lane; past the staged ones from global memory
-        auto key_of = [&](int m) -> u64 {
-            const int e = lane + 32 * m;
-            return e >= n_cand ? 0ull : e < DEC_STAGE ? s.u.stage[warp][e] : lists[e];
-        };
-        const int n = 1 + dec_pick(
-            slots, DEC_OTHERS, [&](int m) { return order_of(key_of(m)); },
-            [&](int m) { return dec_key_block(key_of(m)); },
-            [&](int m, int pos) { s.chosen[i][1 + pos] = dec_key_block(key_of(m)); });
-        __syncwarp();
         // ascending: each entry's rank among the row's distinct blocks
+        __syncwarp();
         int vals[(MOBA_TOP_K + 31) / 32], ranks[(MOBA_TOP_K + 31) / 32];
 #pragma unroll
         for (int m = 0; m < (MOBA_TOP_K + 31) / 32; m++) {
-            vals[m] = lane + 32 * m < n ? s.chosen[i][lane + 32 * m] : -1;
+            vals[m] = lane + 32 * m < n ? chosen[i][lane + 32 * m] : -1;
             ranks[m] = 0;
-            for (int e = 0; e < n; e++) ranks[m] += s.chosen[i][e] < vals[m];
+            for (int e = 0; e < n; e++) ranks[m] += chosen[i][e] < vals[m];
         }
         __syncwarp();
 #pragma unroll
         for (int m = 0; m < (MOBA_TOP_K + 31) / 32; m++)
-            if (lane + 32 * m < n) s.chosen[i][ranks[m]] = vals[m];
-        if (lane == 0) s.n_chosen[i] = n;
+            if (lane + 32 * m < n) chosen[i][ranks[m]] = vals[m];
+        if (lane == 0) n_chosen[i] = n;
         __syncwarp();
-        if (write_sel && p.sel) {
+        if (p.sel) {
             int *sel = reinterpret_cast<int *>(p.sel) + ((long long)(q0 + i / MOBA_GQA) * p.hq + kvh * MOBA_GQA + i % MOBA_GQA) * MOBA_TOP_K;
-            for (int e = lane; e < MOBA_TOP_K; e += 32) sel[e] = e < n ? s.chosen[i][e] : -1;
+            for (int s = lane; s < MOBA_TOP_K; s += 32) sel[s] = s < n ? chosen[i][s] : -1;
         }
     }
     __syncthreads();
@@ -543,24 +458,24 @@ __device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh,
     if (tid == 0) {
         int off = 0;
         for (int i = 0; i < rows; i++) {
-            const int n = s.n_chosen[i];
-            s.n_chosen[i] = off;
+            const int n = n_chosen[i];
+            n_chosen[i] = off;
             off += n;
         }
-        s.n_chosen[DEC_ROWS] = off;
+        n_chosen[DEC_ROWS] = off;
     }
     __syncthreads();
-    const int total = s.n_chosen[DEC_ROWS];
+    const int total = n_chosen[DEC_ROWS];
     int pow2 = 1;
     while (pow2 < total) pow2 *= 2;
     for (int e = tid; e < pow2; e += 128) {
         unsigned key = 0xffffffffu;
         if (e < total) {
             int i = 0;
-            while (i + 1 < rows && s.n_chosen[i + 1] <= e) i++;
-            key = (unsigned)s.chosen[i][e - s.n_chosen[i]] * DEC_ROWS + (unsigned)i;
+            while (i + 1 < rows && n_chosen[i + 1] <= e) i++;
+            key = (unsigned)chosen[i][e - n_chosen[i]] * DEC_ROWS + (unsigned)i;
         }
-        s.pairs[e] = key;
+        pairs[e] = key;
     }
     __syncthreads();
     for (int k2 = 2; k2 <= pow2; k2 *= 2)
@@ -568,10 +483,10 @@ __device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh,
             for (int e = tid; e < pow2; e += 128) {
                 const int other = e ^ j;
                 if (other > e) {
-                    const unsigned x = s.pairs[e], y = s.pairs[other];
+                    const unsigned x = pairs[e], y = pairs[other];
                     if ((x > y) == ((e & k2) == 0)) {
-                        s.pairs[e] = y;
-                        s.pairs[other] = x;
+                        pairs[e] = y;
+                        pairs[other] = x;
                     }
                 }
             }
@@ -581,27 +496,26 @@ __device__ __forceinline__ int dec_select(const DecodeParams &p, int b, int kvh,
     // scan of the counts gives where they go
     const int per = (total + 127) / 128, lo = min(tid * per, total), hi = min(lo + per, total);
     int starts = 0;
-    for (int e = lo; e < hi; e++) starts += e == 0 || s.pairs[e] / DEC_ROWS != s.pairs[e - 1] / DEC_ROWS;
-    s.scan[tid] = starts;
+    for (int e = lo; e < hi; e++) starts += e == 0 || pairs[e] / DEC_ROWS != pairs[e - 1] / DEC_ROWS;
+    scan[tid] = starts;
     __syncthreads();
     for (int o = 1; o < 128; o *= 2) {
-        const int x = tid >= o ? s.scan[tid - o] : 0;
+        const int x = tid >= o ? scan[tid - o] : 0;
         __syncthreads();
-        s.scan[tid] += x;
+        scan[tid] += x;
         __syncthreads();
     }
-    int at = s.scan[tid] - starts;
+    int at = scan[tid] - starts;
     for (int e = lo; e < hi; e++) {
-        const unsigned blk = s.pairs[e] / DEC_ROWS;
-        if (e > 0 && s.pairs[e - 1] / DEC_ROWS == blk) continue;
+        const unsigned blk = pairs[e] / DEC_ROWS;
+        if (e > 0 && pairs[e - 1] / DEC_ROWS == blk) continue;
         unsigned mask = 0;
-        for (int f = e; f < total && s.pairs[f] / DEC_ROWS == blk; f++) mask |= 1u << (s.pairs[f] % DEC_ROWS);
-        s.u.uni.blk[at] = (int)blk;
-        s.u.uni.mask[at] = mask;
+        for (int f = e; f < total && pairs[f] / DEC_ROWS == blk; f++) mask |= 1u << (pairs[f] % DEC_ROWS);
+        uni_blocks[at] = (int)blk;
+        uni_masks[at] = mask;
         at++;
     }
-    __syncthreads();
-    return s.scan[127];
+    if (tid == 127) *uni_count = scan[127];
 }
 
 // ---- decode 3: split-KV attention over the union ---------------------------------------------
@@ -624,52 +538,37 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
     float *part_o = reinterpret_cast<float *>(p.part_o) + part * D;
     float2 *part_ml = reinterpret_cast<float2 *>(p.part_ml) + part;
     int q0, qlen, len;
-    if (!dec_seq(p, b, q0, qlen, len)) {
-        // o = 0 and LSE = 0 for its rows (merge); flagged once per sequence
+    const bool ok = dec_seq(p, b, q0, qlen, len);
+    const int n_uni = ok ? reinterpret_cast<const int *>(p.uni_count)[b * p.hkv + kvh] : 0;
+    const int mine = split < n_uni ? (n_uni - split + splits - 1) / splits : 0;
+    if (mine == 0) {
         if (tid < DEC_ROWS) part_ml[tid] = make_float2(-INFINITY, 0.f);
-        if (tid == 0 && split == 0 && kvh == 0) dec_flag(p, qlen > len ? DEC_ERR_QLEN : DEC_ERR_FULL);
         return;
     }
+    const int *uni_blocks = reinterpret_cast<const int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    const unsigned *uni_masks = reinterpret_cast<const unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     const int rows = qlen * MOBA_GQA;
     const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
-    for (int e = tid; e < DEC_ROWS * CH; e += 128) {   // lands while the selection runs
+    for (int e = tid; e < DEC_ROWS * CH; e += 128) {
         const int i = e / CH, c = e % CH;
         const elem_t *src = q + (long long)(q0 + (i < rows ? i / MOBA_GQA : 0)) * p.q_row_stride + (kvh * MOBA_GQA + i % MOBA_GQA) * D + c * 8;
         cp_async16(&q_s[swizzle(i, c)], src, i < rows);
     }
-    // the selection, in the stage buffers' space (free until the tile loop)
-    DecSelect &sel = *reinterpret_cast<DecSelect *>(q_s + DEC_ROWS * CH);
-    const int n_uni = dec_select(p, b, kvh, q0, qlen, len, sel, split == 0);
-    const int mine = split < n_uni ? (n_uni - split + splits - 1) / splits : 0;
-    if (mine == 0) {
-        asm volatile("cp.async.wait_all;\n" ::: "memory");
-        if (tid < DEC_ROWS) part_ml[tid] = make_float2(-INFINITY, 0.f);
-        return;
-    }
-    // This CTA's blocks (union entries split, split + splits, ...), their row masks and the page
-    // of every position they cover, in shared memory so that the tile loads never wait on a
-    // dependent global read. A CTA with more than fits keeps them in its own part of the
-    // workspace instead.
-    int *uni_blocks = reinterpret_cast<int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
-    unsigned *uni_masks = reinterpret_cast<unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    // This CTA's blocks, their row masks and the page of every position they cover, read once
+    // into shared memory (all in parallel) so that the tile loads never wait on a dependent
+    // global read. A CTA with more than fits reads them from global memory instead.
     __shared__ int s_blk[DEC_ATTN_BLOCKS];
     __shared__ unsigned s_mask[DEC_ATTN_BLOCKS];
     __shared__ int s_page[DEC_ATTN_PAGES];
     const int ps = (int)p.page_size, ppb = (MOBA_BLOCK + ps - 1) / ps + 1;
     const bool cached = mine <= DEC_ATTN_BLOCKS && mine * ppb <= DEC_ATTN_PAGES;
     const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
-    for (int e = tid; e < mine; e += 128) {
-        const int u = split + e * splits;
-        if (cached) {
-            s_blk[e] = sel.u.uni.blk[u];
-            s_mask[e] = sel.u.uni.mask[u];
-        } else {
-            uni_blocks[u] = sel.u.uni.blk[u];
-            uni_masks[u] = sel.u.uni.mask[u];
-        }
-    }
-    __syncthreads();   // the selection's space is the stages' from here on
     if (cached) {
+        for (int e = tid; e < mine; e += 128) {
+            s_blk[e] = uni_blocks[split + e * splits];
+            s_mask[e] = uni_masks[split + e * splits];
+        }
+        __syncthreads();
         for (int e = tid; e < mine * ppb; e += 128) {
             const int pg = s_blk[e / ppb] * MOBA_BLOCK / ps + e % ppb;
             s_page[e] = pg < (int)p.max_pages ? pt[pg] : -1;

@@ -16,9 +16,8 @@ typedef struct mg_decode_params {
     // seq_lens int32 [batch]; centroid_sum fp32 [batch][max_blocks][hkv][d]; error int32 or 0
     unsigned long long kprime_pages, v_pages, kraw_pages, page_table, seq_lens, centroid_sum, error;
     // decode workspace: per-chunk routing candidates (u64 keys), the kv head's union of selected
-    // blocks (int32) with the rows that chose each (uint32 mask; written only by an attention
-    // CTA whose share does not fit its shared memory), split partials
-    unsigned long long cand, uni_blocks, uni_masks, part_o, part_ml;
+    // blocks (int32) with the rows that chose each (uint32 mask) and its size, split partials
+    unsigned long long cand, uni_blocks, uni_masks, uni_count, part_o, part_ml;
     long long q_row_stride, out_row_stride, knew_row_stride, vnew_row_stride;
     long long batch, hq, hkv, n_pages, page_size, max_pages, max_blocks;
     long long max_q_len, max_new, rows, route_chunks, splits;
@@ -35,13 +34,13 @@ typedef struct mg_decode_params {
 #endif
 MG_DPARAMS_ASSERT(sizeof(unsigned long long) == 8 && sizeof(long long) == 8 && sizeof(double) == 8,
                   "mg_decode_params: every field type is 8 bytes wide");
-MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 40 * 8, "mg_decode_params: 40 fields of 8 bytes, no padding");
+MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 41 * 8, "mg_decode_params: 41 fields of 8 bytes, no padding");
 #ifdef MG_PARAMS_OFFSETOF
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, kprime_pages) == 9 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, cand) == 16 * 8, "mg_decode_params layout");
-MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, q_row_stride) == 21 * 8, "mg_decode_params layout");
-MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, softmax_scale) == 37 * 8, "mg_decode_params layout");
-MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, trunc_new_lens) == 39 * 8, "mg_decode_params layout");
+MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, q_row_stride) == 22 * 8, "mg_decode_params layout");
+MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, softmax_scale) == 38 * 8, "mg_decode_params layout");
+MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, trunc_new_lens) == 40 * 8, "mg_decode_params layout");
 #endif
 #undef MG_DPARAMS_ASSERT
 

@@ -101,7 +101,7 @@ static void test_breaches_are_refused(void **state)
     expect_breach(&r, "needs a 'scan_reduce' kernel");
     const char *half_decode[] = {"main", "decode_route", "append"};
     r = rendered(half_decode, 3, threads, t128, 1);
-    expect_breach(&r, "decode variant needs a 'decode_merge' kernel");
+    expect_breach(&r, "decode variant needs a 'decode_select' kernel");
     const char *half_bwd[] = {"main", "bwd_count", "bwd_alloc"};
     r = rendered(half_bwd, 3, threads, t128, 1);
     expect_breach(&r, "a backward needs a 'bwd_scatter' kernel");
