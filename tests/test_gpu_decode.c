@@ -2,7 +2,8 @@
  * - against the decode reference (tests/ref/moba_ref_decode.c), step by step: prefill, then
  *   ragged chunks of new tokens appended and decoded (q_len 0..4, empty sequences), on fresh
  *   random inputs with outputs poisoned before every call; selections may differ only by
- *   swaps of blocks whose scores tie up to rounding (counted and bounded);
+ *   swaps of blocks whose scores tie up to rounding (counted and bounded), never between blocks
+ *   whose scores are exactly equal (the lower block first; one case has every score tied);
  * - against the GPU forward: the decoded rows equal the same rows of mobagen_fwd over the whole
  *   sequences (selection up to ties, o and LSE within tolerance);
  * - the cache itself (centroid sums and pages) against the reference's;
