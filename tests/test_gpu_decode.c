@@ -2,7 +2,8 @@
  * - against the decode reference (tests/ref/moba_ref_decode.c), step by step: prefill, then
  *   ragged chunks of new tokens appended and decoded (q_len 0..4, empty sequences), on fresh
  *   random inputs with outputs poisoned before every call; selections may differ only by
- *   swaps of blocks whose scores tie up to rounding (counted and bounded);
+ *   swaps of blocks whose scores tie up to rounding (counted and bounded), never between blocks
+ *   whose scores are exactly equal (the lower block first; one case has every score tied);
  * - against the GPU forward: the decoded rows equal the same rows of mobagen_fwd over the whole
  *   sequences (selection up to ties, o and LSE within tolerance);
  * - the cache itself (centroid sums and pages) against the reference's;
@@ -36,18 +37,21 @@ typedef struct dec_case {
     int batch, page_size, max_chunk;   /* max_chunk: most new tokens per sequence per step */
     int lens[MAX_SEQS];                /* final lengths */
     int decoded[MAX_SEQS];             /* of which appended and decoded after the prefill */
+    int tied;                          /* every key of a kv head the same: all scores tie exactly */
 } dec_case;
 
 static const dec_case cases[] = {
     /* label                 d   B    k   W gqa hkv dtype  batch page chunk  lens / decoded */
-    {"b128_k8_gqa4_onebyone", 128, 128, 8, 0, 4, 2, MG_BF16, 3, 16, 1, {1000, 300, 0}, {9, 5, 0}},
-    {"b32_k32_conv3_gqa4_chunks", 128, 32, 32, 3, 4, 2, MG_BF16, 4, 64, 4, {2000, 129, 64, 5}, {12, 7, 10, 5}},
-    {"d64_b16_k64_conv4_page7", 64, 16, 64, 4, 1, 2, MG_BF16, 2, 7, 3, {1500, 40}, {10, 9}},
-    {"b512_k2_gqa2", 128, 512, 2, 0, 2, 1, MG_BF16, 2, 128, 2, {3000, 700}, {6, 5}},
-    {"b64_k1_gqa16", 128, 64, 1, 0, 16, 1, MG_BF16, 2, 32, 1, {500, 65}, {4, 3}},
-    {"d64_b256_k4_conv3_gqa8", 64, 256, 4, 3, 8, 1, MG_BF16, 3, 256, 2, {2100, 256, 1}, {7, 6, 1}},
-    {"b64_k16_fp16_gqa4", 128, 64, 16, 0, 4, 2, MG_FP16, 2, 16, 4, {1300, 200}, {11, 8}},
-    {"b16_k64_gqa1_long", 128, 16, 64, 3, 1, 1, MG_BF16, 1, 16, 2, {9000}, {6}},
+    {"b128_k8_gqa4_onebyone", 128, 128, 8, 0, 4, 2, MG_BF16, 3, 16, 1, {1000, 300, 0}, {9, 5, 0}, 0},
+    {"b32_k32_conv3_gqa4_chunks", 128, 32, 32, 3, 4, 2, MG_BF16, 4, 64, 4, {2000, 129, 64, 5}, {12, 7, 10, 5}, 0},
+    {"d64_b16_k64_conv4_page7", 64, 16, 64, 4, 1, 2, MG_BF16, 2, 7, 3, {1500, 40}, {10, 9}, 0},
+    {"b512_k2_gqa2", 128, 512, 2, 0, 2, 1, MG_BF16, 2, 128, 2, {3000, 700}, {6, 5}, 0},
+    {"b64_k1_gqa16", 128, 64, 1, 0, 16, 1, MG_BF16, 2, 32, 1, {500, 65}, {4, 3}, 0},
+    {"d64_b256_k4_conv3_gqa8", 64, 256, 4, 3, 8, 1, MG_BF16, 3, 256, 2, {2100, 256, 1}, {7, 6, 1}, 0},
+    {"b64_k16_fp16_gqa4", 128, 64, 16, 0, 4, 2, MG_FP16, 2, 16, 4, {1300, 200}, {11, 8}, 0},
+    {"b16_k64_gqa1_long", 128, 16, 64, 3, 1, 1, MG_BF16, 1, 16, 2, {9000}, {6}, 0},
+    /* 320 blocks: two routing chunks; the best k - 1 of every row tie with all other candidates */
+    {"b32_k32_tied_gqa4", 128, 32, 32, 0, 4, 2, MG_BF16, 2, 16, 2, {10240, 3000}, {6, 5}, 1},
 };
 
 static gpu_env env;
@@ -117,6 +121,15 @@ static int check_sel(const dec_case *c, const moba_ref_cfg *cfg, const moba_ref_
         int found = 0;
         for (int j = 0; j < nw; j++) found |= want[j] == got[i];
         if (found) continue;
+        /* an exact tie ranks the lower block first (as the forward does): no swap allowed then */
+        double sg_exact = ref_score(c, cfg, rc, qrow, b, got[i], h);
+        for (int j = 0; j < nw; j++) {
+            int in_got = 0;
+            for (int m = 0; m < ng; m++) in_got |= got[m] == want[j];
+            if (!in_got && want[j] < got[i] && ref_score(c, cfg, rc, qrow, b, want[j], h) == sg_exact)
+                fail_msg("%s: block %d instead of block %d with exactly the same score %.8g", what, got[i], want[j],
+                         sg_exact);
+        }
         double weakest = INFINITY;
         for (int j = 0; j < nw; j++) {
             int in_got = 0;
@@ -175,11 +188,12 @@ static void run_case(const dec_case *c, uint64_t seed, stats *st)
         for (int t0 = 0; t0 < c->lens[b]; t0 += c->B)
             for (int h = 0; h < hkv; h++) {
                 double dir[256];
-                for (int i = 0; i < d; i++) dir[i] = 0.7 * rng_normal(&r);
+                rng tied = rng_seeded(seed, 100 + (uint64_t)h);   /* the same direction in every block */
+                for (int i = 0; i < d; i++) dir[i] = 0.7 * rng_normal(c->tied ? &tied : &r);
                 for (int t = t0; t < t0 + c->B && t < c->lens[b]; t++)
                     for (int i = 0; i < d; i++) {
                         size_t at = ((size_t)(cu[b] + t) * hkv + h) * d + i;
-                        k[at] = gpu_to_elem(c->dtype, (float)(dir[i] + rng_normal(&r)));
+                        k[at] = gpu_to_elem(c->dtype, (float)(dir[i] + (c->tied ? 0.0 : rng_normal(&r))));
                         kd[at] = gpu_from_elem(c->dtype, k[at]);
                     }
             }
