@@ -2,7 +2,9 @@
  * the FlashMoBA shapes (batch 2, 16 heads, d = 128, causal, bf16) for B/k pairs from 128/8 to
  * 16/64, each tensor-core route variant; at 32K it also checks that impl 3 selects what impl 2
  * selects (they differ only where two scores are within fp32 accumulation error).
- *   bench_route [min_L max_L [B]]   (default 8192 131072, every B; B16 stops at 32K) */
+ *   bench_route [min_L max_L [B]]   (default 8192 131072, every B; B16 stops at 32K)
+ * MOBAGEN_BENCH_ROUTE_DEFAULT=1 times only the default route variant (the first), and impl 2
+ * where it is the check (32K); =2 the default alone (a short call on a lent GPU). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +97,8 @@ int main(int argc, char **argv)
     }
     int min_len = argc > 2 ? atoi(argv[1]) : 8192, max_len = argc > 2 ? atoi(argv[2]) : 131072;
     int only_block = argc > 3 ? atoi(argv[3]) : 0;
+    const char *only_default_env = getenv("MOBAGEN_BENCH_ROUTE_DEFAULT");
+    int only_default = only_default_env ? atoi(only_default_env) : 0;
     const int pairs[][2] = {{128, 8}, {64, 16}, {32, 32}, {16, 64}};
     const int lengths[] = {8192, 32768, 65536, 131072};
     int batch = 2, heads = 16, d = 128;
@@ -134,7 +138,8 @@ int main(int argc, char **argv)
                 const char *id = mobagen_op_variant_id(op, "route", i);
                 int impl2 = strstr(id, "impl=2") != NULL;
                 /* impl 2 costs up to seconds: the reference point at 8K and 32K only */
-                if (impl2 && L > 32768) continue;
+                if (impl2 && (L > 32768 || only_default == 2)) continue;
+                if (only_default && i > 0 && !impl2) continue;
                 mobagen_op_select(op, "route", i);
                 float ms = time_stage(&env, op, &a, ws, ws_bytes, MG_STAGE_ROUTE);
                 /* causal half of the 2 L (L / B) d score products, twice (high and low parts) */

@@ -274,6 +274,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 #pragma unroll
     for (int r = 0; r < 2 * MT; r++)
         if (own_r == r) own_limit = limit[r];
+% if heap > 0 then
+    // Tiles [FAST_FIRST, fast_end) come after every heap's fill and lie wholly below the
+    // diagonal of every row of the warp: there the threshold alone decides (warp-uniform).
+    constexpr int FAST_FIRST = (RF_HEAP + TN - 1) / TN;
+    int warp_limit = limit[0];
+#pragma unroll
+    for (int r = 1; r < 2 * MT; r++) warp_limit = min(warp_limit, limit[r]);
+    const int fast_end = __reduce_min_sync(0xffffffffu, warp_limit) / TN;
+% end
 
     for (int tile = 0; tile < n_tiles; tile++) {
         rf_cp_wait<STAGES - 2>();                  // this tile's group landed (later ones may fly)
@@ -313,15 +322,26 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         // beats the row's threshold (or fills a free slot: so even a NaN score fills the heap).
         const int j0 = tile * TN;
         unsigned mask = 0;
+        const bool fast = tile >= FAST_FIRST && tile < fast_end;
+        if (fast) {
 #pragma unroll
-        for (int r = 0; r < 2 * MT; r++)
+            for (int r = 0; r < 2 * MT; r++)
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
+                for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int j = j0 + nt * 8 + quad * 2 + e;
-                    if (j < limit[r] && (j < RF_HEAP || s[r >> 1][nt][(r & 1) * 2 + e] > thr[r])) mask |= 1u << (r * 8 + nt * 2 + e);
-                }
+                    for (int e = 0; e < 2; e++)
+                        if (s[r >> 1][nt][(r & 1) * 2 + e] > thr[r]) mask |= 1u << (r * 8 + nt * 2 + e);
+        } else {
+#pragma unroll
+            for (int r = 0; r < 2 * MT; r++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int j = j0 + nt * 8 + quad * 2 + e;
+                        if (j < limit[r] && (j < RF_HEAP || s[r >> 1][nt][(r & 1) * 2 + e] > thr[r])) mask |= 1u << (r * 8 + nt * 2 + e);
+                    }
+        }
         if (__any_sync(0xffffffffu, mask)) {
             // Survivors' scores go through this warp's staging rows, so that the lane owning
             // a row reads them by column: no register array indexed at run time, no turns.
@@ -370,7 +390,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                 }
                 if (rd + 1 < ROUNDS) __syncwarp(); // the next round rewrites the staging rows
             }
-            const float own_thr = owner && min(j0 + TN, own_limit) >= RF_HEAP ? rf_key_score(own_heap[0]) : -INFINITY;
+            // In a fast tile every row of the warp has a full heap.
+            const float own_thr = owner && (fast || min(j0 + TN, own_limit) >= RF_HEAP) ? rf_key_score(own_heap[0]) : -INFINITY;
 #pragma unroll
             for (int r = 0; r < 2 * MT; r++) thr[r] = __shfl_sync(0xffffffffu, own_thr, (lane & ~3) | r);
             __syncwarp();                          // staging rows free for the next tile
