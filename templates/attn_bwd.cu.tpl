@@ -71,6 +71,14 @@ __device__ __forceinline__ void bwd_red_add2(float *a, float x, float y)
 % end
 }
 
+% if arch.sm >= 90 then
+// Four fp32 additions into global memory (16-byte aligned), one vector reduction in L2.
+__device__ __forceinline__ void bwd_red_add4(float *a, float x, float y, float z, float w)
+{
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(a), "f"(x), "f"(y), "f"(z), "f"(w) : "memory");
+}
+% end
+
 // 4 bytes global -> shared, asynchronously (cp.async of 4 bytes goes through L1: .ca).
 __device__ __forceinline__ void bwd_cp_async4(void *dst, const void *src)
 {
@@ -516,6 +524,26 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         mma_16816(acc[0], a[kk], kf[0], kf[1]);
                         mma_16816(acc[1], a[kk], kf[2], kf[3]);
                     }
+% if arch.sm >= 90 then
+                    // Fast mode: lane pairs trade halves so that each lane adds 4 adjacent
+                    // columns of one row (the even lane its row lane / 4 of the m-tile, the odd
+                    // lane row lane / 4 + 8): one red.v4 instead of two red.v2 per column tile.
+                    if (!det) {
+                        const bool odd = lane & 1;
+                        const int row = odd ? rows[1] : rows[0];
+#pragma unroll
+                        for (int i = 0; i < 2; i++) {
+                            const float sx = odd ? acc[i][0] : acc[i][2], sy = odd ? acc[i][1] : acc[i][3];
+                            const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
+                            const int col = d0 + (dt + i) * 8 + (lane & 2) * 2;
+                            if (row >= 0) {
+                                float *a = dq_acc + ((long long)(q0 + row) * p.hq + h) * D + col;
+                                bwd_red_add4(a, odd ? rx : acc[i][0], odd ? ry : acc[i][1], odd ? acc[i][2] : rx, odd ? acc[i][3] : ry);
+                            }
+                        }
+                        continue;
+                    }
+% end
 #pragma unroll
                     for (int half = 0; half < 2; half++) {
                         if (rows[half] < 0) continue;
