@@ -249,15 +249,16 @@ static mg_status run_kernels(mobagen_op *op, const mg_loaded_variant *v, const m
     const mg_spec *s = &op->spec;
     const int det = a->deterministic, tile_n = v->rows /* keys per CTA */, dparts = (f->head_dim + 127) / 128;
     const unsigned hq = (unsigned)f->hq, batch = (unsigned)f->batch;
-    const long long row_tiles = mg_ceil_div(f->max_seqlen_q, ROW_THREADS);
+    /* The list kernels' CTAs: list_rows consecutive rows of one (sequence, head). */
+    const long long list_tiles = mg_ceil_div(f->max_seqlen_q, v->list_rows);
     /* The entry counter and the list counts are adjacent. */
     mg_status st = memset32(op, p->entry_counter, 1 + w->n_lists, "cuMemsetD32Async(list counts)", stream);
     if (st == MG_OK && !det)
         st = memset32(op, p->dq_acc, (long long)f->total_q * f->hq * f->head_dim,
                       "cuMemsetD32Async(dq accumulators)", stream);
-    if (st == MG_OK) st = launch(op, v, MG_ROLE_BWD_COUNT, row_tiles, hq, batch, ROW_THREADS, 0, p, stream);
+    if (st == MG_OK) st = launch(op, v, MG_ROLE_BWD_COUNT, list_tiles, hq, batch, v->list_rows, 0, p, stream);
     if (st == MG_OK) st = launch(op, v, MG_ROLE_BWD_ALLOC, mg_ceil_div(w->n_lists, 256), 1, 1, 256, 0, p, stream);
-    if (st == MG_OK) st = launch(op, v, MG_ROLE_BWD_SCATTER, row_tiles, hq, batch, ROW_THREADS, 0, p, stream);
+    if (st == MG_OK) st = launch(op, v, MG_ROLE_BWD_SCATTER, list_tiles, hq, batch, v->list_rows, 0, p, stream);
     if (st == MG_OK && det) st = launch(op, v, MG_ROLE_BWD_SORT, w->n_lists, 1, 1, 512, 0, p, stream);
     const long long tiles_x = det ? w->blocks : w->blocks * (s->block_size / tile_n);
     const long long dq_x = mg_ceil_div(w->chunk_rows, ROW_THREADS / 32);

@@ -35,13 +35,17 @@
 %!   if bwd_smem(spec, p, 1) > arch.max_smem then return false, "does not fit shared memory" end
 %!   return true
 %! end
+%! -- rows per CTA of the list kernels (count, scatter): the runtime launches them with the
+%! -- manifest's list_rows, the kernels are compiled for it
+%! function bwd_list_rows() return 1024 end
 %! function kernels(spec, p)
 %!   return { main = "moba_bwd_tiles", bwd_count = "moba_bwd_count",
 %!            bwd_alloc = "moba_bwd_alloc", bwd_scatter = "moba_bwd_scatter", bwd_sort = "moba_bwd_sort",
 %!            bwd_dq = "moba_bwd_dq", bwd_kconv = "moba_bwd_kconv", bwd_dw = "moba_bwd_dw" }
 %! end
 %! function launch(spec, p)
-%!   return { threads = bwd_warps(p) * 32, smem = bwd_smem(spec, p, bwd_stages(spec, arch, p)), rows = p.tile_n }
+%!   return { threads = bwd_warps(p) * 32, smem = bwd_smem(spec, p, bwd_stages(spec, arch, p)), rows = p.tile_n,
+%!            list_rows = bwd_list_rows() }
 %! end
 % include("common.cuh.tpl")
 % include("mma.cuh.tpl")
@@ -58,6 +62,8 @@ typedef mg_bwd_params BwdParams;
 #define BWD_SORT_MAX 8192                     // the deterministic mode's longest list (rows per chunk)
 #define BWD_KCONV_ROWS 256                    // key rows per CTA of the conv backward
 #define BWD_ROW_THREADS 128                   // threads of the per-row kernels
+#define BWD_LIST_ROWS $(bwd_list_rows())                  // rows (threads) per CTA of the list kernels
+#define BWD_LIST_BINS 8192                    // key blocks counted in shared memory per pass
 static_assert(BWD_DP % 16 == 0, "each part of the head dim is whole 16-column mma tiles");
 
 // Two fp32 additions into global memory, done in L2 (one vector reduction on sm_90).
@@ -127,35 +133,81 @@ __device__ __forceinline__ long long bwd_list(const BwdParams &p, int rc, int b,
     return ((((long long)rc * p.batch + b) * p.hkv + kvh) * p.max_blocks + blk) * MOBA_GQA + g;
 }
 
+// The list kernels' CTA: BWD_LIST_ROWS consecutive rows of one (sequence, head). Such rows pick
+// few distinct lists, so the entries of the rows in the chunk of the CTA's first row are counted
+// per key block in shared memory first, and each distinct list costs one global atomic per CTA
+// instead of one per entry. Rows of a later chunk (a CTA across a chunk boundary, deterministic
+// mode) go to global memory directly. Key blocks are counted in passes of BWD_LIST_BINS.
+struct BwdListCta {
+    int q0, len_q, k0, len_k;
+    int row, rc, rc0, n_blocks;
+    bool mine;   // this thread has a row
+};
+
+__device__ __forceinline__ bool bwd_list_cta(const BwdParams &p, BwdListCta &c)
+{
+    bwd_seq(p, blockIdx.z, c.q0, c.len_q, c.k0, c.len_k);
+    const int row0 = blockIdx.x * BWD_LIST_ROWS;
+    c.row = row0 + threadIdx.x;
+    c.mine = c.row < c.len_q;
+    c.rc = c.row / (int)p.chunk_rows;
+    c.rc0 = row0 / (int)p.chunk_rows;
+    c.n_blocks = (c.len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
+    return row0 < c.len_q;
+}
+
+// hist[blk - w0] = the entries of this CTA's first-chunk rows in blocks [w0, w1); fn(s, blk)
+// for every other entry in that range (other chunks' rows).
+template <class F>
+__device__ __forceinline__ void bwd_list_pass(const BwdListCta &c, const int *sel, int w0, int w1, int *hist, F other)
+{
+    for (int i = threadIdx.x; i < BWD_LIST_BINS; i += BWD_LIST_ROWS) hist[i] = 0;
+    __syncthreads();
+    if (c.mine)
+        for_each_block(sel, c.n_blocks, [&](int s, int blk) {
+            if (blk < w0 || blk >= w1) return;
+            if (c.rc == c.rc0) atomicAdd(&hist[blk - w0], 1);
+            else other(s, blk);
+        });
+    __syncthreads();
+}
+
 // 1. Per (row, head): D'_t = rowsum(dO_t o_t) - dLSE_t (0 for a row without keys, LSE = -inf)
 // and the row's entries counted into its lists.
-__global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_count(const BwdParams p)
+__global__ void __launch_bounds__(BWD_LIST_ROWS) moba_bwd_count(const BwdParams p)
 {
+    __shared__ int hist[BWD_LIST_BINS];
     constexpr int D = MOBA_HEAD_DIM;
     const int h = blockIdx.y, b = blockIdx.z;
-    int q0, len_q, k0, len_k;
-    bwd_seq(p, b, q0, len_q, k0, len_k);
-    const int row = blockIdx.x * BWD_ROW_THREADS + threadIdx.x;
-    if (row >= len_q) return;
-    const long long qr = q0 + row, at = qr * p.hq + h;
-    const elem_t *o = reinterpret_cast<const elem_t *>(p.out) + qr * p.o_row_stride + h * p.o_head_stride;
-    const elem_t *g = reinterpret_cast<const elem_t *>(p.dout) + qr * p.do_row_stride + h * p.do_head_stride;
-    float sum = 0.f;
-    for (int c = 0; c < D; c += 8) {
-        float ov[8], gv[8];
-        load8(o + c, ov);
-        load8(g + c, gv);
+    BwdListCta c;
+    if (!bwd_list_cta(p, c)) return;   // the whole CTA: every barrier below is reached by all
+    const long long at = ((long long)c.q0 + c.row) * p.hq + h;
+    if (c.mine) {
+        const long long qr = c.q0 + c.row;
+        const elem_t *o = reinterpret_cast<const elem_t *>(p.out) + qr * p.o_row_stride + h * p.o_head_stride;
+        const elem_t *g = reinterpret_cast<const elem_t *>(p.dout) + qr * p.do_row_stride + h * p.do_head_stride;
+        float sum = 0.f;
+        for (int cc = 0; cc < D; cc += 8) {
+            float ov[8], gv[8];
+            load8(o + cc, ov);
+            load8(g + cc, gv);
 #pragma unroll
-        for (int i = 0; i < 8; i++) sum = fmaf(ov[i], gv[i], sum);
+            for (int i = 0; i < 8; i++) sum = fmaf(ov[i], gv[i], sum);
+        }
+        const float lse = reinterpret_cast<const float *>(p.lse)[at];
+        const float dlse = p.dlse ? reinterpret_cast<const float *>(p.dlse)[at] : 0.f;
+        reinterpret_cast<float *>(p.delta)[at] = lse == -INFINITY ? 0.f : sum - dlse;
     }
-    const float lse = reinterpret_cast<const float *>(p.lse)[at];
-    const float dlse = p.dlse ? reinterpret_cast<const float *>(p.dlse)[at] : 0.f;
-    reinterpret_cast<float *>(p.delta)[at] = lse == -INFINITY ? 0.f : sum - dlse;
 
-    const int rc = row / (int)p.chunk_rows, n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
     const int *sel = reinterpret_cast<const int *>(p.sel) + at * MOBA_TOP_K;
     int *count = reinterpret_cast<int *>(p.list_count);
-    for_each_block(sel, n_blocks, [&](int, int blk) { atomicAdd(&count[bwd_list(p, rc, b, h, blk)], 1); });
+    for (int w0 = 0; w0 < c.n_blocks; w0 += BWD_LIST_BINS) {
+        const int w1 = min(w0 + BWD_LIST_BINS, c.n_blocks);
+        bwd_list_pass(c, sel, w0, w1, hist, [&](int, int blk) { atomicAdd(&count[bwd_list(p, c.rc, b, h, blk)], 1); });
+        for (int i = threadIdx.x; i < w1 - w0; i += BWD_LIST_ROWS)
+            if (hist[i]) atomicAdd(&count[bwd_list(p, c.rc0, b, h, w0 + i)], hist[i]);
+        __syncthreads();   // hist is cleared by the next pass
+    }
 }
 
 // 2. Each list's entries, back to back, out of one counter, a warp's lists at a time. Where a
@@ -183,21 +235,33 @@ __device__ __forceinline__ long long bwd_list_begin(const BwdParams &p, long lon
     return (long long)reinterpret_cast<const int *>(p.list_cursor)[list] - reinterpret_cast<const int *>(p.list_count)[list];
 }
 
-// 3. (row << 6 | slot) into the lists, in whatever order the atomics give.
-__global__ void __launch_bounds__(BWD_ROW_THREADS) moba_bwd_scatter(const BwdParams p)
+// 3. (row << 6 | slot) into the lists, in whatever order the atomics give. The CTA reserves one
+// range per distinct list of its first chunk with one global atomic, then places its entries
+// inside the ranges with shared-memory atomics.
+__global__ void __launch_bounds__(BWD_LIST_ROWS) moba_bwd_scatter(const BwdParams p)
 {
+    __shared__ int hist[BWD_LIST_BINS];   // counts, then the CTA's next position in each list
     const int h = blockIdx.y, b = blockIdx.z;
-    int q0, len_q, k0, len_k;
-    bwd_seq(p, b, q0, len_q, k0, len_k);
-    const int row = blockIdx.x * BWD_ROW_THREADS + threadIdx.x;
-    if (row >= len_q) return;
-    const int rc = row / (int)p.chunk_rows, n_blocks = (len_k + MOBA_BLOCK - 1) / MOBA_BLOCK;
-    const int *sel = reinterpret_cast<const int *>(p.sel) + ((long long)(q0 + row) * p.hq + h) * MOBA_TOP_K;
+    BwdListCta c;
+    if (!bwd_list_cta(p, c)) return;
+    const int *sel = reinterpret_cast<const int *>(p.sel) + (((long long)c.q0 + c.row) * p.hq + h) * MOBA_TOP_K;
     int *cursor = reinterpret_cast<int *>(p.list_cursor);
     unsigned *entries = reinterpret_cast<unsigned *>(p.entries);
-    for_each_block(sel, n_blocks, [&](int s, int blk) {
-        entries[atomicAdd(&cursor[bwd_list(p, rc, b, h, blk)], 1)] = ((unsigned)row << 6) | (unsigned)s;
-    });
+    for (int w0 = 0; w0 < c.n_blocks; w0 += BWD_LIST_BINS) {
+        const int w1 = min(w0 + BWD_LIST_BINS, c.n_blocks);
+        bwd_list_pass(c, sel, w0, w1, hist, [](int, int) {});
+        for (int i = threadIdx.x; i < w1 - w0; i += BWD_LIST_ROWS)
+            if (hist[i]) hist[i] = atomicAdd(&cursor[bwd_list(p, c.rc0, b, h, w0 + i)], hist[i]);
+        __syncthreads();
+        if (c.mine)
+            for_each_block(sel, c.n_blocks, [&](int s, int blk) {
+                if (blk < w0 || blk >= w1) return;
+                const int pos = c.rc == c.rc0 ? atomicAdd(&hist[blk - w0], 1)
+                                              : atomicAdd(&cursor[bwd_list(p, c.rc, b, h, blk)], 1);
+                entries[pos] = ((unsigned)c.row << 6) | (unsigned)s;
+            });
+        __syncthreads();   // hist is cleared by the next pass
+    }
 }
 
 // 4. Deterministic mode: each list sorted by row (bitonic, in shared memory; a list has at most
