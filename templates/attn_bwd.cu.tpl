@@ -156,7 +156,7 @@ __device__ __forceinline__ bool bwd_list_cta(const BwdParams &p, BwdListCta &c)
     return row0 < c.len_q;
 }
 
-// hist[blk - w0] = the entries of this CTA's first-chunk rows in blocks [w0, w1); fn(s, blk)
+// hist[blk - w0] = the entries of this CTA's first-chunk rows in blocks [w0, w1); other(s, blk)
 // for every other entry in that range (other chunks' rows).
 template <class F>
 __device__ __forceinline__ void bwd_list_pass(const BwdListCta &c, const int *sel, int w0, int w1, int *hist, F other)

@@ -491,14 +491,20 @@ static uint64_t test_seed(void)
     return s ? strtoull(s, NULL, 0) : 0xdec00000ull ^ (uint64_t)time(NULL);
 }
 
+/* MOBAGEN_TEST_CASE=text runs only the cases whose label contains text. */
+static int case_wanted(const dec_case *c)
+{
+    const char *only = getenv("MOBAGEN_TEST_CASE");
+    return !only || strstr(c->label, only) != NULL;
+}
+
 static void test_against_reference_and_forward(void **state)
 {
     if (!have_device) skip();
     uint64_t seed = test_seed();
     printf("seed 0x%llx\n", (unsigned long long)seed);
-    const char *only = getenv("MOBAGEN_TEST_CASE");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (only && !strstr(cases[i].label, only)) continue;
+        if (!case_wanted(&cases[i])) continue;
         stats s;
         run_case(&cases[i], seed + i, &s);
         assert_true(s.rows > 0);
@@ -816,9 +822,8 @@ static void test_truncate_equals_never_appended(void **state)
     if (!have_device) skip();
     uint64_t seed = test_seed();
     printf("seed 0x%llx\n", (unsigned long long)seed);
-    const char *only = getenv("MOBAGEN_TEST_CASE");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (only && !strstr(cases[i].label, only)) continue;
+        if (!case_wanted(&cases[i])) continue;
         if (cases[i].lens[0] > 4000) continue;   /* the long case adds time, not coverage */
         run_truncate_case(&cases[i], seed + 100 + i);
     }
