@@ -4,7 +4,8 @@
  * selects (they differ only where two scores are within fp32 accumulation error).
  *   bench_route [min_L max_L [B]]   (default 8192 131072, every B; B16 stops at 32K)
  * MOBAGEN_BENCH_ROUTE_DEFAULT=1 times only the default route variant (the first), and impl 2
- * where it is the check (32K); =2 the default alone (a short call on a lent GPU). */
+ * where it is the check (32K); =2 the default alone (a short call on a lent GPU); =3 the first
+ * two (on sm_90a impl 4 and impl 3 at 256 rows: wgmma against mma.sync scores). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ static mobagen_op *make_op(gpu_env *env, int block, int top_k)
     /* attention impl 1 needs no block lists, so the workspace stays small at 128K */
     snprintf(yaml, sizeof yaml,
              "name: %s\nhead_dim: 128\nblock_size: %d\ntop_k: %d\ncausal: true\ndtype: bf16\n"
-             "tuning:\n  kconv_centroid: { threads: 256 }\n  route: { impl: [3, 2] }\n"
+             "tuning:\n  kconv_centroid: { threads: 256 }\n  route: { impl: [4, 3, 2] }\n"
              "  attn_fwd: { impl: 1, warps: 4 }\n", name, block, top_k);
     mg_spec spec;
     mg_diag d;
@@ -138,8 +139,8 @@ int main(int argc, char **argv)
                 const char *id = mobagen_op_variant_id(op, "route", i);
                 int impl2 = strstr(id, "impl=2") != NULL;
                 /* impl 2 costs up to seconds: the reference point at 8K and 32K only */
-                if (impl2 && (L > 32768 || only_default == 2)) continue;
-                if (only_default && i > 0 && !impl2) continue;
+                if (impl2 && (L > 32768 || only_default >= 2)) continue;
+                if (only_default && i >= (only_default == 3 ? 2 : 1) && !impl2) continue;
                 mobagen_op_select(op, "route", i);
                 float ms = time_stage(&env, op, &a, ws, ws_bytes, MG_STAGE_ROUTE);
                 /* causal half of the 2 L (L / B) d score products, twice (high and low parts) */

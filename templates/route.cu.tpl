@@ -4,12 +4,14 @@
 %! -- impl 3 (route_fast.cuh.tpl): 32 rows per warp on mma.sync against the centroids' high/low
 %! -- split prepared by kconv_centroid, 2- or 3-stage cp.async tiles (fast_shape), a per-row threshold in registers
 %! -- and a per-row heap in shared memory touched only by candidates that beat it.
+%! -- impl 4 (sm_90a only): impl 3 with each warpgroup's score tiles on wgmma (q from registers as
+%! -- the A operand, the centroid tile in 128-byte swizzled shared memory as B), the rest as impl 3.
 %! -- impl 2: 64-row tiles, scores on mma.sync against the fp32 centroids split into a high and
 %! -- a low part in the element type (error about 2^-16 of sum |q_i c_i|, fp32 accumulation).
 %! -- impl 1: CUDA cores, one thread per row with its query in shared memory.
-%! -- The runtime's default is the first valid point (block_m slowest, then impl): impl 3 with
-%! -- the most rows per CTA wherever it applies (sm_80+, head_dim 64 or 128).
-%! knobs = { impl = {3, 2, 1}, block_m = {256, 128, 64}, tile_n = {16}, warp_rows = {32, 16} }
+%! -- The runtime's default is the first valid point (block_m slowest, then impl): impl 4 with
+%! -- the most rows per CTA on sm_90a, impl 3 wherever else it applies (sm_80+, head_dim 64 or 128).
+%! knobs = { impl = {4, 3, 2, 1}, block_m = {256, 128, 64}, tile_n = {16}, warp_rows = {32, 16} }
 %! function slots(spec)
 %!   -- causal routing forces the own block, so the running list keeps only top_k - 1 others
 %!   if spec.causal then return math.max(spec.top_k - 1, 1) end
@@ -44,7 +46,7 @@
 %!   return 3, 32
 %! end
 %! function smem_bytes(spec, p)
-%!   if p.impl == 3 then
+%!   if p.impl >= 3 then
 %!     local stages, scols = fast_shape(spec, p)
 %!     return fast_smem(spec, p, stages, scols)
 %!   end
@@ -58,25 +60,26 @@
 %!   return q_tile + c_tile + lists
 %! end
 %! function valid(spec, arch, p)
-%!   if p.impl < 1 or p.impl > 3 then return false, "impl is 1 (CUDA cores), 2 or 3 (tensor cores)" end
+%!   if p.impl < 1 or p.impl > 4 then return false, "impl is 1 (CUDA cores), 2 or 3 (tensor cores, mma.sync) or 4 (sm_90a, wgmma)" end
+%!   if p.impl == 4 and arch.name ~= "sm_90a" then return false, "impl 4 needs wgmma (sm_90a only)" end
 %!   if p.tile_n % 4 ~= 0 then return false, "tile_n must be a multiple of 4" end
 %!   if p.block_m % 32 ~= 0 or p.block_m > 1024 then
 %!     return false, "block_m must be a multiple of 32 up to 1024"
 %!   end
 %!   if p.impl >= 2 then
-%!     if p.tile_n ~= 16 then return false, "impl 2 and 3 have their own tiles; leave tile_n at 16" end
+%!     if p.tile_n ~= 16 then return false, "impl 2 to 4 have their own tiles; leave tile_n at 16" end
 %!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
-%!       return false, "impl 2 and 3 support head_dim 64 and 128"
+%!       return false, "impl 2 to 4 support head_dim 64 and 128"
 %!     end
 %!     if arch.sm < 80 then return false, "impl 2 and 3 need mma.sync (sm_80+)" end
 %!   end
-%!   if p.impl == 3 then
-%!     if p.warp_rows ~= 16 and p.warp_rows ~= 32 then return false, "impl 3 runs 16 or 32 rows per warp" end
+%!   if p.impl >= 3 then
+%!     if p.warp_rows ~= 16 and p.warp_rows ~= 32 then return false, "impl 3 and 4 run 16 or 32 rows per warp" end
 %!     if p.block_m ~= 4 * p.warp_rows and p.block_m ~= 8 * p.warp_rows then
-%!       return false, "impl 3 runs 4 or 8 warps (block_m / warp_rows)"
+%!       return false, "impl 3 and 4 run 4 or 8 warps (block_m / warp_rows)"
 %!     end
 %!   elseif p.warp_rows ~= 32 then
-%!     return false, "warp_rows is an impl 3 knob; leave it at 32"
+%!     return false, "warp_rows is an impl 3 and 4 knob; leave it at 32"
 %!   end
 %!   if p.impl == 2 and p.block_m ~= 64 then return false, "impl 2 takes 64 rows per CTA" end
 %!   if p.impl == 1 and p.block_m > 128 then return false, "impl 1 takes at most 128 rows per CTA" end
@@ -86,14 +89,14 @@
 %!   return true
 %! end
 %! function kernels(spec, p)
-%!   if p.impl == 3 then
+%!   if p.impl >= 3 then
 %!     return { main = "moba_route_fast<" .. p.block_m // p.warp_rows .. ", " .. p.warp_rows // 16 .. ", " .. min_ctas(spec, arch, p) .. ">" }
 %!   end
 %!   if p.impl == 2 then return { main = "moba_route_mma" } end
 %!   return { main = "moba_route<" .. p.block_m .. ", " .. p.tile_n .. ">" }
 %! end
 %! function launch(spec, p)
-%!   local threads = p.impl == 2 and 128 or p.impl == 3 and p.block_m // p.warp_rows * 32 or p.block_m
+%!   local threads = p.impl == 2 and 128 or p.impl >= 3 and p.block_m // p.warp_rows * 32 or p.block_m
 %!   return { threads = threads, smem = smem_bytes(spec, p), rows = p.block_m }
 %! end
 % include("common.cuh.tpl")
@@ -152,7 +155,7 @@ __device__ __forceinline__ void emit_selection(const TopList &t, int t_pos, int 
     for (int i = 0; i < MOBA_TOP_K; i++) sel[i] = i < n ? chosen[i] : -1;
 }
 
-% if point.impl == 3 then
+% if point.impl >= 3 then
 %   include("route_fast.cuh.tpl")
 % elseif point.impl == 2 then
 %   include("route_mma.cuh.tpl")

@@ -4,10 +4,38 @@
 %! -- accumulation. The selection never leaves the warp: every lane keeps the running k-th best
 %! -- score of its rows as a threshold, so a candidate costs one compare; the rare ones that
 %! -- beat it enter the row's min-heap in shared memory, and the threshold is refreshed.
+%! -- impl 4 (sm_90a) computes the same score tiles on wgmma: each warpgroup's q fragments are
+%! -- the A operand from registers (mma.sync's A layout), the tile's centroids B in 128-byte
+%! -- swizzled shared memory, and the accumulators come back in mma.sync's C layout, so the
+%! -- selection below reads them unchanged.
 % include("mma.cuh.tpl")
 % include("centroid_split.cuh.tpl")
 % local heap = heap_slots(spec)
 % local stages, scols = fast_shape(spec, point)
+% local wg = point.impl == 4
+% if wg then
+%   include("wgmma.cuh.tpl")
+% local WG_TY = spec.dtype == "bf16" and "bf16" or "f16"
+% local acc = {}
+% for i = 0, 15 do acc[#acc + 1] = "%" .. i end
+% local function outs(c)
+%   local t = {}
+%   for i = 0, 15 do t[#t + 1] = '"' .. c .. 'f"(d[' .. (i // 4) .. '][' .. (i % 4) .. '])' end
+%   return table.concat(t, ", ")
+% end
+% for _, first in ipairs({true, false}) do
+
+// D (this warp's 16 rows of the warpgroup's 64 x 32) $(first and "=" or "+=") A (registers, mma.sync's A fragment of
+// 16 rows x 16) B^T (32 centroid rows x 16, shared, K-major, 128-byte swizzle).
+__device__ __forceinline__ void rf_wg_mma$(first and "_first" or "")(float (&d)[4][4], const unsigned (&a)[4], u64 desc_b)
+{
+    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.$(WG_TY).$(WG_TY) "
+                 "{$(table.concat(acc, ", "))}, {%16, %17, %18, %19}, %20, $(first and 0 or 1), 1, 1, 0;\n"
+                 : $(outs(first and "=" or "+"))
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+% end
+% end
 
 // Heap entries per row: the candidates kept besides the own block (causal) or all (non-causal).
 #define RF_HEAP $(heap)
@@ -176,7 +204,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
     constexpr int STAGES = $(stages), SCOLS = $(scols), ROUNDS = TN / SCOLS, NT_ROUND = NT / ROUNDS;
     static_assert((STAGES == 2 || STAGES == 3) && (SCOLS == 16 || SCOLS == 32), "route.cu.tpl's fast_shape");
     constexpr int PART = TN * CH, STAGE = 2 * PART;   // 16-byte chunks: high rows, then low rows
+% if wg then
+    // A part is wgmma's layout: column blocks of 64 elements, each TN rows of 128 bytes (wg_chunk).
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    if (smem_addr(smem_raw) & 1023u) __trap();   // the swizzle atoms need 1024-byte alignment
+% else
     extern __shared__ __align__(128) unsigned char smem_raw[];
+% end
     uint4 *stage_s = reinterpret_cast<uint4 *>(smem_raw);            // [STAGES][2][TN][CH]
     u64 *heap = reinterpret_cast<u64 *>(stage_s + STAGES * STAGE);    // [RF_HEAP][ROWS]
     constexpr int SROW = SCOLS + 1;
@@ -250,7 +284,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
         for (int k = 0; k < STAGE / THREADS; k++) {   // unrolled, ptxas would hoist 8 addresses
             const int rr = ld_r + k * RSTEP, part = rr / TN, j = rr % TN;
             const bool ok = tile * TN + j < n_blocks;
+% if wg then
+            cp_async16(&dst[part * PART + wg_chunk<TN>(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
+% else
             cp_async16(&dst[part * PART + swizzle(j, ld_c)], ok ? src + j * block_stride + part * D : split, ok);
+% end
         }
     };
 #pragma unroll
@@ -286,12 +324,41 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
 
     for (int tile = 0; tile < n_tiles; tile++) {
         rf_cp_wait<STAGES - 2>();                  // this tile's group landed (later ones may fly)
+% if wg then
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");   // ... and is visible to wgmma
+% end
         __syncthreads();                           // ... for every thread; the stage read last
         if (tile + STAGES - 1 < n_tiles) issue(tile + STAGES - 1);   // iteration is free again
         rf_cp_commit();
         const uint4 *hi_s = stage_s + (tile % STAGES) * STAGE;   // the lo half sits PART chunks on
 
         float s[MT][NT][4];
+% if wg then
+        {
+            // Descriptor of the high part's first 16 columns; the others lie at fixed offsets
+            // (16-byte units in the low word): low part PART chunks on, column block kk / 4 at
+            // TN rows of 128 bytes, step kk % 4 at 32 bytes.
+            const u64 desc = wg_desc(smem_addr(hi_s), 16, 1024);
+            const unsigned desc_lo = (unsigned)desc, desc_hi = (unsigned)(desc >> 32);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++)
+#pragma unroll
+                for (int part = 1; part >= 0; part--) {   // low, then high: as the mma.sync path
+                    const unsigned off = (part * PART * 16 + (kk >> 2) * TN * 128 + (kk & 3) * 32) >> 4;
+                    const u64 desc_b = ((u64)desc_hi << 32) | (desc_lo + off);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {   // the chains of the m16 fragments alternate
+                        if (kk == 0 && part == 1) rf_wg_mma_first(s[mt], qa[mt][kk], desc_b);
+                        else rf_wg_mma(s[mt], qa[mt][kk], desc_b);
+                    }
+                }
+            wg_commit();
+            wg_wait_all();
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) wg_hold(s[mt]);
+        }
+% else
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -317,6 +384,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) moba_route_fast(const Fw
                 }
             }
         }
+% end
 % if heap > 0 then
         // Bit 8 r + 2 nt + e: the score s[mt][nt][2 half + e] of row r at block j0 + 8 nt + 2 quad + e
         // beats the row's threshold (or fills a free slot: so even a NaN score fills the heap).

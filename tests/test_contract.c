@@ -169,12 +169,58 @@ static void test_route_fast_shape(void **state)
     assert_string_equal(shape, "3/32");
 }
 
+/* Routing impl 4 (wgmma scores) exists on sm_90a only, comes first there (the runtime's default
+ * is the first valid point), uses impl 3's shared memory and launch, and its source carries the
+ * wgmma score section; other archs keep impl 3 first. */
+static void test_route_wgmma_variant(void **state)
+{
+    (void)state;
+    const char *yaml = "name: a\nhead_dim: 128\nblock_size: 32\ntop_k: 32\n";
+    mg_diag d = {{0}};
+    mg_template_set *set = NULL;
+    assert_int_equal(mg_template_set_open(NULL, &set, &d), MG_OK);
+    mg_spec spec;
+    if (mg_spec_parse(yaml, strlen(yaml), "wg.yaml", &spec, &d) != MG_OK) fail_msg("%s", d.msg);
+    const char *archs[] = {"sm_90a", "sm_80"};
+    for (int a = 0; a < 2; a++) {
+        mg_variant *v = NULL;
+        int n = 0;
+        if (mg_variants_expand(set, &spec, &archs[a], 1, &v, &n, &d) != MG_OK) fail_msg("%s", d.msg);
+        const mg_variant *first = NULL, *impl3 = NULL, *impl4 = NULL;
+        char id3[128], id4[128];
+        snprintf(id3, sizeof id3, "route/%s/block_m=256,impl=3,tile_n=16,warp_rows=32", archs[a]);
+        snprintf(id4, sizeof id4, "route/%s/block_m=256,impl=4,tile_n=16,warp_rows=32", archs[a]);
+        for (int j = 0; j < n; j++) {
+            if (strncmp(v[j].id, "route/", 6)) continue;
+            if (!first) first = &v[j];
+            if (!strcmp(v[j].id, id3)) impl3 = &v[j];
+            if (!strcmp(v[j].id, id4)) impl4 = &v[j];
+            if (a == 1) assert_null(strstr(v[j].id, "impl=4"));
+        }
+        assert_non_null(first);
+        assert_non_null(impl3);
+        if (a == 0) {
+            assert_non_null(impl4);
+            assert_ptr_equal(first, impl4);
+            assert_int_equal(mg_rendered_launch(&impl4->rendered, "smem", -1), mg_rendered_launch(&impl3->rendered, "smem", -1));
+            assert_int_equal(mg_rendered_launch(&impl4->rendered, "threads", -1), mg_rendered_launch(&impl3->rendered, "threads", -1));
+            assert_non_null(strstr(impl4->rendered.source, "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
+            assert_null(strstr(impl3->rendered.source, "wgmma.mma_async"));
+        } else {
+            assert_ptr_equal(first, impl3);
+        }
+        mg_variants_free(v, n);
+    }
+    mg_template_set_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shipped_templates_keep_the_contract),
         cmocka_unit_test(test_breaches_are_refused),
         cmocka_unit_test(test_route_fast_shape),
+        cmocka_unit_test(test_route_wgmma_variant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
