@@ -403,7 +403,7 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     unsigned hkv = (unsigned)cache->hkv, batch = (unsigned)a->batch;
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
     if (stages & MG_DECODE_ROUTE)
-        st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, (unsigned)w.route_chunks, hkv, batch, 128, 0, &p, stream);
+        st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, hkv, (unsigned)w.route_chunks, batch, 128, 0, &p, stream);
     if (st == MG_OK && (stages & MG_DECODE_SELECT))
         st = launch_role(op, v, MG_ROLE_DECODE_SELECT, hkv, batch, 1, 128, 0, &p, stream);
     if (st == MG_OK && (stages & MG_DECODE_ATTN))

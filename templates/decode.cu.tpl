@@ -366,7 +366,7 @@ __device__ __forceinline__ int dec_pick(int K, Ord ord, Blk blk, Emit emit)
 __device__ __forceinline__ unsigned dec_cand_order(float s) { return max(dec_order(s), 1u); }
 
 % end
-// One CTA per (chunk of p.route_chunk <= CHUNK centroid blocks, kv head, sequence). Rows
+// One CTA per (kv head, chunk of p.route_chunk <= CHUNK centroid blocks, sequence). Rows
 // i = r * G + g (token r, head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per
 // block; scores are fp32 dot products with the centroid (running sum / count), as the forward's.
 // Then each row keeps the best DEC_OTHERS of its candidates in the chunk (whole blocks before its
@@ -375,11 +375,13 @@ template <int CHUNK>
 __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, C4 = D / 16, PER_LANE = CHUNK / 32;
-    const int kvh = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // kv heads vary fastest in the grid: the CTAs of a chunk's kv heads run together and, between
+    // them, read every (block, kv head) centroid row of the chunk, which lie side by side
+    const int kvh = blockIdx.x, ci = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q0, qlen, len;
     if (!dec_seq(p, b, q0, qlen, len) || qlen == 0) return;
     const int own_last = (len - 1) / MOBA_BLOCK;      // blocks before it are anyone's candidates
-    const int chunk = (int)p.route_chunk, j0 = blockIdx.x * chunk;
+    const int chunk = (int)p.route_chunk, j0 = ci * chunk;
     if (j0 >= own_last || DEC_OTHERS == 0) return;
     const int jend = min(j0 + chunk, own_last), rows = qlen * MOBA_GQA;
     __shared__ float4 qs[DEC_ROWS][D / 4];
@@ -446,7 +448,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
         __syncwarp();
         // the picks come in (slot, lane) order: each one's rank among them (keys are distinct)
         // is its place in the list, best first, as select merges the lists; 0 ends a list
-        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + blockIdx.x) * DEC_OTHERS;
+        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + ci) * DEC_OTHERS;
         if (lane < DEC_OTHERS) {
             u64 key = 0;
             int rank = lane;
@@ -468,7 +470,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
             const int j = j0 + lane + 32 * m;
             key[m] = j < jend && j < own ? dec_key(sc[i][j - j0], j) : 0ull;
         }
-        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + blockIdx.x) * DEC_OTHERS;
+        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + ci) * DEC_OTHERS;
         for (int s = 0; s < DEC_OTHERS; s++) {
             u64 best = 0;
 #pragma unroll
