@@ -913,16 +913,15 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
 
 // ---- decode 4: merge the splits ---------------------------------------------------------------
 // One warp per (row of the kv head); CTA = (kv head, sequence). Rows of an inconsistent
-// sequence (flagged by select) get o = 0 and LSE = 0 rather than stale memory: select gave them
-// an empty union, so every split wrote an empty partial (m = -inf), and the merge needs no
-// sequence state but the query count. A split's partial output loads whether or not the split
-// was empty (stale memory then, never used), so that it does not wait on the split maxima.
+// sequence (flagged by select) get o = 0 and LSE = 0 rather than stale memory.
 __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, DPL = D / 32;
     const int kvh = blockIdx.x, b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int *cu_q = reinterpret_cast<const int *>(p.cu_seqlens_q);
     const int q0 = cu_q[b], qlen = cu_q[b + 1] - q0;
+    int dq0, dqlen, len;
+    const bool ok = dec_seq(p, b, dq0, dqlen, len);
     const int rows = min(qlen, (int)p.max_q_len) * MOBA_GQA, splits = (int)p.splits;
     const long long part = ((long long)b * p.hkv + kvh) * splits * DEC_ROWS;
     const float2 *ml = reinterpret_cast<const float2 *>(p.part_ml) + part;
@@ -932,7 +931,8 @@ __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
         const int h = kvh * MOBA_GQA + i % MOBA_GQA;
         // the splits' maxima and sums across the lanes, then their outputs a few splits at a time
         float m = -INFINITY;
-        for (int s = lane; s < splits; s += 32) m = fmaxf(m, ml[s * DEC_ROWS + i].x);
+        if (ok)
+            for (int s = lane; s < splits; s += 32) m = fmaxf(m, ml[s * DEC_ROWS + i].x);
 #pragma unroll
         for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         float acc[DPL], lsum = 0.f;
@@ -947,14 +947,11 @@ __global__ void __launch_bounds__(128) moba_decode_merge(const DecodeParams p)
             for (int o = 16; o > 0; o /= 2) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
 #pragma unroll 4
             for (int s = 0; s < splits; s++) {
-                float x[DPL];
-#pragma unroll
-                for (int c = 0; c < DPL; c++) x[c] = po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c];
                 const float mx = ml[s * DEC_ROWS + i].x;
-                const bool used = mx != -INFINITY;   // an empty split wrote no partial output
-                const float f = used ? exp2f(mx - m) : 0.f;
+                if (mx == -INFINITY) continue;   // an empty split wrote no partial output
+                const float f = exp2f(mx - m);
 #pragma unroll
-                for (int c = 0; c < DPL; c++) acc[c] = used ? fmaf(f, x[c], acc[c]) : acc[c];
+                for (int c = 0; c < DPL; c++) acc[c] += f * po[((long long)s * DEC_ROWS + i) * D + lane + 32 * c];
             }
         }
         const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
