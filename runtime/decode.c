@@ -16,6 +16,8 @@
 #define DECODE_ROWS 16           /* query rows of a kv head: one mma tile (decode.cu.tpl) */
 #define DEFAULT_ROUTE_CHUNK 256  /* before the decode variants are loaded (detached ops) */
 #define MAX_ROUTE_CHUNKS 2048    /* DEC_MAX_CHUNKS: chunk list heads the select kernel keeps */
+#define MIN_ROUTE_CHUNK 32       /* a warp's lanes: the route's smallest chunk */
+#define MAX_SMALL_ROUTE_CHUNKS 32 /* chunk lists per row when the chunk is made smaller */
 #define DEFAULT_SM_COUNT 132
 #define STEP_APPEND_MAX 16       /* appends of at most this many tokens per sequence: one launch */
 
@@ -25,7 +27,7 @@ static mg_status check_decode(mobagen_op *op, const mobagen_kv_cache *c, const m
 
 struct decode_layout {
     size_t cand, uni_blocks, uni_masks, uni_count, part_o, part_ml, total;
-    long long rows, route_chunks, splits, max_blocks;
+    long long rows, route_chunk, route_chunks, splits, max_blocks;
     const char *overflow;
 };
 
@@ -144,17 +146,36 @@ static int route_chunk_of(const mobagen_op *op)
     return op->decode_loaded ? op->variants[op->selected_decode].rows : DEFAULT_ROUTE_CHUNK;
 }
 
+static long long sm_count_of(const mobagen_op *op)
+{
+    return op->ctx && op->ctx->sm_count > 0 ? op->ctx->sm_count : DEFAULT_SM_COUNT;
+}
+
 /* Splits per kv head: as many CTAs as fit at once (two per multiprocessor) and no more, so
  * that no second, mostly idle wave follows; never more than the blocks a kv head can select. */
 static long long splits_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
                             long long n_blocks)
 {
-    long long sms = op->ctx && op->ctx->sm_count > 0 ? op->ctx->sm_count : DEFAULT_SM_COUNT;
-    long long heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
+    long long sms = sm_count_of(op), heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
     long long want = 2 * sms / heads, most = (long long)DECODE_ROWS * op->spec.top_k;
     if (most > n_blocks) most = n_blocks;
     if (want > most) want = most;
     return want < 1 ? 1 : want;
+}
+
+/* Centroid blocks per routing CTA: the variant's route_chunk, halved (down to 32) while the
+ * route would run fewer than two CTAs per multiprocessor (short contexts, small batches: a CTA
+ * then streams its chunk alone, one load group per warp after another) and select would still
+ * merge at most 32 chunk lists per row (one per lane). */
+static long long route_chunk_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
+                                 long long n_blocks)
+{
+    long long sms = sm_count_of(op), heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
+    long long chunk = route_chunk_of(op);
+    while (chunk > MIN_ROUTE_CHUNK && mg_ceil_div(n_blocks, chunk) * heads < 2 * sms &&
+           mg_ceil_div(n_blocks, chunk / 2) <= MAX_SMALL_ROUTE_CHUNKS)
+        chunk /= 2;
+    return chunk;
 }
 
 static decode_layout layout_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a)
@@ -165,7 +186,8 @@ static decode_layout layout_for(const mobagen_op *op, const mobagen_kv_cache *c,
     long long n_blocks = mg_ceil_div(a->max_seqlen, s->block_size);
     w.max_blocks = cache_max_blocks(s, c);
     w.rows = (long long)s->gqa_group * a->max_q_len;
-    w.route_chunks = n_blocks > 0 ? mg_ceil_div(n_blocks, route_chunk_of(op)) : 1;
+    w.route_chunk = route_chunk_for(op, c, a, n_blocks);
+    w.route_chunks = n_blocks > 0 ? mg_ceil_div(n_blocks, w.route_chunk) : 1;
     w.splits = splits_for(op, c, a, n_blocks);
     long long heads = (long long)a->batch * c->hkv;
     mg_layout l = {.align = WORKSPACE_ALIGN};
@@ -373,7 +395,7 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
         .q_row_stride = a->q_row_stride ? a->q_row_stride : row,
         .out_row_stride = a->out_row_stride ? a->out_row_stride : row,
         .batch = a->batch, .hq = a->hq, .max_q_len = a->max_q_len, .rows = w.rows,
-        .route_chunks = w.route_chunks, .splits = w.splits,
+        .route_chunk = w.route_chunk, .route_chunks = w.route_chunks, .splits = w.splits,
         .softmax_scale = a->softmax_scale > 0 ? a->softmax_scale : 1.0 / sqrt((double)s->head_dim),
     };
     cache_params(cache, w.max_blocks, &p);
@@ -381,7 +403,7 @@ mg_status mg_decode_stages(mobagen_op *op, const mobagen_kv_cache *cache, const 
     unsigned hkv = (unsigned)cache->hkv, batch = (unsigned)a->batch;
     if ((st = mg_ctx_push(op->ctx, &op->err)) != MG_OK) return st;
     if (stages & MG_DECODE_ROUTE)
-        st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, (unsigned)w.route_chunks, hkv, batch, 128, 0, &p, stream);
+        st = launch_role(op, v, MG_ROLE_DECODE_ROUTE, hkv, (unsigned)w.route_chunks, batch, 128, 0, &p, stream);
     if (st == MG_OK && (stages & MG_DECODE_SELECT))
         st = launch_role(op, v, MG_ROLE_DECODE_SELECT, hkv, batch, 1, 128, 0, &p, stream);
     if (st == MG_OK && (stages & MG_DECODE_ATTN))

@@ -62,7 +62,6 @@ __global__ void moba_decode_truncate(const DecodeParams p) {}
 #define DEC_OTHERS (MOBA_TOP_K - 1)                   // blocks routing picks besides the own one
 #define DEC_UNION (DEC_ROWS * MOBA_TOP_K)             // most distinct blocks of a kv head
 #define DEC_MAX_CHUNKS 2048                           // routing chunks per sequence (select's heads)
-#define DEC_CHUNK $(point.route_chunk)               // centroid blocks per routing CTA
 #define DEC_ATTN_BLOCKS 256                           // blocks an attention CTA keeps in shared memory
 #define DEC_ATTN_PAGES 1024                           // and the page table entries they cover
 #define DEC_ERR_PAGE 1
@@ -98,14 +97,13 @@ __device__ __forceinline__ u64 dec_key(float s, int blk)
 }
 __device__ __forceinline__ int dec_key_block(u64 key) { return (int)(0xffffffffu - (unsigned)(key & 0xffffffffu)); }
 
+// Two warp reductions (redux.sync, sm_80+) instead of five rounds of 64-bit shuffles: the
+// highest upper half, then the highest lower half among the lanes that hold it.
 __device__ __forceinline__ u64 warp_max_u64(u64 v)
 {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-        const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
-        v = x > v ? x : v;
-    }
-    return v;
+    const unsigned hi = __reduce_max_sync(0xffffffffu, (unsigned)(v >> 32));
+    const unsigned lo = __reduce_max_sync(0xffffffffu, (unsigned)(v >> 32) == hi ? (unsigned)v : 0u);
+    return ((u64)hi << 32) | lo;
 }
 
 // The sequence's state for decode: false (and the error flagged once) when it is inconsistent.
@@ -295,34 +293,99 @@ __global__ void __launch_bounds__(DEC_TRUNC_THREADS) moba_decode_truncate(const 
 }
 
 // ---- decode 1: routing scores and each chunk's best candidates ------------------------------
-// One CTA per (chunk of CHUNK centroid blocks, kv head, sequence). Rows i = r * G + g (token r,
-// head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per block; scores are fp32
-// dot products with the centroid (running sum / count), as the forward's. Then each row keeps
-// the best DEC_OTHERS of its candidates in the chunk (whole blocks before its own block).
+% -- Many picks per chunk (top_k 16..33): bisection instead of DEC_OTHERS rounds of warp maxima.
+% local pick_by_bisection = spec.top_k >= 16 and spec.top_k <= 33
+% if pick_by_bisection then
+// The K best of a warp's candidates by (score desc, block asc), found by bisection on the score
+// order rather than K rounds of warp-wide maxima: count(order >= T) is one compare per candidate
+// and one warp reduction, and the search stops as soon as exactly K candidates are at or above
+// T (random scores: about log2 of the candidates' spread, 10-20 rounds). Lane `lane` holds
+// candidate slots m = 0..slots-1: ord(m) its score order (0: no candidate), blk(m) its block.
+// emit(m, pos) is called for each pick, pos = 0, 1, ... in (slot, lane) order (deterministic);
+// returns the number picked (min(K, candidates)). Every lane of the warp must call it.
+template <int SLOTS, class Ord, class Blk, class Emit>
+__device__ __forceinline__ int dec_pick(int K, Ord ord, Blk blk, Emit emit)
+{
+    const unsigned lane = threadIdx.x % 32;
+    if (K <= 0) return 0;
+    auto count_ge = [&](unsigned long long t) -> int {
+        int c = 0;
+#pragma unroll
+        for (int m = 0; m < SLOTS; m++) c += (unsigned long long)ord(m) >= t;
+        return (int)__reduce_add_sync(0xffffffffu, (unsigned)c);
+    };
+    unsigned thr = 0, cut = 0xffffffffu;   // take order > thr, and order == thr with block <= cut
+    if (count_ge(1) > K) {
+        unsigned lo = 0xffffffffu, hi = 0;
+#pragma unroll
+        for (int m = 0; m < SLOTS; m++) {
+            const unsigned o = ord(m);
+            if (o) lo = min(lo, o);
+            hi = max(hi, o);
+        }
+        // count_ge(l) > K and count_ge(h) < K: keep that invariant
+        unsigned long long l = __reduce_min_sync(0xffffffffu, lo), h = (unsigned long long)__reduce_max_sync(0xffffffffu, hi) + 1;
+        while (h - l > 1) {
+            const unsigned long long mid = l + (h - l) / 2;
+            const int c = count_ge(mid);
+            if (c == K) { l = mid; break; }
+            if (c > K) l = mid; else h = mid;
+        }
+        thr = (unsigned)l;
+        const int above = count_ge(l + 1), ties = count_ge(l) - above;
+        const int need = K - above;   // 1 <= need <= ties
+        if (ties > need) {
+            // score ties at the threshold: the lowest blocks first, as the forward ranks them
+            unsigned prev = 0;
+            for (int r = 0; r < need; r++) {
+                unsigned bmin = 0xffffffffu;
+#pragma unroll
+                for (int m = 0; m < SLOTS; m++) {
+                    const unsigned bm = (unsigned)blk(m);
+                    if (ord(m) == thr && (r == 0 || bm > prev)) bmin = min(bmin, bm);
+                }
+                prev = __reduce_min_sync(0xffffffffu, bmin);
+            }
+            cut = prev;
+        }
+    }
+    const unsigned below = (1u << lane) - 1u;
+    int base = 0;
+#pragma unroll
+    for (int m = 0; m < SLOTS; m++) {
+        const unsigned o = ord(m);
+        const bool take = o > thr || (o != 0 && o == thr && (unsigned)blk(m) <= cut);
+        const unsigned bal = __ballot_sync(0xffffffffu, take);
+        if (take) emit(m, base + __popc(bal & below));
+        base += __popc(bal);
+    }
+    return base;
+}
+
+// A candidate's score order for dec_pick: never 0 (that is "none").
+__device__ __forceinline__ unsigned dec_cand_order(float s) { return max(dec_order(s), 1u); }
+
+% end
+// One CTA per (kv head, chunk of p.route_chunk <= CHUNK centroid blocks, sequence). Rows
+// i = r * G + g (token r, head g of the kv head). A warp scores 8 blocks at a time, 4 lanes per
+// block; scores are fp32 dot products with the centroid (running sum / count), as the forward's.
+// Then each row keeps the best DEC_OTHERS of its candidates in the chunk (whole blocks before its
+// own block), sorted best first.
 template <int CHUNK>
 __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 {
     constexpr int D = MOBA_HEAD_DIM, C4 = D / 16, PER_LANE = CHUNK / 32;
-    const int kvh = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // kv heads vary fastest in the grid: the CTAs of a chunk's kv heads run together and, between
+    // them, read every (block, kv head) centroid row of the chunk, which lie side by side
+    const int kvh = blockIdx.x, ci = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q0, qlen, len;
     if (!dec_seq(p, b, q0, qlen, len) || qlen == 0) return;
     const int own_last = (len - 1) / MOBA_BLOCK;      // blocks before it are anyone's candidates
-    const int j0 = blockIdx.x * CHUNK;
+    const int chunk = (int)p.route_chunk, j0 = ci * chunk;
     if (j0 >= own_last || DEC_OTHERS == 0) return;
-    const int jend = min(j0 + CHUNK, own_last), rows = qlen * MOBA_GQA;
+    const int jend = min(j0 + chunk, own_last), rows = qlen * MOBA_GQA;
     __shared__ float4 qs[DEC_ROWS][D / 4];
     __shared__ float sc[DEC_ROWS][CHUNK];
-    const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
-    for (int e = threadIdx.x; e < DEC_ROWS * D / 4; e += 128) {
-        const int i = e / (D / 4), c = e % (D / 4);
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < rows) {
-            const elem_t *src = q + (long long)(q0 + i / MOBA_GQA) * p.q_row_stride + (kvh * MOBA_GQA + i % MOBA_GQA) * D + c * 4;
-            v = make_float4(elem_to_float(src[0]), elem_to_float(src[1]), elem_to_float(src[2]), elem_to_float(src[3]));
-        }
-        qs[i][c] = v;
-    }
-    __syncthreads();
     const float4 *cent = reinterpret_cast<const float4 *>(p.centroid_sum);
     const int sub = lane & 3;
     // the next 8 blocks' centroids load while this warp scores the current ones
@@ -334,7 +397,18 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
         for (int i = 0; i < C4; i++) c[i] = __ldcs(src + sub + 4 * i);
     };
     float4 c[C4], next[C4];
-    load(j0 + warp * 8, next);
+    load(j0 + warp * 8, next);   // in flight while the queries load
+    const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
+    for (int e = threadIdx.x; e < DEC_ROWS * D / 4; e += 128) {
+        const int i = e / (D / 4), c4 = e % (D / 4);
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < rows) {
+            const elem_t *src = q + (long long)(q0 + i / MOBA_GQA) * p.q_row_stride + (kvh * MOBA_GQA + i % MOBA_GQA) * D + c4 * 4;
+            v = make_float4(elem_to_float(src[0]), elem_to_float(src[1]), elem_to_float(src[2]), elem_to_float(src[3]));
+        }
+        qs[i][c4] = v;
+    }
+    __syncthreads();
     for (int base = j0 + warp * 8; base < jend; base += 32) {
         const int j = base + lane / 4;
 #pragma unroll
@@ -355,6 +429,39 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
     }
     __syncthreads();
     u64 *cand = reinterpret_cast<u64 *>(p.cand);
+% if pick_by_bisection then
+    __shared__ u64 picks[4][32];
+    for (int i = warp; i < rows; i += 4) {
+        const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
+        unsigned ord[PER_LANE];
+#pragma unroll
+        for (int m = 0; m < PER_LANE; m++) {
+            const int j = j0 + lane + 32 * m;
+            ord[m] = j < jend && j < own ? dec_cand_order(sc[i][j - j0]) : 0u;
+        }
+        const int n = dec_pick<PER_LANE>(
+            DEC_OTHERS, [&](int m) { return ord[m]; }, [&](int m) { return j0 + lane + 32 * m; },
+            [&](int m, int pos) {
+                const int j = j0 + lane + 32 * m;
+                picks[warp][pos] = dec_key(sc[i][j - j0], j);
+            });
+        __syncwarp();
+        // the picks come in (slot, lane) order: each one's rank among them (keys are distinct)
+        // is its place in the list, best first, as select merges the lists; 0 ends a list
+        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + ci) * DEC_OTHERS;
+        if (lane < DEC_OTHERS) {
+            u64 key = 0;
+            int rank = lane;
+            if (lane < n) {
+                key = picks[warp][lane];
+                rank = 0;
+                for (int e = 0; e < n; e++) rank += picks[warp][e] > key;
+            }
+            out[rank] = key;
+        }
+        __syncwarp();   // the warp's next row reuses picks
+    }
+% else
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
         u64 key[PER_LANE];
@@ -363,7 +470,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
             const int j = j0 + lane + 32 * m;
             key[m] = j < jend && j < own ? dec_key(sc[i][j - j0], j) : 0ull;
         }
-        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + blockIdx.x) * DEC_OTHERS;
+        u64 *out = cand + ((((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks + ci) * DEC_OTHERS;
         for (int s = 0; s < DEC_OTHERS; s++) {
             u64 best = 0;
 #pragma unroll
@@ -375,6 +482,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
             for (int m = 0; m < PER_LANE; m++) if (key[m] == best) key[m] = 0;
         }
     }
+% end
 }
 
 // ---- decode 2: each row's selection and the kv head's union of blocks ------------------------
@@ -384,6 +492,7 @@ __global__ void __launch_bounds__(128) moba_decode_route(const DecodeParams p)
 // block and sorts the row ascending. Then the CTA sorts every (block, row) pair of the kv head
 // (bitonic, in shared memory) and writes each distinct block once with the mask of its rows.
 #define DEC_STAGE 768                                 // staged candidate keys per warp
+#define DEC_STAGE_BATCH 16                            // staging loads in flight per lane
 __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
 {
     const int kvh = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -408,12 +517,34 @@ __global__ void __launch_bounds__(128) moba_decode_select(const DecodeParams p)
     const u64 *cand = reinterpret_cast<const u64 *>(p.cand);
     for (int i = warp; i < rows; i += 4) {
         const int t = i / MOBA_GQA + len - qlen, own = t / MOBA_BLOCK;
-        const int used = own > 0 ? (own - 1) / DEC_CHUNK + 1 : 0;   // chunks holding candidates
+        const int used = own > 0 ? (own - 1) / (int)p.route_chunk + 1 : 0;   // chunks holding candidates
         const u64 *lists = cand + (((long long)b * p.hkv + kvh) * p.rows + i) * p.route_chunks * DEC_OTHERS;
         // the first `win` entries of each list (all of them when they fit)
         const int win = used > 0 ? max(1, min(DEC_OTHERS, DEC_STAGE / used)) : 0;
         for (int c = lane; c < used; c += 32) heads[warp][c] = 0;
-        for (int e = lane; e < used * win; e += 32) stage[warp][e] = lists[(long long)(e / win) * DEC_OTHERS + e % win];
+        // loads first, stores after, DEC_STAGE_BATCH per lane: one round trip per batch, not per entry
+        // (entry e = c * win + h: list c, place h; lane's next entry is 32 further)
+        const int staged = used * win, step_c = 32 / max(win, 1), step_h = 32 % max(win, 1);
+        int c_at = lane / max(win, 1), h_at = lane % max(win, 1);
+        for (int e0 = 0; e0 < staged; e0 += 32 * DEC_STAGE_BATCH) {
+            u64 v[DEC_STAGE_BATCH];
+#pragma unroll
+            for (int u = 0; u < DEC_STAGE_BATCH; u++) {
+                v[u] = e0 + lane + 32 * u < staged ? lists[(long long)c_at * DEC_OTHERS + h_at] : 0ull;
+                c_at += step_c;
+                h_at += step_h;
+                if (h_at >= win) {
+                    h_at -= win;
+                    c_at++;
+                }
+            }
+            __syncwarp();   // keeps the compiler from moving stores between the loads
+#pragma unroll
+            for (int u = 0; u < DEC_STAGE_BATCH; u++) {
+                const int e = e0 + lane + 32 * u;
+                if (e < staged) stage[warp][e] = v[u];
+            }
+        }
         __syncwarp();
         int n = 0;
         if (lane == 0) chosen[i][n] = own;
@@ -537,16 +668,23 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
     const long long part = (((long long)b * p.hkv + kvh) * splits + split) * DEC_ROWS;
     float *part_o = reinterpret_cast<float *>(p.part_o) + part * D;
     float2 *part_ml = reinterpret_cast<float2 *>(p.part_ml) + part;
+    // The sequence, the union's size and this CTA's first entries (one per thread) load at once,
+    // none waiting on another: the union arrays hold DEC_UNION entries per kv head, so reading
+    // past the size stays in the workspace (those values are never used).
+    const int *uni_blocks = reinterpret_cast<const int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    const unsigned *uni_masks = reinterpret_cast<const unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
+    const int u_first = split + tid * splits;
+    const int blk_first = u_first < DEC_UNION ? uni_blocks[u_first] : 0;
+    const unsigned mask_first = u_first < DEC_UNION ? uni_masks[u_first] : 0u;
+    const int n_uni_stored = reinterpret_cast<const int *>(p.uni_count)[b * p.hkv + kvh];
     int q0, qlen, len;
     const bool ok = dec_seq(p, b, q0, qlen, len);
-    const int n_uni = ok ? reinterpret_cast<const int *>(p.uni_count)[b * p.hkv + kvh] : 0;
+    const int n_uni = ok ? n_uni_stored : 0;
     const int mine = split < n_uni ? (n_uni - split + splits - 1) / splits : 0;
     if (mine == 0) {
         if (tid < DEC_ROWS) part_ml[tid] = make_float2(-INFINITY, 0.f);
         return;
     }
-    const int *uni_blocks = reinterpret_cast<const int *>(p.uni_blocks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
-    const unsigned *uni_masks = reinterpret_cast<const unsigned *>(p.uni_masks) + ((long long)b * p.hkv + kvh) * DEC_UNION;
     const int rows = qlen * MOBA_GQA;
     const elem_t *q = reinterpret_cast<const elem_t *>(p.q);
     for (int e = tid; e < DEC_ROWS * CH; e += 128) {
@@ -564,14 +702,20 @@ __global__ void __launch_bounds__(128) moba_decode_attn(const DecodeParams p)
     const bool cached = mine <= DEC_ATTN_BLOCKS && mine * ppb <= DEC_ATTN_PAGES;
     const int *pt = reinterpret_cast<const int *>(p.page_table) + (long long)b * p.max_pages;
     if (cached) {
+        // a thread per block: its entry, then its pages (loads first, stores after)
         for (int e = tid; e < mine; e += 128) {
-            s_blk[e] = uni_blocks[split + e * splits];
-            s_mask[e] = uni_masks[split + e * splits];
-        }
-        __syncthreads();
-        for (int e = tid; e < mine * ppb; e += 128) {
-            const int pg = s_blk[e / ppb] * MOBA_BLOCK / ps + e % ppb;
-            s_page[e] = pg < (int)p.max_pages ? pt[pg] : -1;
+            const int blk = e == tid ? blk_first : uni_blocks[split + e * splits];
+            s_blk[e] = blk;
+            s_mask[e] = e == tid ? mask_first : uni_masks[split + e * splits];
+            const int pg0 = blk * MOBA_BLOCK / ps;
+            for (int k0 = 0; k0 < ppb; k0 += 8) {
+                int pages[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) pages[k] = k0 + k < ppb && pg0 + k0 + k < (int)p.max_pages ? pt[pg0 + k0 + k] : -1;
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    if (k0 + k < ppb) s_page[e * ppb + k0 + k] = pages[k];
+            }
         }
         __syncthreads();
     }

@@ -25,6 +25,9 @@ typedef struct mg_decode_params {
     // truncate: int32 [batch] tokens to drop from each sequence's end, or the lengths to keep
     // (exactly one is set)
     unsigned long long trunc_drop, trunc_new_lens;
+    // decode: centroid blocks per routing CTA (a multiple of 32, at most the variant's
+    // route_chunk; smaller where fewer CTAs would leave multiprocessors idle)
+    long long route_chunk;
 } mg_decode_params;
 
 #ifdef __cplusplus
@@ -34,13 +37,14 @@ typedef struct mg_decode_params {
 #endif
 MG_DPARAMS_ASSERT(sizeof(unsigned long long) == 8 && sizeof(long long) == 8 && sizeof(double) == 8,
                   "mg_decode_params: every field type is 8 bytes wide");
-MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 41 * 8, "mg_decode_params: 41 fields of 8 bytes, no padding");
+MG_DPARAMS_ASSERT(sizeof(mg_decode_params) == 42 * 8, "mg_decode_params: 42 fields of 8 bytes, no padding");
 #ifdef MG_PARAMS_OFFSETOF
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, kprime_pages) == 9 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, cand) == 16 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, q_row_stride) == 22 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, softmax_scale) == 38 * 8, "mg_decode_params layout");
 MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, trunc_new_lens) == 40 * 8, "mg_decode_params layout");
+MG_DPARAMS_ASSERT(MG_PARAMS_OFFSETOF(mg_decode_params, route_chunk) == 41 * 8, "mg_decode_params layout");
 #endif
 #undef MG_DPARAMS_ASSERT
 

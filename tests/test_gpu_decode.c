@@ -50,7 +50,8 @@ static const dec_case cases[] = {
     {"d64_b256_k4_conv3_gqa8", 64, 256, 4, 3, 8, 1, MG_BF16, 3, 256, 2, {2100, 256, 1}, {7, 6, 1}, 0},
     {"b64_k16_fp16_gqa4", 128, 64, 16, 0, 4, 2, MG_FP16, 2, 16, 4, {1300, 200}, {11, 8}, 0},
     {"b16_k64_gqa1_long", 128, 16, 64, 3, 1, 1, MG_BF16, 1, 16, 2, {9000}, {6}, 0},
-    /* 320 blocks: two routing chunks; the best k - 1 of every row tie with all other candidates */
+    /* 320 blocks: ten routing chunks of 32 (short contexts get small chunks); the best k - 1 of
+     * every row tie with all other candidates */
     {"b32_k32_tied_gqa4", 128, 32, 32, 0, 4, 2, MG_BF16, 2, 16, 2, {10240, 3000}, {6, 5}, 1},
 };
 
