@@ -22,7 +22,7 @@ static char plain_spec[700];    /* a spec with no tuning section */
 static const char cli_spec[] =
     "name: clitest\nhead_dim: 128\nblock_size: 128\ntop_k: 8\narchs: [sm_80, sm_90a]\n"
     "tuning:\n  kconv_centroid: { threads: [128, 256] }\n  route: { block_m: 64, impl: 1 }\n"
-    "  attn_fwd: { impl: 1, warps: 4 }\n  attn_bwd: { tile_n: 64 }\n";
+    "  attn_fwd: { impl: 1, warps: 4 }\n  attn_bwd: { impl: 2, tile_n: 64 }\n";
 
 static int setup(void **state)
 {
@@ -149,11 +149,11 @@ static void test_list(void **state)
     char *out, *err;
     int rc = RUN(&out, &err, "list", spec_path);
     expect_code(rc, 0, out, err);
-    static const char want[] = "attn_bwd/sm_80/tile_n=64\nattn_fwd/sm_80/impl=1,warps=4\n"
+    static const char want[] = "attn_bwd/sm_80/impl=2,tile_n=64\nattn_fwd/sm_80/impl=1,warps=4\n"
                                "decode/sm_80/route_chunk=256,stages=3\n"
                                "kconv_centroid/sm_80/threads=128\nkconv_centroid/sm_80/threads=256\n"
                                "route/sm_80/block_m=64,impl=1,tile_n=16,warp_rows=32\n"
-                               "attn_bwd/sm_90a/tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
+                               "attn_bwd/sm_90a/impl=2,tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
                                "decode/sm_90a/route_chunk=256,stages=3\n"
                                "kconv_centroid/sm_90a/threads=128\nkconv_centroid/sm_90a/threads=256\n"
                                "route/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n";
@@ -165,7 +165,7 @@ static void test_list(void **state)
 
     rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec_path);
     expect_code(rc, 0, out, err);
-    assert_string_equal(out, "attn_bwd/sm_90a/tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
+    assert_string_equal(out, "attn_bwd/sm_90a/impl=2,tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
                              "decode/sm_90a/route_chunk=256,stages=3\n"
                              "kconv_centroid/sm_90a/threads=128\n"
                              "kconv_centroid/sm_90a/threads=256\nroute/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n");
@@ -185,7 +185,16 @@ static void test_list_default_spec(void **state)
     assert_non_null(strstr(out, "kconv_centroid/sm_80/threads=128\n"));
     assert_non_null(strstr(out, "route/sm_90a/block_m=64,impl=2,tile_n=16,warp_rows=32\n"));
     assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=1,warps=8\n"));
-    assert_non_null(strstr(out, "attn_bwd/sm_90a/tile_n=128\n"));
+    /* attn_bwd impl 3 (wgmma) on sm_90a only and at tile_n 64 and 128 only, first there. */
+    const char *bwd3 = strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=128\n");
+    const char *bwd2 = strstr(out, "attn_bwd/sm_90a/impl=2,tile_n=128\n");
+    assert_non_null(bwd3);
+    assert_non_null(bwd2);
+    assert_true(bwd3 < bwd2);
+    assert_non_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=64\n"));
+    assert_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=32"));
+    assert_null(strstr(out, "attn_bwd/sm_80/impl=3"));
+    assert_non_null(strstr(out, "attn_bwd/sm_80/impl=2,tile_n=128\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
     assert_non_null(strstr(err, "variants of spec 'default'"));
     /* attn_fwd impl 3 (wgmma) exists on sm_90a only, and comes first there (the default choice). */
@@ -218,6 +227,37 @@ static void test_list_attn_wgmma_impl(void **state)
     rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec);
     expect_code(rc, 0, out, err);
     assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n"));
+    free(out);
+    free(err);
+}
+
+/* attn_bwd impl 3 (wgmma) is refused off sm_90a, and below tile_n 64 (a warpgroup owns 64 keys),
+ * with the reason. */
+static void test_list_bwd_wgmma_impl(void **state)
+{
+    (void)state;
+    char *out, *err;
+    char spec[1024];
+    tu_write_file(work, "bwd_wgmma.yaml",
+                  "name: bwg\nhead_dim: 128\nblock_size: 128\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
+                  "  attn_bwd: { impl: 3, tile_n: [128, 64] }\n", spec, sizeof spec);
+    int rc = RUN(&out, &err, "list", spec);
+    expect_code(rc, 4, out, err);
+    assert_non_null(strstr(err, "impl 3 needs wgmma (sm_90a only)"));
+    free(out);
+    free(err);
+    rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec);
+    expect_code(rc, 0, out, err);
+    assert_non_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=128\nattn_bwd/sm_90a/impl=3,tile_n=64\n"));
+    assert_null(strstr(out, "impl=3,tile_n=32"));
+    free(out);
+    free(err);
+    tu_write_file(work, "bwd_wgmma32.yaml",
+                  "name: bwg\nhead_dim: 128\nblock_size: 32\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
+                  "  attn_bwd: { impl: 3, tile_n: 32 }\n", spec, sizeof spec);
+    rc = RUN(&out, &err, "list", spec);
+    expect_code(rc, 4, out, err);
+    assert_non_null(strstr(err, "impl 3 needs tile_n 64 or 128"));
     free(out);
     free(err);
 }
@@ -550,6 +590,7 @@ int main(void)
         cmocka_unit_test(test_list),
         cmocka_unit_test(test_list_default_spec),
         cmocka_unit_test(test_list_attn_wgmma_impl),
+        cmocka_unit_test(test_list_bwd_wgmma_impl),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_gen),
         cmocka_unit_test(test_build_then_cache_commands),
