@@ -668,9 +668,9 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     slots[half] = e & 63;
                 }
             };
-            // One 8-column accumulator tile of dQ (mma.sync's C layout: a lane's 2 columns of
-            // rows[0] and of rows[1]) out, from column col8 on.
-            auto dq_out = [&](const float (&acc)[4], int col8, const int (&rows)[2], const int (&slots)[2]) {
+            // Two 8-column accumulator tiles of dQ (mma.sync's C layout: a lane's 2 columns of
+            // rows[0] and of rows[1] in each) out, columns d0 + 8 dt on.
+            auto dq_out = [&](const float (&acc)[2][4], int dt, const int (&rows)[2], const int (&slots)[2]) {
 % if arch.sm >= 90 then
                 // Fast mode: lane pairs trade halves so that each lane adds 4 adjacent columns
                 // of one row (the even lane its row lane / 4 of the m-tile, the odd lane row
@@ -678,12 +678,15 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                 if (!det) {
                     const bool odd = lane & 1;
                     const int row = odd ? rows[1] : rows[0];
-                    const float sx = odd ? acc[0] : acc[2], sy = odd ? acc[1] : acc[3];
-                    const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
-                    const int col = col8 + (lane & 2) * 2;
-                    if (row >= 0) {
-                        float *a = dq_acc + ((long long)(q0 + row) * p.hq + h) * D + col;
-                        bwd_red_add4(a, odd ? rx : acc[0], odd ? ry : acc[1], odd ? acc[2] : rx, odd ? acc[3] : ry);
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const float sx = odd ? acc[i][0] : acc[i][2], sy = odd ? acc[i][1] : acc[i][3];
+                        const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
+                        const int col = d0 + (dt + i) * 8 + (lane & 2) * 2;
+                        if (row >= 0) {
+                            float *a = dq_acc + ((long long)(q0 + row) * p.hq + h) * D + col;
+                            bwd_red_add4(a, odd ? rx : acc[i][0], odd ? ry : acc[i][1], odd ? acc[i][2] : rx, odd ? acc[i][3] : ry);
+                        }
                     }
                     return;
                 }
@@ -691,17 +694,20 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
                 for (int half = 0; half < 2; half++) {
                     if (rows[half] < 0) continue;
-                    const int col = col8 + (lane & 3) * 2;
-                    const float x = acc[2 * half], y = acc[2 * half + 1];
-                    if (!det) {
-                        bwd_red_add2(dq_acc + ((long long)(q0 + rows[half]) * p.hq + h) * D + col, x, y);
-                    } else {
-                        const long long prow = ((((long long)b * p.chunk_rows + rows[half] - (long long)rc * p.chunk_rows) * p.hq + h) * MOBA_TOP_K + slots[half]);
-                        float2 *pp = reinterpret_cast<float2 *>(dq_acc + prow * D + col);
-                        if (kt == kt_begin) *pp = make_float2(x, y);
-                        else {
-                            const float2 o = *pp;
-                            *pp = make_float2(o.x + x, o.y + y);
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const int col = d0 + (dt + i) * 8 + (lane & 3) * 2;
+                        const float x = acc[i][2 * half], y = acc[i][2 * half + 1];
+                        if (!det) {
+                            bwd_red_add2(dq_acc + ((long long)(q0 + rows[half]) * p.hq + h) * D + col, x, y);
+                        } else {
+                            const long long prow = ((((long long)b * p.chunk_rows + rows[half] - (long long)rc * p.chunk_rows) * p.hq + h) * MOBA_TOP_K + slots[half]);
+                            float2 *pp = reinterpret_cast<float2 *>(dq_acc + prow * D + col);
+                            if (kt == kt_begin) *pp = make_float2(x, y);
+                            else {
+                                const float2 o = *pp;
+                                *pp = make_float2(o.x + x, o.y + y);
+                            }
                         }
                     }
                 }
@@ -732,7 +738,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     wg_wait_all();
                     wg_hold(acc);
 #pragma unroll
-                    for (int i = 0; i < 8; i++) dq_out(acc[i], d0 + c * 64 + i * 8, rows, slots);
+                    for (int i = 0; i < 8; i += 2) dq_out(reinterpret_cast<const float (&)[2][4]>(acc[i]), c * 8 + i, rows, slots);
                 }
             }
 #else
@@ -760,8 +766,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         mma_16816(acc[0], a[kk], kf[0], kf[1]);
                         mma_16816(acc[1], a[kk], kf[2], kf[3]);
                     }
-                    dq_out(acc[0], d0 + dt * 8, rows, slots);
-                    dq_out(acc[1], d0 + (dt + 1) * 8, rows, slots);
+                    dq_out(acc, dt, rows, slots);
                 }
             }
 #endif
