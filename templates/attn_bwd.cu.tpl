@@ -8,7 +8,11 @@
 %! -- (query, slot) that a finalize kernel sums in slot order (deterministic).
 %! -- Head dims above 128 are split in parts of at most 128 output columns per CTA (S and dP
 %! -- still use every column).
-%! knobs = { tile_n = {128, 64, 32, 16} }
+%! -- impl 2 runs every product on mma.sync (sm_80+); impl 3 (sm_90a) runs them on wgmma: a
+%! -- warpgroup owns 64 keys, computes S^T = K' Q^T and dP^T = V dO^T with both operands in shared
+%! -- memory, dV += P^T dO and dK' += dS^T Q with P^T and dS^T from its accumulator registers, and
+%! -- dQ = dS K' from shared memory, 64 columns a warpgroup at a time (so tile_n 64 or 128 only).
+%! knobs = { impl = {3, 2}, tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, per stage 64 x 12 bytes of row data
 %! -- (LSE, D', causal position) and the least causal position of each pass's rows, and the
@@ -33,6 +37,14 @@
 %!   if arch.sm < 80 then return false, "the backward needs mma.sync with bf16 (sm_80+)" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
 %!   if bwd_smem(spec, p, 1) > arch.max_smem then return false, "does not fit shared memory" end
+%!   if p.impl ~= 2 and p.impl ~= 3 then return false, "impl is 2 (mma.sync) or 3 (sm_90a, wgmma)" end
+%!   if p.impl == 3 then
+%!     if arch.name ~= "sm_90a" then return false, "impl 3 needs wgmma (sm_90a only)" end
+%!     if p.tile_n < 64 then return false, "impl 3 needs tile_n 64 or 128 (a warpgroup owns 64 keys)" end
+%!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
+%!       return false, "impl 3 supports head_dim 64 and 128"
+%!     end
+%!   end
 %!   return true
 %! end
 %! -- rows per CTA of the list kernels (count, scatter): the runtime launches them with the
@@ -50,6 +62,9 @@
 % include("common.cuh.tpl")
 % include("mma.cuh.tpl")
 % include("bwd_params.cuh.tpl")
+% if point.impl == 3 then
+%   include("wgmma.cuh.tpl")
+% end
 typedef mg_bwd_params BwdParams;
 #define BWD_KT $(point.tile_n)                 // keys per CTA tile
 #define BWD_KG (BWD_KT / 16)                  // key groups of 16 keys, one per warp of a query slice
@@ -57,6 +72,7 @@ typedef mg_bwd_params BwdParams;
 #define BWD_QS (64 / BWD_QW)                  // query slices
 #define BWD_NW (BWD_KG * BWD_QS)              // warps: $(bwd_warps(point))
 #define BWD_STAGES $(bwd_stages(spec, arch, point))
+#define BWD_WGMMA $(point.impl == 3 and 1 or 0)   // impl 3: wgmma, a warpgroup per 64 keys
 #define BWD_NDP $(dparts(spec))                // parts of the head dim per key tile
 #define BWD_DP (MOBA_HEAD_DIM / BWD_NDP)      // output columns per CTA
 #define BWD_SORT_MAX 8192                     // the deterministic mode's longest list (rows per chunk)
@@ -98,6 +114,28 @@ __device__ __forceinline__ int bsw(int row, int c)
 {
     if (CH >= 8) return ((c & ~7) + 8 <= CH) ? (c ^ (row & 7)) : c;
     return c ^ (row & (CH - 1));
+}
+
+// Where chunk c of row `row` of a ROWS x CH-chunk tile lies in shared memory: impl 2's rows of
+// bsw, impl 3's column blocks of 64 elements in wgmma's 128-byte swizzle (wg_chunk).
+template <int ROWS, int CH>
+__device__ __forceinline__ int bwd_at(int row, int c)
+{
+#if BWD_WGMMA
+    return wg_chunk<ROWS>(row, c);
+#else
+    return row * CH + bsw<CH>(row, c);
+#endif
+}
+
+// This thread's cp.async have landed (and, for wgmma, are visible to its operand reads, which go
+// through the async proxy).
+__device__ __forceinline__ void bwd_cp_landed()
+{
+    cp_async_wait_all();
+#if BWD_WGMMA
+    wg_proxy_fence();
+#endif
 }
 
 __device__ __forceinline__ void bwd_seq(const BwdParams &p, int b, int &q0, int &len_q, int &k0, int &len_k)
@@ -309,7 +347,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     constexpr int NTH = BWD_NW * 32, NT = PQ / 8, G = MOBA_GQA, ST = BWD_STAGES;
     static_assert(NT % 2 == 0 && QW % PQ == 0, "passes are whole pairs of 8-query n-tiles");
     constexpr float LOG2E = 1.4426950408889634f;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    extern __shared__ __align__(BWD_WGMMA ? 1024 : 128) unsigned char smem_raw[];
     uint4 *k_s = reinterpret_cast<uint4 *>(smem_raw);
     uint4 *v_s = k_s + KT * CH;
     uint4 *q_s = v_s + KT * CH;                 // [ST][64 * CH]
@@ -323,6 +361,11 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int kg = QS == 1 ? warp : warp % KG, qs = QS == 1 ? 0 : warp / KG;   // key group, query slice
+#if BWD_WGMMA
+    const int wg = warp / 4;   // the warpgroup, owner of keys 64 wg .. 64 wg + 63 of the tile
+    static_assert(QS == 1 && KT % 64 == 0, "impl 3: whole warpgroups of 16 keys a warp");
+    if (smem_addr(smem_raw) & 1023u) __trap();   // the swizzle atoms need 1024-byte alignment
+#endif
     const int b = blockIdx.z, kvh = blockIdx.y / BWD_NDP, d0 = (blockIdx.y % BWD_NDP) * DP;
     constexpr int KTPB = MOBA_BLOCK / KT;
     const bool det = p.deterministic != 0;
@@ -388,8 +431,8 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             const int r = i / CH, c = i % CH, e = eb[r];
             const bool ok = e >= 0;
             const long long row = q0 + (ok ? (long long)(e >> 6) : 0);
-            cp_async16(&q_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], qbase + row * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
-            cp_async16(&do_s[buf * 64 * CH + r * CH + bsw<CH>(r, c)], dobase + row * p.do_row_stride + h * p.do_head_stride + c * 8, ok);
+            cp_async16(&q_s[buf * 64 * CH + bwd_at<64, CH>(r, c)], qbase + row * p.q_row_stride + h * p.q_head_stride + c * 8, ok);
+            cp_async16(&do_s[buf * 64 * CH + bwd_at<64, CH>(r, c)], dobase + row * p.do_row_stride + h * p.do_head_stride + c * 8, ok);
         }
         for (int r = tid; r < 64; r += NTH) {
             const int e = eb[r];
@@ -429,8 +472,8 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             const int r = i / CH, c = i % CH, key = key0 + r;
             const bool ok = key < key_end;
             const long long krow = k0 + (ok ? key : key0);
-            cp_async16(&k_s[r * CH + bsw<CH>(r, c)], kbase + krow * p.kp_row_stride + kvh * p.kp_head_stride + c * 8, ok);
-            cp_async16(&v_s[r * CH + bsw<CH>(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
+            cp_async16(&k_s[bwd_at<KT, CH>(r, c)], kbase + krow * p.kp_row_stride + kvh * p.kp_head_stride + c * 8, ok);
+            cp_async16(&v_s[bwd_at<KT, CH>(r, c)], vbase + krow * p.v_row_stride + kvh * p.v_head_stride + c * 8, ok);
         }
         float dk[DT][4], dv[DT][4];
 #pragma unroll
@@ -442,7 +485,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
         if (n_tiles_total > 0) {
             load_entries(0);
             if (ST == 2) {
-                cp_async_wait_all();
+                bwd_cp_landed();
                 __syncthreads();
                 load_tile(0, 0);
                 if (n_tiles_total > 1) load_entries(1);
@@ -451,12 +494,12 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
         for (int j = 0; j < n_tiles_total; j++) {
             const int buf = ST == 2 ? (j & 1) : 0;
             if (ST == 1) {
-                cp_async_wait_all();
+                bwd_cp_landed();
                 __syncthreads();   // tile j's entries have landed; everyone is done with tile j - 1
                 load_tile(j, 0);
                 if (j + 1 < n_tiles_total) load_entries(j + 1);
             }
-            cp_async_wait_all();
+            bwd_cp_landed();
             __syncthreads();   // tile j has landed; everyone is done with tile j - 1
             if (ST == 2 && j + 1 < n_tiles_total) load_tile(j + 1, buf ^ 1);
             if (ST == 2 && j + 2 < n_tiles_total) load_entries(j + 2);
@@ -476,6 +519,27 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.f;
+#if BWD_WGMMA
+                // The warpgroup's 64 keys (A, K-major) against the pass's PQ query rows (B,
+                // K-major); a k-step is 16 columns, 32 bytes along a swizzled 128-byte row.
+                {
+                    const unsigned ka = smem_addr(k_s) + wg * 64 * 128, va = smem_addr(v_s) + wg * 64 * 128;
+                    const unsigned qa = smem_addr(qb) + qb0 * 128, oa = smem_addr(dob) + qb0 * 128;
+                    wg_hold(s);
+                    wg_hold(dp);
+                    wg_fence();
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; kk++) {
+                        const unsigned at = (unsigned)(kk & 3) * 32u, kb = (kk >> 2) * (KT * 128) + at, qbk = (kk >> 2) * (64 * 128) + at;
+                        wg_mma_ss<0>(s, wg_desc(ka + kb, 16, 1024), wg_desc(qa + qbk, 16, 1024), kk > 0);
+                        wg_mma_ss<0>(dp, wg_desc(va + kb, 16, 1024), wg_desc(oa + qbk, 16, 1024), kk > 0);
+                    }
+                    wg_commit();
+                    wg_wait_all();
+                    wg_hold(s);
+                    wg_hold(dp);
+                }
+#else
                 const int ar = kg * 16 + (lane & 15);
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++) {
@@ -494,6 +558,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         mma_16816(dp[nt + 1], va, of[2], of[3]);
                     }
                 }
+#endif
                 // P and dS; keys past the block or the sequence, and (causal) after the row, are 0.
                 // Only a tile that reaches past the keys or (causal) past some row's position
                 // needs the mask: the diagonal block's.
@@ -530,6 +595,32 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         }
                 }
                 // dV += P^T dO and dK' += dS^T Q: the score accumulators become A fragments.
+#if BWD_WGMMA
+                // (wgmma's accumulator of m64nN is mma.sync's m16n8 C layout warp by warp, so
+                // the fragments are the same; dO and Q are B with the head dim contiguous)
+                unsigned pa[NT / 2][4], da[NT / 2][4];
+#pragma unroll
+                for (int kk = 0; kk < NT / 2; kk++) {
+                    pa[kk][0] = pack_pair(s[2 * kk][0], s[2 * kk][1]);
+                    pa[kk][1] = pack_pair(s[2 * kk][2], s[2 * kk][3]);
+                    pa[kk][2] = pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                    pa[kk][3] = pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                    da[kk][0] = pack_pair(dp[2 * kk][0], dp[2 * kk][1]);
+                    da[kk][1] = pack_pair(dp[2 * kk][2], dp[2 * kk][3]);
+                    da[kk][2] = pack_pair(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+                    da[kk][3] = pack_pair(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+                }
+                wg_hold(dv);
+                wg_hold(dk);
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < NT / 2; kk++) {
+                    const unsigned rows_at = (unsigned)(qb0 + kk * 16) * 128u;
+                    wg_mma_rs(dv, pa[kk], wg_desc(smem_addr(dob) + rows_at, 64 * 128, 1024));
+                    wg_mma_rs(dk, da[kk], wg_desc(smem_addr(qb) + rows_at, 64 * 128, 1024));
+                }
+                wg_commit();
+#else
 #pragma unroll
                 for (int kk = 0; kk < NT / 2; kk++) {
                     const unsigned pa[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1]), pack_pair(s[2 * kk][2], s[2 * kk][3]),
@@ -548,6 +639,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         mma_16816(dk[dt + 1], da, qf[2], qf[3]);
                     }
                 }
+#endif
                 // dS^T into shared memory as dS [query][key].
                 elem_t *ds_e = reinterpret_cast<elem_t *>(ds_s);
 #pragma unroll
@@ -555,10 +647,101 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int qc = qb0 + nt * 8 + (lane & 3) * 2 + (e & 1), kl = kg * 16 + lane / 4 + (e >> 1) * 8;
-                        ds_e[(qc * KCH + bsw<KCH>(qc, kl / 8)) * 8 + kl % 8] = float_to_elem(dp[nt][e]);
+                        ds_e[bwd_at<64, KCH>(qc, kl / 8) * 8 + kl % 8] = float_to_elem(dp[nt][e]);
                     }
+#if BWD_WGMMA
+                wg_wait_all();
+                wg_hold(dv);
+                wg_hold(dk);
+#endif
             }
+#if BWD_WGMMA
+            wg_proxy_fence();   // the dS stores, for the dQ product's operand reads
+#endif
             __syncthreads();
+            // The entries of rows m16 + lane / 4 and + 8 of the tile: query row (-1: none), slot.
+            auto dq_rows = [&](int m16, int (&rows)[2], int (&slots)[2]) {
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int e = ent_b[m16 * 16 + lane / 4 + half * 8];
+                    rows[half] = e < 0 ? -1 : (e >> 6);
+                    slots[half] = e & 63;
+                }
+            };
+            // Two 8-column accumulator tiles of dQ (mma.sync's C layout: a lane's 2 columns of
+            // rows[0] and of rows[1] in each) out, columns d0 + 8 dt on.
+            auto dq_out = [&](const float (&acc)[2][4], int dt, const int (&rows)[2], const int (&slots)[2]) {
+% if arch.sm >= 90 then
+                // Fast mode: lane pairs trade halves so that each lane adds 4 adjacent columns
+                // of one row (the even lane its row lane / 4 of the m-tile, the odd lane row
+                // lane / 4 + 8): one red.v4 instead of two red.v2 per column tile.
+                if (!det) {
+                    const bool odd = lane & 1;
+                    const int row = odd ? rows[1] : rows[0];
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const float sx = odd ? acc[i][0] : acc[i][2], sy = odd ? acc[i][1] : acc[i][3];
+                        const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
+                        const int col = d0 + (dt + i) * 8 + (lane & 2) * 2;
+                        if (row >= 0) {
+                            float *a = dq_acc + ((long long)(q0 + row) * p.hq + h) * D + col;
+                            bwd_red_add4(a, odd ? rx : acc[i][0], odd ? ry : acc[i][1], odd ? acc[i][2] : rx, odd ? acc[i][3] : ry);
+                        }
+                    }
+                    return;
+                }
+% end
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    if (rows[half] < 0) continue;
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const int col = d0 + (dt + i) * 8 + (lane & 3) * 2;
+                        const float x = acc[i][2 * half], y = acc[i][2 * half + 1];
+                        if (!det) {
+                            bwd_red_add2(dq_acc + ((long long)(q0 + rows[half]) * p.hq + h) * D + col, x, y);
+                        } else {
+                            const long long prow = ((((long long)b * p.chunk_rows + rows[half] - (long long)rc * p.chunk_rows) * p.hq + h) * MOBA_TOP_K + slots[half]);
+                            float2 *pp = reinterpret_cast<float2 *>(dq_acc + prow * D + col);
+                            if (kt == kt_begin) *pp = make_float2(x, y);
+                            else {
+                                const float2 o = *pp;
+                                *pp = make_float2(o.x + x, o.y + y);
+                            }
+                        }
+                    }
+                }
+            };
+#if BWD_WGMMA
+            // dQ = dS K': the tile's 64 queries (M) x 64 columns per wgmma chain over the tile's
+            // keys (A = dS, K-major; B = K' with the head dim contiguous); the 64-column blocks
+            // are dealt to the warpgroups in turn (at head_dim 64 and tile_n 128 warpgroup 0
+            // takes the one block alone).
+            {
+                constexpr int NWG = BWD_NW / 4, DQC = DP / 64;
+                static_assert(DP % 64 == 0, "impl 3's dQ is whole 64-column blocks");
+                int rows[2], slots[2];
+                dq_rows(warp % 4, rows, slots);
+                const unsigned ds_addr = smem_addr(ds_s), k_addr = smem_addr(k_s);
+                for (int c = wg; c < DQC; c += NWG) {
+                    float acc[8][4];
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+                    wg_hold(acc);
+                    __syncwarp();   // the previous block's reductions branched per lane
+                    wg_fence();
+#pragma unroll
+                    for (int kk = 0; kk < KT / 16; kk++)
+                        wg_mma_ss<1>(acc, wg_desc(ds_addr + (kk >> 2) * (64 * 128) + (kk & 3) * 32, 16, 1024),
+                                     wg_desc(k_addr + c * (KT * 128) + kk * 2048, KT * 128, 1024), kk > 0);
+                    wg_commit();
+                    wg_wait_all();
+                    wg_hold(acc);
+#pragma unroll
+                    for (int i = 0; i < 8; i += 2) dq_out(reinterpret_cast<const float (&)[2][4]>(acc[i]), c * 8 + i, rows, slots);
+                }
+            }
+#else
             // dQ = dS K': 16-query m-tiles shared among the warps.
             // Up to 4 warps take one 16-query m-tile each; more split the columns of their m-tile.
             constexpr int DQ_SPLIT = BWD_NW > 4 ? BWD_NW / 4 : 1, DQ_DT = DT / DQ_SPLIT;
@@ -570,12 +753,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #pragma unroll
                 for (int kk = 0; kk < KT / 16; kk++) ldsm_x4(smem_addr(&ds_s[rr * KCH + bsw<KCH>(rr, 2 * kk + (lane >> 4))]), a[kk]);
                 int rows[2], slots[2];
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int e = ent_b[mt * 16 + lane / 4 + half * 8];
-                    rows[half] = e < 0 ? -1 : (e >> 6);
-                    slots[half] = e & 63;
-                }
+                dq_rows(mt, rows, slots);
 #pragma unroll
                 for (int j = 0; j < DQ_DT; j += 2) {
                     const int dt = dq_col0 + j;
@@ -588,48 +766,10 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                         mma_16816(acc[0], a[kk], kf[0], kf[1]);
                         mma_16816(acc[1], a[kk], kf[2], kf[3]);
                     }
-% if arch.sm >= 90 then
-                    // Fast mode: lane pairs trade halves so that each lane adds 4 adjacent
-                    // columns of one row (the even lane its row lane / 4 of the m-tile, the odd
-                    // lane row lane / 4 + 8): one red.v4 instead of two red.v2 per column tile.
-                    if (!det) {
-                        const bool odd = lane & 1;
-                        const int row = odd ? rows[1] : rows[0];
-#pragma unroll
-                        for (int i = 0; i < 2; i++) {
-                            const float sx = odd ? acc[i][0] : acc[i][2], sy = odd ? acc[i][1] : acc[i][3];
-                            const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
-                            const int col = d0 + (dt + i) * 8 + (lane & 2) * 2;
-                            if (row >= 0) {
-                                float *a = dq_acc + ((long long)(q0 + row) * p.hq + h) * D + col;
-                                bwd_red_add4(a, odd ? rx : acc[i][0], odd ? ry : acc[i][1], odd ? acc[i][2] : rx, odd ? acc[i][3] : ry);
-                            }
-                        }
-                        continue;
-                    }
-% end
-#pragma unroll
-                    for (int half = 0; half < 2; half++) {
-                        if (rows[half] < 0) continue;
-#pragma unroll
-                        for (int i = 0; i < 2; i++) {
-                            const int col = d0 + (dt + i) * 8 + (lane & 3) * 2;
-                            const float x = acc[i][2 * half], y = acc[i][2 * half + 1];
-                            if (!det) {
-                                bwd_red_add2(dq_acc + ((long long)(q0 + rows[half]) * p.hq + h) * D + col, x, y);
-                            } else {
-                                const long long prow = ((((long long)b * p.chunk_rows + rows[half] - (long long)rc * p.chunk_rows) * p.hq + h) * MOBA_TOP_K + slots[half]);
-                                float2 *pp = reinterpret_cast<float2 *>(dq_acc + prow * D + col);
-                                if (kt == kt_begin) *pp = make_float2(x, y);
-                                else {
-                                    const float2 o = *pp;
-                                    *pp = make_float2(o.x + x, o.y + y);
-                                }
-                            }
-                        }
-                    }
+                    dq_out(acc, dt, rows, slots);
                 }
             }
+#endif
         }
 
         // Query slices 1.. add their dK' and dV into slice 0's, one slice at a time, through the

@@ -7,43 +7,10 @@
 % local TN = tile_n(spec)
 % local D = spec.head_dim
 % local NSLOT = wg_slots(spec)
-% local WG_TY = spec.dtype == "bf16" and "bf16" or "f16"
-% local function wg_regs(first, n)
-%   local t = {}
-%   for i = 0, n - 1 do t[#t + 1] = "%" .. (first + i) end
-%   return table.concat(t, ", ")
-% end
-% local function wg_outs(name, n)
-%   local t = {}
-%   for i = 0, n - 1 do t[#t + 1] = '"+f"(' .. name .. '[' .. (i // 4) .. '][' .. (i % 4) .. '])' end
-%   return table.concat(t, ", ")
-% end
+% include("wgmma.cuh.tpl")
 #define WG_SLOTS $(NSLOT)   // key or value slots of the ring
 #define WG_QROW_BYTES (MOBA_HEAD_DIM * 2)
 #define WG_RUN 8   // consecutive tiles per CTA (see tile_of)
-
-% include("wgmma.cuh.tpl")
-
-// S (64 x TILE_N) = or += Q (shared, K-major) K^T (shared, K-major).
-__device__ __forceinline__ void wg_mma_qk(float (&d)[$(TN // 8)][4], u64 desc_q, u64 desc_k, int accumulate)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %$(TN // 2 + 2), 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n$(TN)k16.f32.$(WG_TY).$(WG_TY) "
-                 "{$(wg_regs(0, TN // 2))}, %$(TN // 2), %$(TN // 2 + 1), p, 1, 1, 0, 0;\n}\n"
-                 : $(wg_outs("d", TN // 2))
-                 : "l"(desc_q), "l"(desc_k), "r"(accumulate));
-}
-
-// O (64 x D) += P (registers, A fragments) V (shared, keys x D with D contiguous: transposed B).
-__device__ __forceinline__ void wg_mma_pv(float (&d)[$(D // 8)][4], const unsigned a[4], u64 desc_v)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %$(D // 2 + 5), 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n$(D)k16.f32.$(WG_TY).$(WG_TY) "
-                 "{$(wg_regs(0, D // 2))}, {%$(D // 2), %$(D // 2 + 1), %$(D // 2 + 2), %$(D // 2 + 3)}, "
-                 "%$(D // 2 + 4), p, 1, 1, 1;\n}\n"
-                 : $(wg_outs("d", D // 2))
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_v), "r"(1));
-}
 
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count)
 {
@@ -235,7 +202,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
 #pragma unroll
                 for (int kk = 0; kk < KSTEPS; kk++) {
                     const unsigned at = (unsigned)(kk & 3) * 32u;   // 16 elements along the swizzled row
-                    wg_mma_qk(s, wg_desc(q_addr + (kk >> 2) * (TILE_M * 128) + at, 16, 1024),
+                    wg_mma_ss<0>(s, wg_desc(q_addr + (kk >> 2) * (TILE_M * 128) + at, 16, 1024),
                               wg_desc(k_addr + (kk >> 2) * (TILE_N * 128) + at, 16, 1024), kk > 0);
                 }
                 wg_commit();
@@ -256,7 +223,7 @@ __global__ void __launch_bounds__(160, $(tile_ctas(spec))) moba_attn_tiles_wgmma
                 wg_fence();
 #pragma unroll
                 for (int kk = 0; kk < TILE_N / 16; kk++)
-                    wg_mma_pv(o, pa[kk], wg_desc(v_addr + kk * 2048u, TILE_N * 128, 1024));
+                    wg_mma_rs(o, pa[kk], wg_desc(v_addr + kk * 2048u, TILE_N * 128, 1024));
                 wg_commit();
                 wg_wait_all();
                 wg_hold(o);

@@ -22,7 +22,7 @@ static char plain_spec[700];    /* a spec with no tuning section */
 static const char cli_spec[] =
     "name: clitest\nhead_dim: 128\nblock_size: 128\ntop_k: 8\narchs: [sm_80, sm_90a]\n"
     "tuning:\n  kconv_centroid: { threads: [128, 256] }\n  route: { block_m: 64, impl: 1 }\n"
-    "  attn_fwd: { impl: 1, warps: 4 }\n  attn_bwd: { tile_n: 64 }\n";
+    "  attn_fwd: { impl: 1, warps: 4 }\n  attn_bwd: { impl: 2, tile_n: 64 }\n";
 
 static int setup(void **state)
 {
@@ -149,11 +149,11 @@ static void test_list(void **state)
     char *out, *err;
     int rc = RUN(&out, &err, "list", spec_path);
     expect_code(rc, 0, out, err);
-    static const char want[] = "attn_bwd/sm_80/tile_n=64\nattn_fwd/sm_80/impl=1,warps=4\n"
+    static const char want[] = "attn_bwd/sm_80/impl=2,tile_n=64\nattn_fwd/sm_80/impl=1,warps=4\n"
                                "decode/sm_80/route_chunk=256,stages=3\n"
                                "kconv_centroid/sm_80/threads=128\nkconv_centroid/sm_80/threads=256\n"
                                "route/sm_80/block_m=64,impl=1,tile_n=16,warp_rows=32\n"
-                               "attn_bwd/sm_90a/tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
+                               "attn_bwd/sm_90a/impl=2,tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
                                "decode/sm_90a/route_chunk=256,stages=3\n"
                                "kconv_centroid/sm_90a/threads=128\nkconv_centroid/sm_90a/threads=256\n"
                                "route/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n";
@@ -165,12 +165,21 @@ static void test_list(void **state)
 
     rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec_path);
     expect_code(rc, 0, out, err);
-    assert_string_equal(out, "attn_bwd/sm_90a/tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
+    assert_string_equal(out, "attn_bwd/sm_90a/impl=2,tile_n=64\nattn_fwd/sm_90a/impl=1,warps=4\n"
                              "decode/sm_90a/route_chunk=256,stages=3\n"
                              "kconv_centroid/sm_90a/threads=128\n"
                              "kconv_centroid/sm_90a/threads=256\nroute/sm_90a/block_m=64,impl=1,tile_n=16,warp_rows=32\n");
     free(out);
     free(err);
+}
+
+/* Both lines are listed, `first` before `second` (the runtime's default is the first valid point). */
+static void assert_listed_before(const char *out, const char *first, const char *second)
+{
+    const char *a = strstr(out, first), *b = strstr(out, second);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(a < b);
 }
 
 /* The shipped default spec expands to every template's variants for both of its archs. */
@@ -185,18 +194,35 @@ static void test_list_default_spec(void **state)
     assert_non_null(strstr(out, "kconv_centroid/sm_80/threads=128\n"));
     assert_non_null(strstr(out, "route/sm_90a/block_m=64,impl=2,tile_n=16,warp_rows=32\n"));
     assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=1,warps=8\n"));
-    assert_non_null(strstr(out, "attn_bwd/sm_90a/tile_n=128\n"));
+    /* attn_bwd impl 3 (wgmma) on sm_90a only and at tile_n 64 and 128 only, first there. */
+    assert_listed_before(out, "attn_bwd/sm_90a/impl=3,tile_n=128\n", "attn_bwd/sm_90a/impl=2,tile_n=128\n");
+    assert_non_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=64\n"));
+    assert_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=32"));
+    assert_null(strstr(out, "attn_bwd/sm_80/impl=3"));
+    assert_non_null(strstr(out, "attn_bwd/sm_80/impl=2,tile_n=128\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
     assert_non_null(strstr(err, "variants of spec 'default'"));
     /* attn_fwd impl 3 (wgmma) exists on sm_90a only, and comes first there (the default choice). */
-    const char *impl3 = strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n");
-    const char *impl2 = strstr(out, "attn_fwd/sm_90a/impl=2,warps=4\n");
-    assert_non_null(impl3);
-    assert_non_null(impl2);
-    assert_true(impl3 < impl2);
+    assert_listed_before(out, "attn_fwd/sm_90a/impl=3,warps=4\n", "attn_fwd/sm_90a/impl=2,warps=4\n");
     assert_null(strstr(out, "attn_fwd/sm_90a/impl=3,warps=8"));
     assert_null(strstr(out, "attn_fwd/sm_80/impl=3"));
     assert_non_null(strstr(out, "attn_fwd/sm_80/impl=2,warps=4\n"));
+    free(out);
+    free(err);
+}
+
+/* `mobagen list` of a spec (written to `file`) exits with `code`; stderr names `why` and stdout
+ * holds `listed` where given. */
+static void expect_listing(const char *file, const char *yaml, const char *arch, int code, const char *why,
+                           const char *listed)
+{
+    char *out, *err;
+    char spec[1024];
+    tu_write_file(work, file, yaml, spec, sizeof spec);
+    int rc = arch ? RUN(&out, &err, "list", "--arch", arch, spec) : RUN(&out, &err, "list", spec);
+    expect_code(rc, code, out, err);
+    if (why) assert_non_null(strstr(err, why));
+    if (listed) assert_non_null(strstr(out, listed));
     free(out);
     free(err);
 }
@@ -205,21 +231,26 @@ static void test_list_default_spec(void **state)
 static void test_list_attn_wgmma_impl(void **state)
 {
     (void)state;
-    char *out, *err;
-    char spec[1024];
-    tu_write_file(work, "wgmma.yaml",
-                  "name: wg\nhead_dim: 128\nblock_size: 64\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
-                  "  attn_fwd: { impl: 3, warps: 4 }\n", spec, sizeof spec);
-    int rc = RUN(&out, &err, "list", spec);
-    expect_code(rc, 4, out, err);
-    assert_non_null(strstr(err, "impl 3 needs wgmma (sm_90a only)"));
-    free(out);
-    free(err);
-    rc = RUN(&out, &err, "list", "--arch", "sm_90a", spec);
-    expect_code(rc, 0, out, err);
-    assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=3,warps=4\n"));
-    free(out);
-    free(err);
+    static const char yaml[] = "name: wg\nhead_dim: 128\nblock_size: 64\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
+                               "  attn_fwd: { impl: 3, warps: 4 }\n";
+    expect_listing("wgmma.yaml", yaml, NULL, 4, "impl 3 needs wgmma (sm_90a only)", NULL);
+    expect_listing("wgmma.yaml", yaml, "sm_90a", 0, NULL, "attn_fwd/sm_90a/impl=3,warps=4\n");
+}
+
+/* attn_bwd impl 3 (wgmma) is refused off sm_90a, and below tile_n 64 (a warpgroup owns 64 keys),
+ * with the reason. */
+static void test_list_bwd_wgmma_impl(void **state)
+{
+    (void)state;
+    static const char yaml[] = "name: bwg\nhead_dim: 128\nblock_size: 128\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
+                               "  attn_bwd: { impl: 3, tile_n: [128, 64, 32] }\n";
+    expect_listing("bwd_wgmma.yaml", yaml, NULL, 4, "impl 3 needs wgmma (sm_90a only)", NULL);
+    expect_listing("bwd_wgmma.yaml", yaml, "sm_90a", 0, NULL,
+                   "attn_bwd/sm_90a/impl=3,tile_n=128\nattn_bwd/sm_90a/impl=3,tile_n=64\nattn_fwd/");
+    expect_listing("bwd_wgmma32.yaml",
+                   "name: bwg\nhead_dim: 128\nblock_size: 32\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
+                   "  attn_bwd: { impl: 3, tile_n: 32 }\n",
+                   NULL, 4, "impl 3 needs tile_n 64 or 128", NULL);
 }
 
 static void test_spec_errors(void **state)
@@ -550,6 +581,7 @@ int main(void)
         cmocka_unit_test(test_list),
         cmocka_unit_test(test_list_default_spec),
         cmocka_unit_test(test_list_attn_wgmma_impl),
+        cmocka_unit_test(test_list_bwd_wgmma_impl),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_gen),
         cmocka_unit_test(test_build_then_cache_commands),

@@ -113,6 +113,13 @@ static double rel_error(const char *label, const char *what, const uint16_t *ge,
     return r2 > 0 ? sqrt(e2 / r2) : sqrt(e2);
 }
 
+/* The impl knob of an attn_bwd variant (2 mma.sync, 3 wgmma; 0 where the id has none). */
+static int variant_impl(mobagen_op *op, int i)
+{
+    const char *at = strstr(mobagen_op_variant_id(op, "attn_bwd", i), "impl=");
+    return at ? atoi(at + 5) : 0;
+}
+
 static void run_case(const bwd_case *c, uint64_t seed)
 {
     mg_spec spec;
@@ -204,14 +211,24 @@ static void run_case(const bwd_case *c, uint64_t seed)
         g[i].dw = malloc(4 * nw + 4);
     }
     /* Fast mode with every variant, then deterministic mode twice with one of them (long cases:
-     * deterministic once). */
+     * deterministic once), then once with the first variant of each other impl (mma.sync,
+     * wgmma), so that every kind of tile kernel runs in both modes. */
     const int nv = mobagen_op_variant_count(op, "attn_bwd");
-    assert_true(nv > 0);
-    const int n_runs = c->long_case ? 1 : nv + 2;
+    assert_true(nv > 0 && nv <= 16);
+    int det_variant[18], n_det = 0;
+    det_variant[n_det++] = (int)(seed % (uint64_t)nv);
+    det_variant[n_det++] = det_variant[0];
+    for (int i = 0; i < nv; i++) {
+        int seen = 0;
+        for (int j = 0; j < n_det; j++) seen |= variant_impl(op, i) == variant_impl(op, det_variant[j]);
+        if (!seen) det_variant[n_det++] = i;
+    }
+    const int n_runs = c->long_case ? 1 : nv + n_det;
     /* The forward test's tolerances: the outputs' own rounding (bf16 about 2.4e-3, fp16 3e-4 seen). */
     const double tol = c->dtype == MG_BF16 ? 1e-2 : 2e-3;
     for (int run = 0; run < n_runs; run++) {
-        const int det = c->long_case || run >= nv, variant = det ? (int)(seed % (uint64_t)nv) : run;
+        const int det = c->long_case || run >= nv;
+        const int variant = c->long_case ? det_variant[0] : det ? det_variant[run - nv] : run;
         assert_int_equal(mobagen_op_select(op, "attn_bwd", variant), MG_OK);
         ba.deterministic = det;
         size_t ws_bytes;
@@ -227,7 +244,7 @@ static void run_case(const bwd_case *c, uint64_t seed)
         if (mobagen_bwd(op, &ba, ws, ws_bytes, NULL) != MG_OK)
             fail_msg("%s: mobagen_bwd: %s", c->label, mobagen_op_errmsg(op));
         gpu_sync(&env);
-        grads *o = &g[run == nv + 1];   /* the two deterministic runs land in g[0] and g[1] */
+        grads *o = &g[run == nv + 1];   /* the two compared deterministic runs land in g[0] and g[1] */
         gpu_download(&env, o->dq, g_dq, 2 * nq);
         gpu_download(&env, o->dk, g_dk, 2 * nk);
         gpu_download(&env, o->dv, g_dv, 2 * nk);
@@ -295,6 +312,11 @@ static const bwd_case grid[] = {
     {"d64_b96_k3_noncausal_kconv4", 64, 96, 3, 0, 4, 2, MG_BF16, 1, 3, {97, 400, 1}, {95, 400, 1}, 1, 1, 0},
     {"empty_keys", 64, 64, 4, 1, 0, 1, MG_BF16, 1, 3, {40, 0, 70}, {0, 0, 70}, 0, 1, 0},
     {"no_queries_kconv3", 64, 32, 4, 0, 3, 1, MG_BF16, 1, 2, {0, 0}, {50, 70}, 1, 0, 0},
+    /* tile_n 64 and 128 (wgmma on sm_90a): partial last tiles, L_q != L_k, short and empty
+     * sequences, GQA, fp16, d 64 with two warpgroups and one dQ column block */
+    {"d128_b128_k4_gqa4_noncausal_fp16_varlen", 128, 128, 4, 0, 0, 4, MG_FP16, 1, 4, {1, 0, 515, 200}, {130, 7, 600, 64}, 0, 1, 0},
+    {"d128_b64_k8_gqa2_lq_ne_lk", 128, 64, 8, 1, 0, 2, MG_BF16, 2, 3, {65, 300, 3}, {700, 300, 1}, 1, 1, 0},
+    {"d64_b256_k3_gqa2_kconv3_fp16", 64, 256, 3, 1, 3, 2, MG_FP16, 1, 2, {520, 17}, {520, 17}, 0, 0, 0},
 };
 
 static const bwd_case long_cases[] = {
