@@ -27,8 +27,8 @@
 
 #define MOBAGEN_VERSION_MAJOR 0
 #define MOBAGEN_VERSION_MINOR 3
-#define MOBAGEN_VERSION_PATCH 1
-#define MOBAGEN_VERSION_STRING "0.3.1"
+#define MOBAGEN_VERSION_PATCH 2
+#define MOBAGEN_VERSION_STRING "0.3.2"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define MOBAGEN_API __attribute__((visibility("default")))
@@ -58,7 +58,7 @@ typedef enum mobagen_status {
 
 typedef enum mobagen_dtype { MOBAGEN_BF16 = 0, MOBAGEN_FP16 = 1 } mobagen_dtype;
 
-/* "0.3.1": the library's version, which may differ from the header's MOBAGEN_VERSION_STRING
+/* "0.3.2": the library's version, which may differ from the header's MOBAGEN_VERSION_STRING
  * when a program runs against a newer shared library than it was built with. */
 MOBAGEN_API const char *mobagen_version(void);
 /* Static name of a status ("MOBAGEN_E_SPEC"), never NULL. */

@@ -7,7 +7,7 @@ from .errors import ArgumentError, LibraryArgumentError, LibraryNotFoundError, M
 from .spec import SpecParams
 from .validate import Problem, TensorInfo, validate_varlen
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 
 def library():

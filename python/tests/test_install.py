@@ -52,7 +52,7 @@ class PipInstall(unittest.TestCase):
                                  env=env, cwd=work)
             self.assertEqual(out.returncode, 0, out.stderr)
             version, hows = out.stdout.splitlines()
-            self.assertEqual(version, "0.3.1")
+            self.assertEqual(version, "0.3.2")
             self.assertEqual(hows, "['next to the package', 'next to the package', 'system loader']")
         finally:
             shutil.rmtree(work, ignore_errors=True)

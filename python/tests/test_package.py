@@ -20,7 +20,7 @@ class Import(unittest.TestCase):
         env = dict(os.environ, PYTHONPATH=os.path.dirname(support.HERE))
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(out.stdout.splitlines(), ["0.3.1", "[]", "moba_d64_b16_k1_g2_fp16"])
+        self.assertEqual(out.stdout.splitlines(), ["0.3.2", "[]", "moba_d64_b16_k1_g2_fp16"])
 
 
 if __name__ == "__main__":
