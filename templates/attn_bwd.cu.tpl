@@ -11,18 +11,20 @@
 %! -- impl 2 runs every product on mma.sync (sm_80+); impl 3 (sm_90a) runs them on wgmma: a
 %! -- warpgroup owns 64 keys, computes S^T = K' Q^T and dP^T = V dO^T with both operands in shared
 %! -- memory, dV += P^T dO and dK' += dS^T Q with P^T and dS^T from its accumulator registers, and
-%! -- dQ = dS K' from shared memory, 64 columns a warpgroup at a time (tile_n 64, 128). Below 64
-%! -- keys (tile_n 16, 32) the queries are M: one warpgroup per CTA, S = Q K'^T and dP = dO V^T
-%! -- from shared memory, dQ = dS K' with dS from registers, dV^T += dO^T P and dK'^T += Q^T dS with
-%! -- A = dO^T, Q^T from the tiles (transposed A) and B = P^T, dS^T stored by the warpgroup.
-%! knobs = { impl = {3, 2}, tile_n = {128, 64, 32, 16} }
+%! -- dQ = dS K' from shared memory, 64 columns a warpgroup at a time (so tile_n 64 or 128 only).
+%! -- impl 4 (sm_90a, tile_n 16 and 32) runs them on wgmma with the queries as M: one warpgroup per
+%! -- CTA, S = Q K'^T and dP = dO V^T from shared memory, dQ = dS K' with dS from registers,
+%! -- dV^T += dO^T P and dK'^T += Q^T dS with A = dO^T, Q^T from the tiles (transposed A) and
+%! -- B = P^T, dS^T stored by the warpgroup. It measured no faster than impl 2 at B32 and B16 on an
+%! -- H100 (bench/NOTES.md "Backward v7"), so it comes after impl 2: selectable, not the default.
+%! knobs = { impl = {3, 2, 4}, tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, per stage 64 x 12 bytes of row data
 %! -- (LSE, D', causal position) and the least causal position of each pass's rows, and the
-%! -- entries of three tiles; impl 3 with queries as M (tile_n below 64) also the P^T tile
+%! -- entries of three tiles; impl 4 (queries as M) also the P^T tile
 %! function bwd_smem(spec, p, stages)
 %!   local d = spec.head_dim
-%!   local score_tiles = (p.impl == 3 and p.tile_n < 64) and 2 or 1
+%!   local score_tiles = p.impl == 4 and 2 or 1
 %!   return (2 * p.tile_n * d + stages * 2 * 64 * d + score_tiles * 64 * p.tile_n) * 2 + stages * (64 * 12 + 16) + 3 * 64 * 4
 %! end
 %! -- Warps: 16 keys each, and below 64 keys per CTA also a slice of the 64-query tile each
@@ -41,11 +43,15 @@
 %!   if arch.sm < 80 then return false, "the backward needs mma.sync with bf16 (sm_80+)" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
 %!   if bwd_smem(spec, p, 1) > arch.max_smem then return false, "does not fit shared memory" end
-%!   if p.impl ~= 2 and p.impl ~= 3 then return false, "impl is 2 (mma.sync) or 3 (sm_90a, wgmma)" end
-%!   if p.impl == 3 then
-%!     if arch.name ~= "sm_90a" then return false, "impl 3 needs wgmma (sm_90a only)" end
+%!   if p.impl ~= 2 and p.impl ~= 3 and p.impl ~= 4 then
+%!     return false, "impl is 2 (mma.sync), 3 or 4 (sm_90a, wgmma with keys or queries as M)"
+%!   end
+%!   if p.impl >= 3 then
+%!     if arch.name ~= "sm_90a" then return false, "impl " .. p.impl .. " needs wgmma (sm_90a only)" end
+%!     if p.impl == 3 and p.tile_n < 64 then return false, "impl 3 needs tile_n 64 or 128 (a warpgroup owns 64 keys)" end
+%!     if p.impl == 4 and p.tile_n >= 64 then return false, "impl 4 needs tile_n 16 or 32 (queries as M, one warpgroup)" end
 %!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
-%!       return false, "impl 3 supports head_dim 64 and 128"
+%!       return false, "impl " .. p.impl .. " supports head_dim 64 and 128"
 %!     end
 %!   end
 %!   return true
@@ -65,7 +71,7 @@
 % include("common.cuh.tpl")
 % include("mma.cuh.tpl")
 % include("bwd_params.cuh.tpl")
-% if point.impl == 3 then
+% if point.impl >= 3 then
 %   include("wgmma.cuh.tpl")
 % end
 typedef mg_bwd_params BwdParams;
@@ -75,8 +81,8 @@ typedef mg_bwd_params BwdParams;
 #define BWD_QS (64 / BWD_QW)                  // query slices
 #define BWD_NW (BWD_KG * BWD_QS)              // warps: $(bwd_warps(point))
 #define BWD_STAGES $(bwd_stages(spec, arch, point))
-#define BWD_WGMMA $(point.impl == 3 and 1 or 0)   // impl 3: wgmma
-#define BWD_WGQ $(point.impl == 3 and point.tile_n < 64 and 1 or 0)   // impl 3 with queries as M (tile_n 16, 32)
+#define BWD_WGMMA $(point.impl >= 3 and 1 or 0)   // impl 3, 4: wgmma
+#define BWD_WGQ $(point.impl == 4 and 1 or 0)   // impl 4: wgmma with queries as M (tile_n 16, 32)
 #define BWD_NDP $(dparts(spec))                // parts of the head dim per key tile
 #define BWD_DP (MOBA_HEAD_DIM / BWD_NDP)      // output columns per CTA
 #define BWD_SORT_MAX 8192                     // the deterministic mode's longest list (rows per chunk)
