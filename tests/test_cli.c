@@ -256,7 +256,7 @@ static void test_list_bwd_wgmma_impl(void **state)
                    "  attn_bwd: { impl: 3, tile_n: 32 }\n",
                    NULL, 4, "impl 3 needs tile_n 64 or 128", NULL);
     static const char yaml4[] = "name: bwg\nhead_dim: 128\nblock_size: 128\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
-                                "  attn_bwd: { impl: 4, tile_n: [64, 32, 16] }\n";
+                                "  attn_bwd: { impl: 4, tile_n: [64, 32] }\n";
     expect_listing("bwd_wgq.yaml", yaml4, NULL, 4, "impl 4 needs wgmma (sm_90a only)", NULL);
     expect_listing("bwd_wgq.yaml", yaml4, "sm_90a", 0, NULL, "attn_bwd/sm_90a/impl=4,tile_n=32\nattn_fwd/");
     expect_listing("bwd_wgq64.yaml",
