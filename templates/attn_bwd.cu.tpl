@@ -12,14 +12,20 @@
 %! -- warpgroup owns 64 keys, computes S^T = K' Q^T and dP^T = V dO^T with both operands in shared
 %! -- memory, dV += P^T dO and dK' += dS^T Q with P^T and dS^T from its accumulator registers, and
 %! -- dQ = dS K' from shared memory, 64 columns a warpgroup at a time (so tile_n 64 or 128 only).
-%! knobs = { impl = {3, 2}, tile_n = {128, 64, 32, 16} }
+%! -- impl 4 (sm_90a, tile_n 16 and 32) runs them on wgmma with the queries as M: one warpgroup per
+%! -- CTA, S = Q K'^T and dP = dO V^T from shared memory, dQ = dS K' with dS from registers,
+%! -- dV^T += dO^T P and dK'^T += Q^T dS with A = dO^T, Q^T from the tiles (transposed A) and
+%! -- B = P^T, dS^T stored by the warpgroup. It measured no faster than impl 2 at B32 and B16 on an
+%! -- H100 (bench/NOTES.md "Backward v7"), so it comes after impl 2: selectable, not the default.
+%! knobs = { impl = {3, 2, 4}, tile_n = {128, 64, 32, 16} }
 %! function dparts(spec) return (spec.head_dim + 127) // 128 end
 %! -- K' and V tiles, Q and dO tiles per stage, the dS tile, per stage 64 x 12 bytes of row data
 %! -- (LSE, D', causal position) and the least causal position of each pass's rows, and the
-%! -- entries of three tiles
+%! -- entries of three tiles; impl 4 (queries as M) also the P^T tile
 %! function bwd_smem(spec, p, stages)
 %!   local d = spec.head_dim
-%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + 64 * p.tile_n) * 2 + stages * (64 * 12 + 16) + 3 * 64 * 4
+%!   local score_tiles = p.impl == 4 and 2 or 1
+%!   return (2 * p.tile_n * d + stages * 2 * 64 * d + score_tiles * 64 * p.tile_n) * 2 + stages * (64 * 12 + 16) + 3 * 64 * 4
 %! end
 %! -- Warps: 16 keys each, and below 64 keys per CTA also a slice of the 64-query tile each
 %! -- (tile_n queries), so that every CTA has 4 warps or more: at 255 registers a thread an SM
@@ -37,12 +43,15 @@
 %!   if arch.sm < 80 then return false, "the backward needs mma.sync with bf16 (sm_80+)" end
 %!   if spec.head_dim % 32 ~= 0 then return false, "head_dim must be a multiple of 32" end
 %!   if bwd_smem(spec, p, 1) > arch.max_smem then return false, "does not fit shared memory" end
-%!   if p.impl ~= 2 and p.impl ~= 3 then return false, "impl is 2 (mma.sync) or 3 (sm_90a, wgmma)" end
-%!   if p.impl == 3 then
-%!     if arch.name ~= "sm_90a" then return false, "impl 3 needs wgmma (sm_90a only)" end
-%!     if p.tile_n < 64 then return false, "impl 3 needs tile_n 64 or 128 (a warpgroup owns 64 keys)" end
+%!   if p.impl ~= 2 and p.impl ~= 3 and p.impl ~= 4 then
+%!     return false, "impl is 2 (mma.sync), 3 or 4 (sm_90a, wgmma with keys or queries as M)"
+%!   end
+%!   if p.impl >= 3 then
+%!     if arch.name ~= "sm_90a" then return false, "impl " .. p.impl .. " needs wgmma (sm_90a only)" end
+%!     if p.impl == 3 and p.tile_n < 64 then return false, "impl 3 needs tile_n 64 or 128 (a warpgroup owns 64 keys)" end
+%!     if p.impl == 4 and p.tile_n >= 64 then return false, "impl 4 needs tile_n 16 or 32 (queries as M, one warpgroup)" end
 %!     if spec.head_dim ~= 64 and spec.head_dim ~= 128 then
-%!       return false, "impl 3 supports head_dim 64 and 128"
+%!       return false, "impl " .. p.impl .. " supports head_dim 64 and 128"
 %!     end
 %!   end
 %!   return true
@@ -62,7 +71,7 @@
 % include("common.cuh.tpl")
 % include("mma.cuh.tpl")
 % include("bwd_params.cuh.tpl")
-% if point.impl == 3 then
+% if point.impl >= 3 then
 %   include("wgmma.cuh.tpl")
 % end
 typedef mg_bwd_params BwdParams;
@@ -72,7 +81,8 @@ typedef mg_bwd_params BwdParams;
 #define BWD_QS (64 / BWD_QW)                  // query slices
 #define BWD_NW (BWD_KG * BWD_QS)              // warps: $(bwd_warps(point))
 #define BWD_STAGES $(bwd_stages(spec, arch, point))
-#define BWD_WGMMA $(point.impl == 3 and 1 or 0)   // impl 3: wgmma, a warpgroup per 64 keys
+#define BWD_WGMMA $(point.impl >= 3 and 1 or 0)   // impl 3, 4: wgmma
+#define BWD_WGQ $(point.impl == 4 and 1 or 0)   // impl 4: wgmma with queries as M (tile_n 16, 32)
 #define BWD_NDP $(dparts(spec))                // parts of the head dim per key tile
 #define BWD_DP (MOBA_HEAD_DIM / BWD_NDP)      // output columns per CTA
 #define BWD_SORT_MAX 8192                     // the deterministic mode's longest list (rows per chunk)
@@ -352,8 +362,9 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
     uint4 *v_s = k_s + KT * CH;
     uint4 *q_s = v_s + KT * CH;                 // [ST][64 * CH]
     uint4 *do_s = q_s + ST * 64 * CH;           // [ST][64 * CH]
-    uint4 *ds_s = do_s + ST * 64 * CH;          // [64 queries][KT keys]
-    float *lse_s = reinterpret_cast<float *>(ds_s + 64 * KCH);   // [ST][64], the forward's LSE (0: no row)
+    uint4 *ds_s = do_s + ST * 64 * CH;          // [64 queries][KT keys] (queries as M: [KT keys][64 queries])
+    uint4 *pt_s = ds_s + 64 * KCH;              // queries as M: P^T, [KT keys][64 queries]
+    float *lse_s = reinterpret_cast<float *>(pt_s + (BWD_WGQ ? 64 * KCH : 0));   // [ST][64], the forward's LSE (0: no row)
     float *dlt_s = lse_s + ST * 64;             // [ST][64]
     int *tq_s = reinterpret_cast<int *>(dlt_s + ST * 64);        // [ST][64], causal position of the row
     int *tqmin_s = tq_s + ST * 64;              // [ST][4], least position of each pass's PQ rows
@@ -361,7 +372,11 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int kg = QS == 1 ? warp : warp % KG, qs = QS == 1 ? 0 : warp / KG;   // key group, query slice
-#if BWD_WGMMA
+#if BWD_WGQ
+    static_assert(BWD_NW == 4 && KT <= 32 && DP % 64 == 0, "queries as M: one warpgroup, 16 queries a warp");
+    static_assert(2 * KT * DP * 4 <= ST * 2 * 64 * D * 2, "dK'^T and dV^T pass through the Q and dO buffers");
+    if (smem_addr(smem_raw) & 1023u) __trap();
+#elif BWD_WGMMA
     const int wg = warp / 4;   // the warpgroup, owner of keys 64 wg .. 64 wg + 63 of the tile
     static_assert(QS == 1 && KT % 64 == 0, "impl 3: whole warpgroups of 16 keys a warp");
     if (smem_addr(smem_raw) & 1023u) __trap();   // the swizzle atoms need 1024-byte alignment
@@ -480,6 +495,17 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
         for (int i = 0; i < DT; i++)
 #pragma unroll
             for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+#if BWD_WGQ
+        // dK'^T and dV^T (M = the head dim in 64-row halves, N = the tile's keys) over the walk
+        constexpr int NH = DP / 64;
+        float dkt[NH][KT / 8][4], dvt[NH][KT / 8][4];
+#pragma unroll
+        for (int hh = 0; hh < NH; hh++)
+#pragma unroll
+            for (int i = 0; i < KT / 8; i++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) dkt[hh][i][e] = dvt[hh][i][e] = 0.f;
+#endif
 
         // Entries two tiles ahead of their use, rows (two stages) one tile ahead.
         if (n_tiles_total > 0) {
@@ -510,6 +536,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             const float *lse_b = lse_s + buf * 64, *dlt_b = dlt_s + buf * 64;
             const int *tq_b = tq_s + buf * 64, *ent_b = ent_s + (j % 3) * 64;
 
+#if !BWD_WGQ
             // The warp's QW queries in passes of PQ.
 #pragma unroll 1
             for (int qp = 0; qp < QW / PQ; qp++) {
@@ -659,6 +686,7 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
             wg_proxy_fence();   // the dS stores, for the dQ product's operand reads
 #endif
             __syncthreads();
+#endif
             // The entries of rows m16 + lane / 4 and + 8 of the tile: query row (-1: none), slot.
             auto dq_rows = [&](int m16, int (&rows)[2], int (&slots)[2]) {
 #pragma unroll
@@ -712,7 +740,126 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
                     }
                 }
             };
-#if BWD_WGMMA
+#if BWD_WGQ
+            // Queries as M: warp w owns queries 16 w .. 16 w + 15 of the tile (rows lane / 4 and
+            // + 8 of its accumulators), every key of the tile (columns).
+            {
+                constexpr int NK = KT / 8;
+                const unsigned ka = smem_addr(k_s), va = smem_addr(v_s), qa = smem_addr(qb), oa = smem_addr(dob);
+                const unsigned pa_s = smem_addr(pt_s), da_s = smem_addr(ds_s);
+                // S = Q K'^T and dP = dO V^T, both operands K-major in shared memory.
+                float s[NK][4], dp[NK][4];
+#pragma unroll
+                for (int nt = 0; nt < NK; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.f;
+                wg_hold(s);
+                wg_hold(dp);
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    const unsigned at = (unsigned)(kk & 3) * 32u, qk = (kk >> 2) * (64 * 128) + at, kb = (kk >> 2) * (KT * 128) + at;
+                    wg_mma_ss<0>(s, wg_desc(qa + qk, 16, 1024), wg_desc(ka + kb, 16, 1024), kk > 0);
+                    wg_mma_ss<0>(dp, wg_desc(oa + qk, 16, 1024), wg_desc(va + kb, 16, 1024), kk > 0);
+                }
+                wg_commit();
+                wg_wait_all();
+                wg_hold(s);
+                wg_hold(dp);
+                const int r0 = warp * 16 + lane / 4;
+                float lse2[2], dlt[2];
+                int tqr[2];
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    lse2[half] = lse_log2(lse_b[r0 + half * 8]);
+                    dlt[half] = dlt_b[r0 + half * 8];
+                    tqr[half] = tq_b[r0 + half * 8];
+                }
+% if spec.causal then
+                int tq_least = tqmin_s[buf * 4];
+#pragma unroll
+                for (int i = 1; i < 64 / PQ; i++) tq_least = min(tq_least, tqmin_s[buf * 4 + i]);
+                const bool need_mask = key0 + KT > key_end || tq_least < key0 + KT - 1;
+% else
+                const bool need_mask = key0 + KT > key_end;
+% end
+                (void)tqr;
+#pragma unroll
+                for (int nt = 0; nt < NK; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int half = e >> 1, key = key0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+% if spec.causal then
+                        const bool ok = !need_mask || (key < key_end && key <= tqr[half]);
+% else
+                        const bool ok = !need_mask || key < key_end;
+% end
+                        const float pr = ok ? exp2f(s[nt][e] * scale_log2 - lse2[half]) : 0.f;
+                        s[nt][e] = pr;
+                        dp[nt][e] = pr * (dp[nt][e] - dlt[half]) * scale;
+                    }
+                // dQ = dS K' with dS from registers (the accumulator is the A fragment layout)
+                // and K' as B with the head dim contiguous; it runs while P^T and dS^T are stored.
+                unsigned da[KT / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < KT / 16; kk++) {
+                    da[kk][0] = pack_pair(dp[2 * kk][0], dp[2 * kk][1]);
+                    da[kk][1] = pack_pair(dp[2 * kk][2], dp[2 * kk][3]);
+                    da[kk][2] = pack_pair(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+                    da[kk][3] = pack_pair(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+                }
+                float dq[DT][4];
+#pragma unroll
+                for (int i = 0; i < DT; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+                wg_hold(dq);
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < KT / 16; kk++)
+                    wg_mma_rs(dq, da[kk], wg_desc(ka + (d0 / 64) * (KT * 128) + kk * 16 * 128, KT * 128, 1024));
+                wg_commit();
+                // P^T and dS^T as [key][query] (K-major B operands of dV^T and dK'^T).
+                elem_t *pt_e = reinterpret_cast<elem_t *>(pt_s), *dt_e = reinterpret_cast<elem_t *>(ds_s);
+#pragma unroll
+                for (int nt = 0; nt < NK; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int q = r0 + (e >> 1) * 8, kl = nt * 8 + (lane & 3) * 2 + (e & 1);
+                        const int at = wg_chunk<KT>(kl, q / 8) * 8 + q % 8;
+                        pt_e[at] = float_to_elem(s[nt][e]);
+                        dt_e[at] = float_to_elem(dp[nt][e]);
+                    }
+                wg_proxy_fence();
+                __syncthreads();
+                // dV^T += dO^T P and dK'^T += Q^T dS: A = dO^T, Q^T straight from the tiles (M, the
+                // head dim, contiguous: transposed A), B = P^T, dS^T; K = the 64 queries.
+#pragma unroll
+                for (int hh = 0; hh < NH; hh++) {
+                    wg_hold(dvt[hh]);
+                    wg_hold(dkt[hh]);
+                }
+                wg_fence();
+#pragma unroll
+                for (int hh = 0; hh < NH; hh++)
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++) {
+                        const unsigned col_at = (unsigned)(d0 / 64 + hh) * (64 * 128) + kk * 16 * 128;
+                        wg_mma_ss<0, 1>(dvt[hh], wg_desc(oa + col_at, 64 * 128, 1024), wg_desc(pa_s + kk * 32, 16, 1024), 1);
+                        wg_mma_ss<0, 1>(dkt[hh], wg_desc(qa + col_at, 64 * 128, 1024), wg_desc(da_s + kk * 32, 16, 1024), 1);
+                    }
+                wg_commit();
+                wg_wait_all();
+                wg_hold(dq);
+#pragma unroll
+                for (int hh = 0; hh < NH; hh++) {
+                    wg_hold(dvt[hh]);
+                    wg_hold(dkt[hh]);
+                }
+                int rows[2], slots[2];
+                dq_rows(warp, rows, slots);
+#pragma unroll
+                for (int i = 0; i < DT; i += 2) dq_out(reinterpret_cast<const float (&)[2][4]>(dq[i]), i, rows, slots);
+            }
+#elif BWD_WGMMA
             // dQ = dS K': the tile's 64 queries (M) x 64 columns per wgmma chain over the tile's
             // keys (A = dS, K-major; B = K' with the head dim contiguous); the 64-column blocks
             // are dealt to the warpgroups in turn (at head_dim 64 and tile_n 128 warpgroup 0
@@ -772,10 +919,38 @@ __global__ void __launch_bounds__(BWD_NW * 32, 1) moba_bwd_tiles(const BwdParams
 #endif
         }
 
+#if BWD_WGQ
+        // dK'^T and dV^T into the epilogue's layout (dk, dv of warps with query slice 0: keys
+        // 16 kg + lane / 4 and + 8), through the Q and dO buffers as fp32 [key][column].
+        {
+            float *st = reinterpret_cast<float *>(q_s);
+            __syncthreads();   // the walk is done with the Q and dO buffers
+#pragma unroll
+            for (int hh = 0; hh < NH; hh++)
+#pragma unroll
+                for (int nt = 0; nt < KT / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = hh * 64 + warp * 16 + lane / 4 + (e >> 1) * 8, kl = nt * 8 + (lane & 3) * 2 + (e & 1);
+                        st[kl * DP + col] = dkt[hh][nt][e];
+                        st[(KT + kl) * DP + col] = dvt[hh][nt][e];
+                    }
+            __syncthreads();
+            if (qs == 0)
+#pragma unroll
+                for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int kl = kg * 16 + lane / 4 + (e >> 1) * 8, col = dt * 8 + (lane & 3) * 2 + (e & 1);
+                        dk[dt][e] = st[kl * DP + col];
+                        dv[dt][e] = st[(KT + kl) * DP + col];
+                    }
+        }
+#endif
         // Query slices 1.. add their dK' and dV into slice 0's, one slice at a time, through the
         // Q and dO buffers (no tile reads them any more; the next key tile's loads wait for the
         // barrier at the top of the loop): per warp and column tile, a float4 per lane.
-        if constexpr (QS > 1) {
+        if constexpr (QS > 1 && !BWD_WGQ) {
             static_assert(QS == 1 || KG * DT * 2 * 32 <= ST * 2 * 64 * CH, "the slice sums fit the Q and dO buffers");
             float4 *sum_s = reinterpret_cast<float4 *>(q_s);
             for (int sl = 1; sl < QS; sl++) {

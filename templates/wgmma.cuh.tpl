@@ -48,15 +48,16 @@ __device__ __forceinline__ void wg_hold(float (&d)[N][4])
 }
 % for _, n in ipairs({16, 32, 64, 128}) do
 
-// D (64 x $(n)) = or += A (shared, K-major) B (shared; TRANS_B 0: K-major, 1: N contiguous).
-template <int TRANS_B>
+// D (64 x $(n)) = or += A (shared; TRANS_A 0: K-major, 1: M contiguous, 16-bit types only)
+// B (shared; TRANS_B 0: K-major, 1: N contiguous).
+template <int TRANS_B, int TRANS_A = 0>
 __device__ __forceinline__ void wg_mma_ss(float (&d)[$(n // 8)][4], u64 desc_a, u64 desc_b, int accumulate)
 {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %$(n // 2 + 2), 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n$(n)k16.f32.$(WG_TY).$(WG_TY) "
-                 "{$(wg_regs(0, n // 2))}, %$(n // 2), %$(n // 2 + 1), p, 1, 1, 0, %$(n // 2 + 3);\n}\n"
+                 "{$(wg_regs(0, n // 2))}, %$(n // 2), %$(n // 2 + 1), p, 1, 1, %$(n // 2 + 4), %$(n // 2 + 3);\n}\n"
                  : $(wg_outs("d", n // 2))
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B), "n"(TRANS_A));
 }
 
 // D (64 x $(n)) += A (registers, mma.sync's A fragments) B (shared, N contiguous: transposed).

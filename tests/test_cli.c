@@ -194,10 +194,14 @@ static void test_list_default_spec(void **state)
     assert_non_null(strstr(out, "kconv_centroid/sm_80/threads=128\n"));
     assert_non_null(strstr(out, "route/sm_90a/block_m=64,impl=2,tile_n=16,warp_rows=32\n"));
     assert_non_null(strstr(out, "attn_fwd/sm_90a/impl=1,warps=8\n"));
-    /* attn_bwd impl 3 (wgmma) on sm_90a only and at tile_n 64 and 128 only, first there. */
+    /* attn_bwd impl 3 (wgmma, keys as M) on sm_90a only and at tile_n 64 and 128 only, first
+     * there; impl 4 (wgmma, queries as M) at tile_n 32 and 16 only, after impl 2. */
     assert_listed_before(out, "attn_bwd/sm_90a/impl=3,tile_n=128\n", "attn_bwd/sm_90a/impl=2,tile_n=128\n");
     assert_non_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=64\n"));
     assert_null(strstr(out, "attn_bwd/sm_90a/impl=3,tile_n=32"));
+    assert_listed_before(out, "attn_bwd/sm_90a/impl=2,tile_n=32\n", "attn_bwd/sm_90a/impl=4,tile_n=32\n");
+    assert_null(strstr(out, "attn_bwd/sm_90a/impl=4,tile_n=64"));
+    assert_null(strstr(out, "attn_bwd/sm_80/impl=4"));
     assert_null(strstr(out, "attn_bwd/sm_80/impl=3"));
     assert_non_null(strstr(out, "attn_bwd/sm_80/impl=2,tile_n=128\n"));
     assert_non_null(strstr(out, "/sm_90a/"));
@@ -237,8 +241,8 @@ static void test_list_attn_wgmma_impl(void **state)
     expect_listing("wgmma.yaml", yaml, "sm_90a", 0, NULL, "attn_fwd/sm_90a/impl=3,warps=4\n");
 }
 
-/* attn_bwd impl 3 (wgmma) is refused off sm_90a, and below tile_n 64 (a warpgroup owns 64 keys),
- * with the reason. */
+/* attn_bwd impl 3 (wgmma, keys as M) is refused off sm_90a and below tile_n 64, impl 4 (queries
+ * as M) off sm_90a, from tile_n 64 and at head dims other than 64 and 128, with the reason. */
 static void test_list_bwd_wgmma_impl(void **state)
 {
     (void)state;
@@ -251,6 +255,22 @@ static void test_list_bwd_wgmma_impl(void **state)
                    "name: bwg\nhead_dim: 128\nblock_size: 32\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
                    "  attn_bwd: { impl: 3, tile_n: 32 }\n",
                    NULL, 4, "impl 3 needs tile_n 64 or 128", NULL);
+    static const char yaml4[] = "name: bwg\nhead_dim: 128\nblock_size: 128\ntop_k: 4\narchs: [sm_80]\ntuning:\n"
+                                "  attn_bwd: { impl: 4, tile_n: [64, 32] }\n";
+    expect_listing("bwd_wgq.yaml", yaml4, NULL, 4, "impl 4 needs wgmma (sm_90a only)", NULL);
+    expect_listing("bwd_wgq.yaml", yaml4, "sm_90a", 0, NULL, "attn_bwd/sm_90a/impl=4,tile_n=32\nattn_fwd/");
+    expect_listing("bwd_wgq64.yaml",
+                   "name: bwg\nhead_dim: 128\nblock_size: 64\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
+                   "  attn_bwd: { impl: 4, tile_n: 64 }\n",
+                   NULL, 4, "impl 4 needs tile_n 16 or 32", NULL);
+    expect_listing("bwd_wgq16.yaml",
+                   "name: bwg\nhead_dim: 64\nblock_size: 48\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
+                   "  attn_bwd: { impl: 4, tile_n: 16 }\n",
+                   NULL, 0, NULL, "attn_bwd/sm_90a/impl=4,tile_n=16\n");
+    expect_listing("bwd_wgq_d32.yaml",
+                   "name: bwg\nhead_dim: 32\nblock_size: 32\ntop_k: 4\narchs: [sm_90a]\ntuning:\n"
+                   "  attn_bwd: { impl: 4, tile_n: 32 }\n",
+                   NULL, 4, "impl 4 supports head_dim 64 and 128", NULL);
 }
 
 static void test_spec_errors(void **state)

@@ -317,6 +317,9 @@ static const bwd_case grid[] = {
     {"d128_b128_k4_gqa4_noncausal_fp16_varlen", 128, 128, 4, 0, 0, 4, MG_FP16, 1, 4, {1, 0, 515, 200}, {130, 7, 600, 64}, 0, 1, 0},
     {"d128_b64_k8_gqa2_lq_ne_lk", 128, 64, 8, 1, 0, 2, MG_BF16, 2, 3, {65, 300, 3}, {700, 300, 1}, 1, 1, 0},
     {"d64_b256_k3_gqa2_kconv3_fp16", 64, 256, 3, 1, 3, 2, MG_FP16, 1, 2, {520, 17}, {520, 17}, 0, 0, 0},
+    /* tile_n 16 and 32 (wgmma with queries as M on sm_90a): d 64, GQA, empty sequences, L_q != L_k */
+    {"d64_b16_k8_gqa2_lq_ne_lk_varlen", 64, 16, 8, 1, 0, 2, MG_BF16, 1, 3, {0, 333, 41}, {17, 300, 0}, 0, 1, 0},
+    {"d128_b96_k5_gqa4_fp16", 128, 96, 5, 1, 0, 4, MG_FP16, 1, 2, {400, 33}, {400, 33}, 1, 0, 0},
 };
 
 static const bwd_case long_cases[] = {
