@@ -151,12 +151,18 @@ static long long sm_count_of(const mobagen_op *op)
     return op->ctx && op->ctx->sm_count > 0 ? op->ctx->sm_count : DEFAULT_SM_COUNT;
 }
 
+/* (sequence, kv head) pairs of a call, at least one kv head's worth for an empty batch. */
+static long long kv_heads_of(const mobagen_kv_cache *c, const mobagen_decode_args *a)
+{
+    return (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
+}
+
 /* Splits per kv head: as many CTAs as fit at once (two per multiprocessor) and no more, so
  * that no second, mostly idle wave follows; never more than the blocks a kv head can select. */
 static long long splits_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
                             long long n_blocks)
 {
-    long long sms = sm_count_of(op), heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
+    long long sms = sm_count_of(op), heads = kv_heads_of(c, a);
     long long want = 2 * sms / heads, most = (long long)DECODE_ROWS * op->spec.top_k;
     if (most > n_blocks) most = n_blocks;
     if (want > most) want = most;
@@ -170,7 +176,7 @@ static long long splits_for(const mobagen_op *op, const mobagen_kv_cache *c, con
 static long long route_chunk_for(const mobagen_op *op, const mobagen_kv_cache *c, const mobagen_decode_args *a,
                                  long long n_blocks)
 {
-    long long sms = sm_count_of(op), heads = (long long)(a->batch > 0 ? a->batch : 1) * c->hkv;
+    long long sms = sm_count_of(op), heads = kv_heads_of(c, a);
     long long chunk = route_chunk_of(op);
     while (chunk > MIN_ROUTE_CHUNK && mg_ceil_div(n_blocks, chunk) * heads < 2 * sms &&
            mg_ceil_div(n_blocks, chunk / 2) <= MAX_SMALL_ROUTE_CHUNKS)
